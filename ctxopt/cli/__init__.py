@@ -1,0 +1,61 @@
+"""The ``ctxopt`` command line: one parser, one module per group of subcommands.
+
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds
+its subcommands and sets ``func`` on each subparser: ``func(args) -> int``.
+Subcommands are thin wrappers over the library API. Every :class:`CtxoptError`
+becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ctxopt.errors import CtxoptError
+
+# Modules under ctxopt.cli that register subcommands, in --help order.
+COMMAND_MODULES = ("demo", "store", "streams", "run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctxopt",
+        description="Continual learning in token space for DSPy programs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"ctxopt.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"ctxopt.cli.{name}":
+                raise
+            continue  # a command group not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CtxoptError as exc:
+        print(f"ctxopt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctxopt: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
