@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- the continual-learning demo on the embedded local models
+#   make test   -- the whole test suite (includes real-model tests)
+# Both create (or reuse) the virtualenv in $(VENV) and install what they need.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ctxopt-installed
+
+.PHONY: demo test bench clean-venv browser
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[local,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ctxopt demo
+
+# Headless Chromium renders the HTML report in one test; installed when we are root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed (not root); the report screenshot test will skip"; }
+
+test: $(STAMP) browser
+	CTXOPT_REQUIRE_REAL_LM=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) experiments/bench_lm.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,341 @@
+"""Language models: the embedded local engine, any litellm model, and usage accounting.
+
+:func:`get_lm` is the one door. It accepts:
+
+* ``"local"`` — the default task model, Qwen2.5-Coder-0.5B-Instruct;
+* ``"local:qwen2.5-coder-0.5b"`` / ``"local:qwen2.5-coder-1.5b"`` — the second
+  is the default reflection model;
+* a path to any ``.gguf`` file;
+* any litellm model string, e.g. ``"openai/gpt-4o-mini"`` or ``"ollama_chat/qwen2.5"``.
+
+Local models run in-process on llama-cpp-python through :class:`LocalEngine`,
+which implements DSPy 3.4's engine interface (``complete(Request) -> Response``).
+They go through DSPy's request cache like any other LM, so a rerun makes no new
+model calls. Every LM returned by :func:`get_lm` is a :class:`TrackedLM` whose
+``usage`` counts calls, cache hits, tokens and seconds.
+
+Example:
+    >>> import ctxopt
+    >>> lm = ctxopt.lm.get_lm("local")          # doctest: +SKIP
+    >>> lm("Say hi")                             # doctest: +SKIP
+    ['Hello! How can I assist you today?']
+    >>> lm.usage.snapshot().calls                # doctest: +SKIP
+    1
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from ctxopt.errors import ConfigError, LMError, MissingDependencyError
+from ctxopt.models import MODELS, model_path
+
+DEFAULT_TASK_MODEL = "qwen2.5-coder-0.5b"
+DEFAULT_REFLECTION_MODEL = "qwen2.5-coder-1.5b"
+DEFAULT_TASK_LM = "local"
+DEFAULT_REFLECTION_LM = f"local:{DEFAULT_REFLECTION_MODEL}"
+
+ACCEPTED_FORMS = (
+    "'local' (Qwen2.5-Coder-0.5B), "
+    + ", ".join(f"'local:{name}'" for name in MODELS)
+    + ", a path to a .gguf file, or a litellm model string such as 'openai/gpt-4o-mini'"
+)
+
+
+# --------------------------------------------------------------------------- usage
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """Counters of one LM at a moment; subtract two snapshots for a delta.
+
+    ``calls`` counts every request the program made, ``cache_hits`` those
+    answered from DSPy's cache, ``model_calls`` those that reached the model.
+    ``seconds`` is wall time spent inside model calls (cache hits excluded).
+    """
+
+    calls: int = 0
+    cache_hits: int = 0
+    model_calls: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def __sub__(self, other: UsageSnapshot) -> UsageSnapshot:
+        return UsageSnapshot(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def __add__(self, other: UsageSnapshot) -> UsageSnapshot:
+        return UsageSnapshot(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageSnapshot:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+class Usage:
+    """Thread-safe running counters, shared by an LM and all its copies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = UsageSnapshot()
+
+    def record(self, *, cache_hit: bool, error: bool, prompt_tokens: int, completion_tokens: int,
+               seconds: float) -> None:
+        delta = UsageSnapshot(
+            calls=1,
+            cache_hits=int(cache_hit),
+            model_calls=int(not cache_hit),
+            errors=int(error),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            seconds=0.0 if cache_hit else seconds,
+        )
+        with self._lock:
+            self._totals = self._totals + delta
+
+    def snapshot(self) -> UsageSnapshot:
+        with self._lock:
+            return self._totals
+
+    def __deepcopy__(self, memo: dict) -> Usage:
+        return self  # counters belong to the LM, not to a copy of a program
+
+
+class TrackedLM(dspy.LM):
+    """A ``dspy.LM`` that counts its own usage in ``self.usage``.
+
+    A call is a cache hit when DSPy answered it without usage (DSPy strips
+    usage from cached responses). Copies made by ``lm.copy()`` and deep copies
+    of programs share the same counters.
+    """
+
+    def __init__(self, model: str, *, spec: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.spec = spec or model
+        self.usage = Usage()
+        self._local = threading.local()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._local.entry = None
+        start = time.perf_counter()
+        error = False
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception:
+            error = True
+            raise
+        finally:
+            entry = getattr(self._local, "entry", None)
+            usage = (entry or {}).get("usage") or {}
+            self.usage.record(
+                cache_hit=entry is not None and not usage,
+                error=error,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                seconds=time.perf_counter() - start,
+            )
+
+    def update_history(self, entry: dict) -> None:
+        self._local.entry = entry
+        super().update_history(entry)
+
+    def __deepcopy__(self, memo: dict) -> TrackedLM:
+        return self  # an LM is a shared resource (a loaded model, a connection)
+
+    def dump_state(self) -> dict[str, Any]:
+        state = super().dump_state()
+        state["spec"] = self.spec
+        return state
+
+
+# --------------------------------------------------------------------------- local engine
+
+
+class _LoadedModel:
+    """One llama.cpp model in memory, shared by every engine on the same file."""
+
+    def __init__(self, llama: Any) -> None:
+        self.llama = llama
+        self.lock = threading.Lock()
+
+
+_loaded: dict[tuple[str, int, int], _LoadedModel] = {}
+_loaded_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
+    key = (path, n_ctx, seed)
+    with _loaded_lock:
+        if key not in _loaded:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    "llama_cpp is not installed; run: pip install 'ctxopt[local]'"
+                ) from exc
+            _loaded[key] = _LoadedModel(
+                Llama(model_path=path, n_ctx=n_ctx, n_threads=available_cores(), seed=seed, verbose=False)
+            )
+        return _loaded[key]
+
+
+class LocalEngine:
+    """DSPy engine that runs a GGUF model in-process with llama-cpp-python.
+
+    The model is loaded on the first request and shared between engines on
+    the same file; one lock serializes access to it, so the engine is
+    thread-safe. At temperature 0 decoding is greedy and deterministic.
+
+    Example:
+        >>> engine = LocalEngine("/models/qwen.gguf")              # doctest: +SKIP
+        >>> lm = dspy.LM("local/qwen", engine=engine, temperature=0.0)  # doctest: +SKIP
+    """
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, seed: int = 0) -> None:
+        self.model_path = str(model_path)
+        self.n_ctx = n_ctx
+        self.seed = seed
+
+    def _model(self) -> _LoadedModel:
+        return _load_llama(self.model_path, self.n_ctx, self.seed)
+
+    def complete(self, request: Any) -> Any:
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import Message, Response, TextPart, Usage as LMUsage
+
+        validate_request(request)
+        messages = []
+        if request.system is not None:
+            system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+            messages.append({"role": "system", "content": system})
+        messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
+        config = request.config
+        stop = config.stop if config.stop else None
+        loaded = self._model()
+        with loaded.lock:
+            try:
+                out = loaded.llama.create_chat_completion(
+                    messages=messages,
+                    temperature=config.temperature if config.temperature is not None else 0.0,
+                    top_p=config.top_p if config.top_p is not None else 1.0,
+                    max_tokens=config.max_tokens,
+                    stop=list(stop) if stop else None,
+                    seed=config.seed if config.seed is not None else self.seed,
+                )
+            except ValueError as exc:  # e.g. prompt longer than the context window
+                raise LMError(f"local model {Path(self.model_path).name}: {exc}") from exc
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return Response(
+            id=out.get("id"),
+            model=request.model or Path(self.model_path).stem,
+            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
+            finish_reason=finish,
+            usage=LMUsage(
+                input_tokens=int(usage.get("prompt_tokens", 0)),
+                output_tokens=int(usage.get("completion_tokens", 0)),
+                total_tokens=int(usage.get("total_tokens", 0)),
+            ),
+        )
+
+    def stream(self, request: Any) -> Any:
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Models stay loaded for the process; nothing to release per engine."""
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "n_ctx": self.n_ctx, "seed": self.seed}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> LocalEngine:
+        return cls(state["model_path"], n_ctx=state.get("n_ctx", 4096), seed=state.get("seed", 0))
+
+
+# --------------------------------------------------------------------------- get_lm
+
+
+def resolve_local(spec: str) -> tuple[str, Path]:
+    """Map a local spec to (model name, verified .gguf path); ConfigError if unknown."""
+    if spec == "local":
+        name = DEFAULT_TASK_MODEL
+    elif spec.startswith("local:"):
+        name = spec.split(":", 1)[1]
+        if name not in MODELS:
+            raise ConfigError(f"unknown local model {name!r}; accepted LM specs: {ACCEPTED_FORMS}")
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model file {path} does not exist")
+        return path.stem, path
+    return name, model_path(name)
+
+
+def get_lm(
+    spec: str,
+    *,
+    temperature: float = 0.0,
+    max_tokens: int = 512,
+    cache: bool = True,
+    n_ctx: int = 4096,
+    seed: int = 0,
+    **kwargs: Any,
+) -> TrackedLM:
+    """Build a usage-tracked ``dspy.LM`` from a spec (see the module docstring).
+
+    Args:
+        spec: ``"local"``, ``"local:<name>"``, a ``.gguf`` path, or a litellm model string.
+        temperature: sampling temperature; 0 is greedy and deterministic.
+        max_tokens: completion limit per call.
+        cache: use DSPy's request cache (memory and disk).
+        n_ctx: context window of a local model.
+        seed: sampling seed of a local model.
+        **kwargs: passed to ``dspy.LM`` for litellm models (``api_base``, …).
+
+    Raises:
+        ConfigError: the spec has none of the accepted forms.
+        MissingDependencyError: llama_cpp or a model package is not installed.
+        ModelIntegrityError: an assembled model file has the wrong sha256.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"empty LM spec; accepted LM specs: {ACCEPTED_FORMS}")
+    spec = spec.strip()
+    if spec == "local" or spec.startswith("local:") or spec.endswith(".gguf"):
+        name, path = resolve_local(spec)
+        engine = LocalEngine(path, n_ctx=n_ctx, seed=seed)
+        return TrackedLM(f"local/{name}", spec=spec, engine=engine, temperature=temperature,
+                         max_tokens=max_tokens, cache=cache, num_retries=0)
+    if "/" not in spec or spec.startswith("/") or spec.endswith("/"):
+        raise ConfigError(f"unknown LM spec {spec!r}; accepted LM specs: {ACCEPTED_FORMS}")
+    return TrackedLM(spec, spec=spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+
+
+def usage_of(lm: Any) -> UsageSnapshot:
+    """Usage counters of any LM; an LM not built by :func:`get_lm` reports zeros."""
+    usage = getattr(lm, "usage", None)
+    return usage.snapshot() if isinstance(usage, Usage) else UsageSnapshot()

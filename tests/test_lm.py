@@ -1,0 +1,152 @@
+"""The LM layer: spec parsing, usage accounting, model integrity, and the real model."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import dspy
+import pytest
+
+from ctxopt import models
+from ctxopt.errors import ConfigError, MissingDependencyError, ModelIntegrityError
+from ctxopt.lm import ACCEPTED_FORMS, TrackedLM, get_lm, usage_of
+from tests.fakes import chat_fields, scripted_lm
+
+
+def test_unknown_spec_lists_accepted_forms():
+    with pytest.raises(ConfigError) as err:
+        get_lm("gpt4")
+    assert ACCEPTED_FORMS in str(err.value)
+    with pytest.raises(ConfigError, match="unknown local model 'nope'"):
+        get_lm("local:nope")
+
+
+def test_missing_gguf_path_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing.gguf does not exist"):
+        get_lm(str(tmp_path / "missing.gguf"))
+
+
+def test_litellm_string_builds_tracked_lm_without_calling():
+    lm = get_lm("openai/gpt-4o-mini", api_key="sk-not-used")
+    assert isinstance(lm, TrackedLM) and lm.model == "openai/gpt-4o-mini"
+    assert lm.kwargs["temperature"] == 0.0
+    assert "api_key" not in lm.dump_state()
+
+
+def test_usage_counts_calls_tokens_and_cache_hits():
+    lm = scripted_lm(lambda system, user: chat_fields(answer="hi"), cache=True)
+    predict = dspy.Predict("question -> answer")
+    predict.set_lm(lm)
+    question = f"unique-{uuid.uuid4()}"
+    assert predict(question=question).answer == "hi"
+    assert predict(question=question).answer == "hi"
+    snap = usage_of(lm)
+    assert (snap.calls, snap.model_calls, snap.cache_hits) == (2, 1, 1)
+    assert snap.prompt_tokens > 0 and snap.completion_tokens == len(chat_fields(answer="hi").split())
+    assert len(lm.engine.requests) == 1  # the rerun never reached the engine
+
+
+def test_program_copies_share_the_lm_and_its_counters():
+    lm = scripted_lm(lambda s, u: chat_fields(answer="x"))
+    predict = dspy.Predict("question -> answer")
+    predict.set_lm(lm)
+    copy = predict.deepcopy()
+    copy(question="a")
+    assert copy.lm is lm and usage_of(lm).calls == 1
+
+
+def test_usage_snapshots_subtract():
+    lm = scripted_lm(lambda s, u: chat_fields(answer="x"))
+    before = usage_of(lm)
+    lm("one")
+    lm("two")
+    delta = usage_of(lm) - before
+    assert delta.calls == 2 and delta.model_calls == 2
+
+
+def _fake_spec(tmp_path, payload: bytes, sha: str | None = None) -> models.ModelSpec:
+    return models.ModelSpec(name="fake", package_prefix="ctxopt-fake-model-part", parts=1, version="0",
+                            sha256=sha or hashlib.sha256(payload).hexdigest(), size=len(payload),
+                            filename="fake.gguf")
+
+
+def test_corrupted_model_file_is_refused(tmp_path):
+    good = b"GGUF" + b"\x00" * 64
+    path = tmp_path / "model.gguf"
+    path.write_bytes(good)
+    expected = hashlib.sha256(good).hexdigest()
+    models.verify(path, expected)  # passes and writes the sidecar
+    path.write_bytes(b"GGUF" + b"\x01" * 64)  # corrupt in place
+    with pytest.raises(ModelIntegrityError) as err:
+        models.verify(path, expected)
+    message = str(err.value)
+    assert str(path) in message and expected in message
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in message
+
+
+def test_corrupted_cached_model_is_never_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXOPT_HOME", str(tmp_path))
+    target = tmp_path / "models" / models.MODELS["qwen2.5-coder-0.5b"].filename
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not the model")
+    with pytest.raises(ModelIntegrityError, match="corrupt"):
+        get_lm("local")
+
+
+def test_missing_model_package_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXOPT_HOME", str(tmp_path))
+    spec = _fake_spec(tmp_path, b"x")
+    monkeypatch.setitem(models.MODELS, "fake", spec)
+    with pytest.raises(MissingDependencyError, match="ctxopt-fake-model-part1==0 is not installed"):
+        models.model_path("fake")
+
+
+def test_assembly_concatenates_parts_in_order_and_verifies(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXOPT_HOME", str(tmp_path / "home"))
+    parts = [b"AAA", b"BBB", b"CC"]
+    paths = []
+    for i, data in enumerate(parts, 1):
+        p = tmp_path / f"part{i:02d}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    payload = b"".join(parts)
+    spec = models.ModelSpec(name="fake3", package_prefix="x-part", parts=3, version="0",
+                            sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), filename="f3.gguf")
+    monkeypatch.setitem(models.MODELS, "fake3", spec)
+    monkeypatch.setattr(models, "part_files", lambda s: paths)
+    out = models.model_path("fake3")
+    assert out.read_bytes() == payload
+    # a wrong expected hash refuses and leaves no file behind
+    bad = models.ModelSpec(**{**spec.__dict__, "name": "bad", "sha256": "0" * 64, "filename": "bad.gguf"})
+    monkeypatch.setitem(models.MODELS, "bad", bad)
+    with pytest.raises(ModelIntegrityError):
+        models.model_path("bad")
+    assert not (tmp_path / "home" / "models" / "bad.gguf").exists()
+    assert not list((tmp_path / "home" / "models").glob(".*part"))
+
+
+@pytest.mark.real_lm
+def test_real_model_answers_through_dspy_predict(real_lm):
+    predict = dspy.Predict("question -> answer")
+    predict.set_lm(real_lm)
+    before = usage_of(real_lm)
+    pred = predict(question="What is the capital of France? Answer with one word.")
+    assert "paris" in pred.answer.lower()
+    used = usage_of(real_lm) - before
+    assert used.calls == 1
+    # The same call again is a DSPy cache hit: no new model call.
+    again = predict(question="What is the capital of France? Answer with one word.")
+    assert again.answer == pred.answer
+    assert (usage_of(real_lm) - before).model_calls == used.model_calls
+
+
+@pytest.mark.real_lm
+def test_real_model_reaches_the_engine_and_reports_tokens(real_lm):
+    uncached = real_lm.copy(cache=False)
+    before = usage_of(uncached)
+    out = uncached("Reply with exactly the word: hello")
+    assert "hello" in out[0].lower()
+    used = usage_of(uncached) - before
+    assert used.model_calls == 1 and used.prompt_tokens > 5 and used.completion_tokens >= 1
+
