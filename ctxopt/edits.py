@@ -1,0 +1,399 @@
+"""Typed delta edits of a :class:`~ctxopt.context.LearnedContext`.
+
+Each edit is a frozen dataclass naming its ``predictor`` and carrying a
+``rationale``. Edits are applied with
+:meth:`LearnedContext.apply_edits <ctxopt.context.LearnedContext.apply_edits>`,
+which returns a new context; an invalid edit (missing item id, no-op, unknown
+predictor) raises :class:`~ctxopt.errors.EditError` and nothing changes.
+
+Item ids are deterministic (``"r-"``/``"n-"``/``"s-"`` + 8 hex of
+sha256(predictor, scope, text)), so rerunning the same edits reproduces the
+same context hash.
+
+Example:
+    >>> from ctxopt.context import LearnedContext, PredictorContext
+    >>> ctx = LearnedContext({"qa": PredictorContext("Answer.")})
+    >>> edit = AddItem("qa", "Cite the source.", rationale="answers lacked sources")
+    >>> edit_from_dict(edit.to_dict()) == edit
+    True
+    >>> ctx.apply_edits([edit]).items("qa")[0].id == item_id_for("qa", "Cite the source.")
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Union
+
+from ctxopt.context import GLOBAL, KINDS, Demo, Item, PredictorContext, replace_item
+from ctxopt.errors import EditError
+
+
+def item_id_for(predictor: str, text: str, scope: str = GLOBAL, kind: str = "rule") -> str:
+    """Deterministic id of an item: kind letter + 8 hex of sha256(predictor, scope, text)."""
+    digest = hashlib.sha256("\x00".join((predictor, scope, text)).encode("utf-8")).hexdigest()[:8]
+    return f"{kind[:1] or 'r'}-{digest}"
+
+
+def _short(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _scope_note(scope: str | None) -> str:
+    return "" if scope in (None, GLOBAL) else f" [task {scope}]"
+
+
+@dataclass(frozen=True)
+class _EditBase:
+    op: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-compatible dict with an ``"op"`` tag; see :func:`edit_from_dict`."""
+        d: dict[str, Any] = {"op": self.op}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Demo):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            d[f.name] = value
+        return d
+
+    def _check(self) -> None:
+        if not isinstance(self.predictor, str) or not self.predictor:  # type: ignore[attr-defined]
+            raise EditError(f"{self.op}: predictor must be a non-empty string")
+        if not isinstance(self.rationale, str):  # type: ignore[attr-defined]
+            raise EditError(f"{self.op}: rationale must be a string")
+
+    def __post_init__(self) -> None:
+        self._check()
+
+
+@dataclass(frozen=True)
+class AddItem(_EditBase):
+    """Append a new item (rule, note or strategy) to a predictor.
+
+    Example:
+        >>> AddItem("qa", "Always give units.", scope="physics").item_id.startswith("r-")
+        True
+    """
+
+    op: ClassVar[str] = "add_item"
+    predictor: str
+    text: str
+    scope: str = GLOBAL
+    kind: str = "rule"
+    rationale: str = ""
+
+    def __post_init__(self) -> None:
+        self._check()
+        if self.kind not in KINDS:
+            raise EditError(f"add_item: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    @property
+    def item_id(self) -> str:
+        """The deterministic id the new item gets."""
+        return item_id_for(self.predictor, self.text, self.scope, self.kind)
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        for it in pc.items:
+            if it.scope == self.scope and it.text == self.text:
+                raise EditError(f"add_item is a no-op: item {it.id} already has this text in scope {self.scope!r}")
+            if it.id == self.item_id:
+                raise EditError(f"add_item: item id {self.item_id} already exists")
+        new = Item(
+            id=self.item_id,
+            text=self.text,
+            scope=self.scope,
+            kind=self.kind,
+            source_task=task,
+            source_step=step,
+            rationale=self.rationale,
+            created_step=step,
+            updated_step=step,
+        )
+        return replace(pc, items=pc.items + (new,))
+
+
+@dataclass(frozen=True)
+class UpdateItem(_EditBase):
+    """Replace the text of an existing item; its id and provenance stay.
+
+    Example:
+        >>> UpdateItem("qa", "r-1a2b3c4d", "Give SI units.").op
+        'update_item'
+    """
+
+    op: ClassVar[str] = "update_item"
+    predictor: str
+    item_id: str
+    text: str
+    rationale: str = ""
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        old = pc.item(self.item_id)
+        if old.text == self.text:
+            raise EditError(f"update_item is a no-op: item {self.item_id} already has this text")
+        new = replace(old, text=self.text, updated_step=step, rationale=self.rationale or old.rationale)
+        return replace_item(pc, self.item_id, new)
+
+
+@dataclass(frozen=True)
+class DeleteItem(_EditBase):
+    """Remove an item.
+
+    Example:
+        >>> DeleteItem("qa", "r-1a2b3c4d", rationale="hurt accuracy").to_dict()["op"]
+        'delete_item'
+    """
+
+    op: ClassVar[str] = "delete_item"
+    predictor: str
+    item_id: str
+    rationale: str = ""
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        return replace_item(pc, self.item_id, None)
+
+
+@dataclass(frozen=True)
+class MergeItems(_EditBase):
+    """Replace two or more items by one new item at the position of the first.
+
+    The new item's scope is ``scope`` if given, else the common scope of the
+    merged items (global if they differ). Its counters are the sums.
+
+    Example:
+        >>> MergeItems("qa", ("r-1", "r-2"), "Be exact and cite.").op
+        'merge_items'
+    """
+
+    op: ClassVar[str] = "merge_items"
+    predictor: str
+    item_ids: tuple[str, ...]
+    text: str
+    rationale: str = ""
+    scope: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "item_ids", tuple(self.item_ids))
+        self._check()
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        if len(self.item_ids) < 2 or len(set(self.item_ids)) != len(self.item_ids):
+            raise EditError(f"merge_items needs two or more distinct item ids, got {list(self.item_ids)}")
+        olds = [pc.item(i) for i in self.item_ids]
+        scopes = {it.scope for it in olds}
+        scope = self.scope or (scopes.pop() if len(scopes) == 1 else GLOBAL)
+        kinds = {it.kind for it in olds}
+        kind = kinds.pop() if len(kinds) == 1 else "rule"
+        new = Item(
+            id=item_id_for(self.predictor, self.text, scope, kind),
+            text=self.text,
+            scope=scope,
+            kind=kind,
+            source_task=task,
+            source_step=step,
+            rationale=self.rationale,
+            created_step=step,
+            updated_step=step,
+            helpful=sum(it.helpful for it in olds),
+            harmful=sum(it.harmful for it in olds),
+        )
+        merged = set(self.item_ids)
+        if any(it.id == new.id for it in pc.items if it.id not in merged):
+            raise EditError(f"merge_items: the merged item {new.id} already exists")
+        first = min(i for i, it in enumerate(pc.items) if it.id in merged)
+        items = [it for it in pc.items if it.id not in merged]
+        items.insert(first, new)
+        return replace(pc, items=tuple(items))
+
+
+@dataclass(frozen=True)
+class RewriteInstruction(_EditBase):
+    """Replace the predictor's base instruction.
+
+    Example:
+        >>> RewriteInstruction("qa", "Answer in one word.").op
+        'rewrite_instruction'
+    """
+
+    op: ClassVar[str] = "rewrite_instruction"
+    predictor: str
+    text: str
+    rationale: str = ""
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        if not isinstance(self.text, str):
+            raise EditError("rewrite_instruction: text must be a string")
+        if pc.instruction == self.text:
+            raise EditError("rewrite_instruction is a no-op: the instruction already has this text")
+        return replace(pc, instruction=self.text)
+
+
+@dataclass(frozen=True)
+class AddDemo(_EditBase):
+    """Append a demo.
+
+    Example:
+        >>> AddDemo("qa", Demo(inputs={"q": "1+1"}, outputs={"a": "2"})).op
+        'add_demo'
+    """
+
+    op: ClassVar[str] = "add_demo"
+    predictor: str
+    demo: Demo
+    rationale: str = ""
+
+    def __post_init__(self) -> None:
+        self._check()
+        if not isinstance(self.demo, Demo):
+            raise EditError(f"add_demo: demo must be a Demo, got {type(self.demo).__name__}")
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        if any(d.id == self.demo.id for d in pc.demos):
+            raise EditError(f"add_demo is a no-op: demo {self.demo.id} already exists")
+        return replace(pc, demos=pc.demos + (self.demo,))
+
+
+@dataclass(frozen=True)
+class RemoveDemo(_EditBase):
+    """Remove a demo by id.
+
+    Example:
+        >>> RemoveDemo("qa", "d-1a2b3c4d").op
+        'remove_demo'
+    """
+
+    op: ClassVar[str] = "remove_demo"
+    predictor: str
+    demo_id: str
+    rationale: str = ""
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        if all(d.id != self.demo_id for d in pc.demos):
+            known = ", ".join(d.id for d in pc.demos[:10]) or "none"
+            raise EditError(f"no demo with id {self.demo_id!r} (known ids: {known})")
+        return replace(pc, demos=tuple(d for d in pc.demos if d.id != self.demo_id))
+
+
+@dataclass(frozen=True)
+class CountItem(_EditBase):
+    """Add to an item's helpful/harmful counters (not in the core contract; an extra).
+
+    Example:
+        >>> CountItem("qa", "r-1a2b3c4d", helpful=1).op
+        'count_item'
+    """
+
+    op: ClassVar[str] = "count_item"
+    predictor: str
+    item_id: str
+    helpful: int = 0
+    harmful: int = 0
+    rationale: str = ""
+
+    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        old = pc.item(self.item_id)
+        if self.helpful == 0 and self.harmful == 0:
+            raise EditError("count_item is a no-op: both increments are 0")
+        new = replace(old, helpful=old.helpful + self.helpful, harmful=old.harmful + self.harmful)
+        if new.helpful < 0 or new.harmful < 0:
+            raise EditError(f"count_item: counters of item {self.item_id} would become negative")
+        return replace_item(pc, self.item_id, new)
+
+
+Edit = Union[AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem]
+"""Any typed edit."""
+
+EDIT_TYPES: dict[str, type] = {
+    cls.op: cls
+    for cls in (AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem)
+}
+
+
+def edit_from_dict(d: Mapping[str, Any]) -> Edit:
+    """Rebuild an edit from :meth:`to_dict` output.
+
+    Raises:
+        EditError: if ``op`` is unknown or fields are missing or unexpected.
+    """
+    if not isinstance(d, Mapping):
+        raise EditError(f"an edit must be a mapping, got {type(d).__name__}")
+    op = d.get("op")
+    cls = EDIT_TYPES.get(op)  # type: ignore[arg-type]
+    if cls is None:
+        raise EditError(f"unknown edit op {op!r}; valid ops: {', '.join(sorted(EDIT_TYPES))}")
+    kwargs = {k: v for k, v in d.items() if k != "op"}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise EditError(f"{op}: unknown fields {', '.join(sorted(unknown))}")
+    if "demo" in kwargs and isinstance(kwargs["demo"], Mapping):
+        kwargs["demo"] = Demo.from_dict(kwargs["demo"])
+    try:
+        return cls(**kwargs)  # type: ignore[return-value]
+    except TypeError as exc:
+        raise EditError(f"{op}: {exc}") from None
+
+
+def describe(edit: Edit) -> str:
+    """One human-readable line describing ``edit``."""
+    p = edit.predictor
+    if isinstance(edit, AddItem):
+        return f"{p}: add {edit.kind} {edit.item_id}{_scope_note(edit.scope)}: {_short(edit.text)!r}"
+    if isinstance(edit, UpdateItem):
+        return f"{p}: update item {edit.item_id}: {_short(edit.text)!r}"
+    if isinstance(edit, DeleteItem):
+        return f"{p}: delete item {edit.item_id}"
+    if isinstance(edit, MergeItems):
+        return f"{p}: merge items {', '.join(edit.item_ids)}{_scope_note(edit.scope)}: {_short(edit.text)!r}"
+    if isinstance(edit, RewriteInstruction):
+        return f"{p}: rewrite instruction: {_short(edit.text)!r}"
+    if isinstance(edit, AddDemo):
+        return f"{p}: add demo {edit.demo.id}{_scope_note(edit.demo.scope)}"
+    if isinstance(edit, RemoveDemo):
+        return f"{p}: remove demo {edit.demo_id}"
+    if isinstance(edit, CountItem):
+        return f"{p}: count item {edit.item_id} helpful {edit.helpful:+d} harmful {edit.harmful:+d}"
+    raise EditError(f"not an edit: {edit!r}")
+
+
+def apply_edit(
+    predictors: Mapping[str, PredictorContext], edit: Edit, *, step: int = 0, task: str | None = None
+) -> dict[str, PredictorContext]:
+    """Apply one edit to a name -> PredictorContext mapping; return a new dict.
+
+    Raises:
+        EditError: if the edit is invalid; ``predictors`` is not changed.
+    """
+    if not isinstance(edit, _EditBase):
+        raise EditError(f"not an edit: {edit!r}")
+    if edit.predictor not in predictors:  # type: ignore[attr-defined]
+        known = ", ".join(sorted(predictors)) or "none"
+        raise EditError(f"{edit.op}: no predictor named {edit.predictor!r} (known: {known})")  # type: ignore[attr-defined]
+    name = edit.predictor  # type: ignore[attr-defined]
+    new_pc = edit.apply(predictors[name], step=step, task=task)  # type: ignore[attr-defined]
+    return {**predictors, name: new_pc}
+
+
+__all__ = [
+    "Edit",
+    "AddItem",
+    "UpdateItem",
+    "DeleteItem",
+    "MergeItems",
+    "RewriteInstruction",
+    "AddDemo",
+    "RemoveDemo",
+    "CountItem",
+    "EDIT_TYPES",
+    "apply_edit",
+    "describe",
+    "edit_from_dict",
+    "item_id_for",
+]
