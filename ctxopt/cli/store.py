@@ -1,0 +1,251 @@
+"""Store subcommands: log, show, diff, rollback, branch, tag, switch, checkout, export, import.
+
+Every command takes ``--store DIR`` (default: ``$CTXOPT_STORE`` or ``./ctxopt-store``).
+They are thin wrappers over :class:`ctxopt.store.Store`; errors are
+:class:`~ctxopt.errors.CtxoptError` and print as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ctxopt.errors import ConfigError, StoreError
+
+DEFAULT_STORE = "ctxopt-store"
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        default=os.environ.get("CTXOPT_STORE", DEFAULT_STORE),
+        help="store directory (default: $CTXOPT_STORE or ./ctxopt-store)",
+    )
+
+
+def _open(args: argparse.Namespace):  # noqa: ANN202 - Store, imported lazily
+    from ctxopt.store import Store
+
+    return Store.open(args.store, lock_timeout=args.lock_timeout)
+
+
+def _summary(meta: dict[str, Any]) -> str:
+    parts = []
+    if meta.get("step") is not None:
+        parts.append(f"step {meta['step']}")
+    if meta.get("task") is not None:
+        parts.append(f"task {meta['task']}")
+    if meta.get("kind") == "rollback":
+        parts.append("rollback")
+    return ", ".join(parts)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    store = _open(args)
+    versions = store.log(args.rev, limit=args.limit)
+    if args.json:
+        _out(json.dumps([v.to_dict() for v in versions], indent=2, ensure_ascii=False))
+        return 0
+    if not versions:
+        _out(f"store {store.path} has no versions yet")
+        return 0
+    decorations: dict[str, list[str]] = {}
+    for b in store.branches():
+        decorations.setdefault(store.resolve(b), []).append(b)
+    for t in store.tags():
+        decorations.setdefault(store.resolve(t), []).append(f"tag:{t}")
+    head = store.resolve("HEAD")
+    for v in versions:
+        deco = decorations.get(v.rev, [])
+        if v.rev == head:
+            deco = ["HEAD", *deco]
+        extra = _summary(v.metadata)
+        line = f"{v.short}  {v.timestamp[:19]}  ctx {v.context_hash[:12]}  {v.subject}"
+        if extra:
+            line += f"  [{extra}]"
+        if deco:
+            line += f"  ({', '.join(deco)})"
+        _out(line)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _open(args)
+    version = store.version(args.rev)
+    ctx = store.show(version.rev)
+    names = list(ctx.predictors)
+    if args.predictor is not None:
+        if args.predictor not in ctx.predictors:
+            raise ConfigError(f"no predictor {args.predictor!r} at {version.short} (predictors: {', '.join(names)})")
+        names = [args.predictor]
+    if args.json:
+        _out(json.dumps({"version": version.to_dict(), "context": ctx.to_dict()}, indent=2, ensure_ascii=False))
+        return 0
+    _out(f"version {version.rev}")
+    _out(f"context {version.context_hash}")
+    _out(f"date    {version.timestamp}")
+    _out(f"message {version.subject}")
+    extra = _summary(version.metadata)
+    if extra:
+        _out(f"meta    {extra}")
+    for name in names:
+        pc = ctx.predictors[name]
+        _out("")
+        _out(f"== {name}  ({len(pc.items)} items, {len(pc.demos)} demos, {ctx.token_count(name, args.task)} tokens)")
+        if args.rendered:
+            _out(ctx.render(name, args.task))
+            continue
+        _out(f"instruction: {pc.instruction}")
+        for it in pc.scoped_items(args.task):
+            counts = f" +{it.helpful}/-{it.harmful}" if it.helpful or it.harmful else ""
+            _out(f"  {it.id} [{it.kind}, {it.scope}{counts}] {' '.join(it.text.split())}")
+        for d in pc.scoped_demos(args.task):
+            _out(f"  demo {d.id} [{d.scope}] inputs: {', '.join(d.inputs)}; outputs: {', '.join(d.outputs)}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    store = _open(args)
+    diff = store.diff(args.a, args.b)
+    if args.json:
+        _out(json.dumps(diff.to_dict(), indent=2, ensure_ascii=False))
+    elif args.textual:
+        _out(diff.textual)
+    else:
+        _out(diff.to_text())
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = _open(args)
+    before = store.resolve("HEAD")
+    v = store.rollback(args.rev, reason=args.reason)
+    if v.rev == before:
+        _out(f"HEAD {v.short} already has the context of {args.rev}; nothing to roll back")
+    else:
+        _out(f"rolled back to {args.rev}: new version {v.short} (context {v.context_hash[:12]})")
+    return 0
+
+
+def _ref_cmd(kind: str):  # noqa: ANN202
+    def run(args: argparse.Namespace) -> int:
+        store = _open(args)
+        if args.name is None:
+            names = store.branches() if kind == "branch" else store.tags()
+            current = store.current_branch() if kind == "branch" else None
+            for n in names:
+                _out(("* " if n == current else "  ") + n if kind == "branch" else n)
+            return 0
+        if kind == "branch":
+            v = store.branch(args.name, args.rev)
+        else:
+            v = store.tag(args.name, args.rev, message=args.message)
+        _out(f"{kind} {args.name} -> {v.short}")
+        return 0
+
+    return run
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    v = _open(args).switch(args.name)
+    _out(f"switched to branch {args.name} at {v.short}")
+    return 0
+
+
+def cmd_checkout(args: argparse.Namespace) -> int:
+    store = _open(args)
+    v = store.checkout(args.rev)
+    branch = store.current_branch()
+    where = f"branch {branch}" if branch else "detached HEAD"
+    _out(f"checked out {v.short} (context {v.context_hash[:12]}) on {where}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _open(args)
+    if args.dspy:
+        out = store.export_dspy_state(args.path, rev=args.rev, task=args.task)
+        _out(f"wrote DSPy state of {args.rev} to {out} (load with program.load)")
+    else:
+        if args.rev != "HEAD" or args.task is not None:
+            raise ConfigError("--rev and --task apply only with --dspy; a bundle holds the whole history")
+        out = store.export_bundle(args.path)
+        _out(f"wrote bundle {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ctxopt.store import Store
+
+    if not os.path.isfile(args.bundle):
+        raise StoreError(f"bundle {args.bundle} does not exist")
+    store = Store.import_bundle(args.bundle, args.store, lock_timeout=args.lock_timeout)
+    head = store.head()
+    _out(f"imported {len(store.log())} versions into {store.path} (HEAD {head.short if head else 'none'})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the store subcommands to the ``ctxopt`` parser."""
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help, description=help)
+        _store_arg(p)
+        p.add_argument("--lock-timeout", type=float, default=30.0, metavar="S", help="seconds to wait for the store lock")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("log", cmd_log, "list the versions of the learned context, newest first")
+    p.add_argument("rev", nargs="?", default="HEAD", metavar="REV")
+    p.add_argument("-n", "--limit", type=int, default=None, help="show at most N versions")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("show", cmd_show, "show the learned context at a version")
+    p.add_argument("rev", nargs="?", default="HEAD", metavar="REV")
+    p.add_argument("--predictor", default=None, help="only this predictor")
+    p.add_argument("--task", default=None, help="only items and demos in scope for this task")
+    p.add_argument("--rendered", action="store_true", help="print the text the LM sees")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("diff", cmd_diff, "compare two versions: items added/removed/changed, instruction changes")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--textual", action="store_true", help="print git's unified diff of the context files")
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("rollback", cmd_rollback, "restore an old version as a new version (history is kept)")
+    p.add_argument("rev", metavar="REV")
+    p.add_argument("--reason", default="", help="why; recorded in the commit")
+
+    p = add("branch", _ref_cmd("branch"), "create a branch at REV (default HEAD), or list branches")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME")
+    p.add_argument("rev", nargs="?", default="HEAD", metavar="REV")
+
+    p = add("tag", _ref_cmd("tag"), "tag a version (default HEAD), or list tags")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME")
+    p.add_argument("rev", nargs="?", default="HEAD", metavar="REV")
+    p.add_argument("-m", "--message", default=None, help="annotated tag message")
+
+    p = add("switch", cmd_switch, "switch to an existing branch")
+    p.add_argument("name", metavar="NAME")
+
+    p = add("checkout", cmd_checkout, "make REV current: a branch switches, a sha or tag detaches HEAD")
+    p.add_argument("rev", metavar="REV")
+
+    p = add("export", cmd_export, "write the store as one bundle file, or DSPy state JSON with --dspy")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--dspy", action="store_true", help="write DSPy's program state JSON (program.load reads it)")
+    p.add_argument("--rev", default="HEAD", help="version to export with --dspy")
+    p.add_argument("--task", default=None, help="render for this task with --dspy")
+
+    p = add("import", cmd_import, "create the store at --store from a bundle file")
+    p.add_argument("bundle", metavar="BUNDLE")
