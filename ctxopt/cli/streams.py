@@ -1,0 +1,81 @@
+"""``ctxopt streams`` (list or inspect task streams) and ``ctxopt report RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``streams`` and ``report`` subcommands."""
+    p = subparsers.add_parser(
+        "streams",
+        help="list the built-in task streams, or show one stream's tasks",
+        description="Without SPEC, list the built-in streams. With SPEC (a built-in name such as "
+        "ii-8, ii:antonyms,sum, babi:1,4, or a stream .yaml file), load it and show its tasks, "
+        "metrics and split sizes; this also validates a YAML stream.",
+    )
+    p.add_argument("spec", nargs="?", help="stream to load and show")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val draw (default 0)")
+    p.add_argument("--sizes", type=_sizes, help="train,val,test examples per task, e.g. 40,30,50")
+    p.add_argument("--scenario", choices=["task-aware", "task-agnostic"], help="override the stream's scenario")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_streams)
+
+    r = subparsers.add_parser(
+        "report",
+        help="write an HTML report (and summary.md) for a run folder",
+        description="Read RUN_DIR/results.json (and method subfolders) and write a self-contained "
+        "report.html with plots, plus summary.md with the methods table.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="folder holding results.json")
+    r.add_argument("-o", "--out", help="HTML path (default RUN_DIR/report.html)")
+    r.set_defaults(func=_report)
+
+
+def _sizes(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three integers like 40,30,50, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 40,30,50, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _streams(args: argparse.Namespace) -> int:
+    from ctxopt.streams import builtin_streams, load_stream
+
+    if not args.spec:
+        streams = builtin_streams()
+        if args.json:
+            print(json.dumps(streams, indent=2))
+            return 0
+        width = max(map(len, streams))
+        for name, desc in streams.items():
+            print(f"{name:<{width}}  {desc}")
+        print("\nAlso: a stream .yaml file. `ctxopt streams SPEC` shows a stream's tasks.")
+        return 0
+    stream = load_stream(args.spec, seed=args.seed, sizes=args.sizes, scenario=args.scenario)
+    info = stream.describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{stream.name}  ({stream.scenario}; {', '.join(stream.program_inputs)} -> {stream.output})")
+    width = max(len(t.name) for t in stream)
+    print(f"  {'task':<{width}}  {'metric':<12} train  val  test")
+    for t in info["tasks"]:
+        sz = t["sizes"]
+        print(f"  {t['name']:<{width}}  {t['metric']:<12} {sz['train']:>5} {sz['val']:>4} {sz['test']:>5}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ctxopt.report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(path)
+    return 0

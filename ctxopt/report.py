@@ -1,0 +1,276 @@
+"""A self-contained HTML report of a run folder, plus the summary as Markdown.
+
+:func:`write_report` reads every method's :class:`~ctxopt.matrix.RunResult` in
+a run folder and writes ``report.html`` (plots embedded as base64 PNG; no
+external files, scripts or fonts) and ``summary.md`` next to it. The page has:
+
+* a table of methods with ACC, BWT, FWT, cumulative loss and LM calls/tokens;
+* per method: the accuracy-matrix heatmap (with the "before" row r0), the
+  per-task score curves over steps, and the matrix and step records as tables;
+* context tokens over steps and LM calls over steps (task vs reflection), one
+  line per method.
+
+Plots use matplotlib's object API (``Figure``), never ``pyplot``, so no global
+backend state changes and no window opens.
+
+Example:
+    >>> from ctxopt.matrix import RunResult
+    >>> print(markdown_table([RunResult("static", ["a"], [0.5], [[0.5]])]).splitlines()[2])
+    | static | 0.500 | 0.000 | 0.000 | 0.500 | 0 | 0 | 0.0 |
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ctxopt.matrix import RunResult, _atomic_write, load_results
+
+__all__ = ["write_report", "markdown_table", "REPORT_FILE", "SUMMARY_FILE"]
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.md"
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _rows(results: Sequence[RunResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        s = r.summary()
+        rows.append(
+            [
+                r.method,
+                _fmt(s["acc"]),
+                _fmt(s["bwt"]),
+                _fmt(s["fwt"]),
+                _fmt(s["cumulative_loss"]),
+                str(s["calls"]),
+                str(s["tokens"]),
+                _fmt(float(s["wall_s"]), 1),
+            ]
+        )
+    return rows
+
+
+_HEADER = ["method", "ACC", "BWT", "FWT", "cum. loss", "LM calls", "LM tokens", "wall s"]
+
+
+def markdown_table(results: Sequence[RunResult]) -> str:
+    """The methods table (ACC/BWT/FWT/cumulative loss/calls/tokens/wall time) as Markdown.
+
+    Example:
+        >>> from ctxopt.matrix import RunResult
+        >>> markdown_table([RunResult("m", ["a", "b"], [0, 0], [[1, 0], [1, 1]])]).splitlines()[0]
+        '| method | ACC | BWT | FWT | cum. loss | LM calls | LM tokens | wall s |'
+    """
+    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "|".join(["---"] + ["---:"] * (len(_HEADER) - 1)) + "|"]
+    for row in _rows(results):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _heatmap(run: RunResult) -> str:
+    n = len(run.tasks)
+    rows = [list(run.r0)] + [list(r) for r in run.R]
+    labels = ["before"] + [f"after {t}" for t in run.tasks[: len(run.R)]]
+    fig = _figure(1.6 + 0.7 * n, 1.2 + 0.45 * len(rows))
+    ax = fig.add_subplot()
+    im = ax.imshow(rows, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(n), run.tasks, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("evaluated task")
+    ax.set_title(f"{run.method}: test score R[i][j]", fontsize=10)
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def _curves(run: RunResult) -> str:
+    fig = _figure(7.5, 3.6)
+    ax = fig.add_subplot()
+    steps = list(range(len(run.R) + 1))
+    for j, task in enumerate(run.tasks):
+        ax.plot(steps, [run.r0[j]] + [row[j] for row in run.R], marker="o", ms=3, label=task)
+    ax.set_xticks(steps, ["before"] + [str(i + 1) for i in range(len(run.R))])
+    ax.set_xlabel("after learning task #")
+    ax.set_ylabel("test score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{run.method}: per-task test score over steps", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _over_steps(results: Sequence[RunResult], title: str, ylabel: str, series: Any) -> str:
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_subplot()
+    for r in results:
+        for label, style, values in series(r):
+            if values:
+                ax.plot([s.step + 1 for s in r.steps], values, style, marker="o", ms=3, label=label)
+    ax.set_xlabel("step (task #)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        ax.text(0.5, 0.5, "no step records", ha="center", va="center", transform=ax.transAxes)
+    return _png(fig)
+
+
+def _context_plot(results: Sequence[RunResult]) -> str:
+    return _over_steps(
+        results,
+        "learned context size over steps",
+        "context tokens",
+        lambda r: [(r.method, "-", [s.context_tokens for s in r.steps])],
+    )
+
+
+def _calls_plot(results: Sequence[RunResult]) -> str:
+    return _over_steps(
+        results,
+        "LM calls per step (solid: task LM, dashed: reflection LM)",
+        "LM calls",
+        lambda r: [
+            (f"{r.method} task", "-", [s.task_calls for s in r.steps]),
+            (f"{r.method} reflection", "--", [s.reflection_calls for s in r.steps]),
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- html
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;display:block;margin:8px 0}.meta{color:#666;font-size:12px}
+"""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _method_section(run: RunResult) -> str:
+    s = run.summary()
+    parts = [f"<h2>{html.escape(run.method)}</h2>"]
+    if run.meta:
+        meta = ", ".join(f"{k}: {v}" for k, v in sorted(run.meta.items()) if not isinstance(v, dict | list))
+        if meta:
+            parts.append(f'<p class="meta">{html.escape(meta)}</p>')
+    if not run.complete:
+        parts.append(f"<p>In progress: {len(run.R)} of {len(run.tasks)} tasks learned.</p>")
+    parts.append(_img(_heatmap(run), f"accuracy matrix heatmap of {run.method}"))
+    parts.append(_img(_curves(run), f"per-task score curves of {run.method}"))
+    matrix_rows = [["before", *(_fmt(v) for v in run.r0)]]
+    matrix_rows += [[f"after {run.tasks[i]}", *(_fmt(v) for v in row)] for i, row in enumerate(run.R)]
+    parts.append("<h3>Accuracy matrix</h3>" + _table(["", *run.tasks], matrix_rows))
+    if s["forgetting"]:
+        parts.append(
+            "<h3>Forgetting per task</h3>"
+            + _table(run.tasks[: len(s["forgetting"])], [[_fmt(v) for v in s["forgetting"]]])
+        )
+    if run.steps:
+        step_rows = [
+            [
+                str(st.step),
+                st.task,
+                str(st.context_tokens),
+                str(st.task_calls),
+                str(st.task_tokens),
+                str(st.reflection_calls),
+                str(st.reflection_tokens),
+                _fmt(st.wall_s, 1),
+                "–" if st.accepted is None else ("yes" if st.accepted else "no"),
+            ]
+            for st in run.steps
+        ]
+        header = ["step", "task", "context tok", "task calls", "task tok", "refl. calls", "refl. tok", "wall s", "accepted"]
+        parts.append("<h3>Steps</h3>" + _table(header, step_rows))
+    return "\n".join(parts)
+
+
+def render_html(results: Sequence[RunResult], title: str) -> str:
+    """The report page for some run results (used by :func:`write_report`)."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{len(results)} method(s); generated {now} by ctxopt</p>',
+        "<h2>Methods</h2>",
+        _table(_HEADER, _rows(results)),
+        "<p class=\"meta\">ACC: mean final test score. BWT: mean change on earlier tasks since learning them "
+        "(negative = forgetting). FWT: mean gain on a task before meeting it, relative to before any learning. "
+        "cum. loss: sum over steps of the mean loss on tasks seen so far.</p>",
+        _img(_context_plot(results), "context tokens over steps"),
+        _img(_calls_plot(results), "LM calls over steps"),
+    ]
+    body += [_method_section(r) for r in results]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` and ``summary.md`` for a run folder.
+
+    Args:
+        run_dir: A folder with ``results.json`` (or method subfolders holding one).
+        out: Where to write the HTML (default ``run_dir/report.html``); the
+            Markdown summary goes next to it as ``summary.md``.
+
+    Returns:
+        The path of the HTML report.
+
+    Raises:
+        DataError: The folder holds no readable results.
+    """
+    results = load_results(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = f"ctxopt report: {Path(run_dir).resolve().name}"
+    _atomic_write(path, render_html(results, title))
+    _atomic_write(path.parent / SUMMARY_FILE, f"# {title}\n\n" + markdown_table(results))
+    return path

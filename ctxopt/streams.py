@@ -1,0 +1,789 @@
+"""Load task streams: built-in benchmarks and user-defined YAML streams.
+
+:func:`load_stream` takes a spec:
+
+* ``ii-8``: the default Instruction Induction stream (Honovich et al., 2023),
+  in this order: first_word_letter, singular_to_plural, antonyms, sentiment,
+  diff, letters_list, negation, translation_en-es.
+* ``ii``: all 24 Instruction Induction tasks (alphabetical), ``ii:antonyms,sum``:
+  any subset, in the order given.
+* ``babi-10``: bAbI tasks 1, 4, 6, 9, 10, 11, 12, 13, 15, 20 (Weston et al., 2015);
+  ``babi``: all 20; ``babi:1,4`` (numbers or file names like
+  ``qa1_single-supporting-fact``): any subset, in the order given.
+* a path to a ``.yaml``/``.yml`` file (see below).
+
+Built-in streams are task-aware unless ``scenario="task-agnostic"`` is passed.
+Default sizes are 40 train, 30 val and 50 test examples per task
+(``sizes=(train, val, test)`` changes them).
+
+**Instruction Induction.** Train and val are drawn without overlap from the
+``induce`` pool, after removing duplicate inputs and any input that also occurs in
+the ``execute`` set; test is drawn from the ``execute`` set. Train/val depend on
+``seed``; the test subset uses a fixed seed, so every run scores the same test
+examples. Tasks with a small pool (cause_and_effect 26, common_concept 16,
+informal_to_formal 15) split what there is 4:3 into train/val and use every
+``execute`` example for test. The ``annotations/`` folder (human-written
+instructions, reserved for an oracle baseline) is never read here.
+
+Each task keeps the scoring of the paper's ``evaluate.py`` (``TASK_TO_METRIC``:
+F1 for common_concept and informal_to_formal, exact set for
+orthography_starts_with and taxonomy_animal, contains for synonyms, exact match
+for the rest, each taken as the best over the acceptable answers):
+
+=========================  ===========  ============================================
+task                       metric       input / acceptable answers
+=========================  ===========  ============================================
+active_to_passive          exact_match  output
+antonyms                   exact_match  output
+cause_and_effect           exact_match  input "Sentence 1: … Sentence 2: …" (cause
+                                        and effect in seeded random order); the cause
+common_concept             f1           input: the items joined by ", ";
+                                        any of ``all_common_concepts``
+diff                       exact_match  output
+first_word_letter          exact_match  output
+informal_to_formal         f1           output
+larger_animal              exact_match  output
+letters_list               exact_match  output ("p l a c e")
+negation                   exact_match  output
+num_to_verbal              exact_match  output
+orthography_starts_with    set_equal    output, compared as a set of words
+rhymes                     exact_match  any of ``other_rhymes`` (as in the paper)
+second_word_letter         exact_match  output
+sentence_similarity        exact_match  "3 - probably" or just "3" (the paper scores
+                                        the leading number only)
+sentiment                  exact_match  output
+singular_to_plural         exact_match  output
+sum                        exact_match  output
+synonyms                   contains     output
+taxonomy_animal            set_equal    output, a comma-separated set (order-free)
+translation_en-de/-es/-fr  exact_match  any of ``possible_translations``
+word_in_context            exact_match  any of ``possible_outputs``
+=========================  ===========  ============================================
+
+The paper scores translation by exact match against any possible translation,
+not by "contains" (it uses contains for synonyms only), so that is kept here.
+
+**bAbI.** An example's ``input`` is the story so far (its statements, one per
+line, without line numbers) followed by ``Question: …``; ``output`` is the
+answer. Train and val come from the task's ``_train.txt`` file, test from
+``_test.txt``. Metric: exact match, except qa8 lists-sets (``set_equal``) and
+qa19 path-finding (exact match; "n,w", "n, w" and "north, west" all accepted).
+
+**YAML streams**::
+
+    name: my-stream
+    scenario: task-aware          # or task-agnostic
+    inputs: [input]
+    output: output
+    metric: exact_match           # built-in name or "package.module:function"
+    sizes: [40, 30, 50]           # optional caps on train/val/test
+    tasks:
+      - name: antonyms
+        train: data/antonyms.train.jsonl
+        val: data/antonyms.val.jsonl
+        test: data/antonyms.test.jsonl
+        metric: f1                # optional per-task override
+      - name: sentiment
+        data: data/sentiment.csv  # one file, split by seed (split: [0.5, 0.2, 0.3])
+      - name: sst2
+        train: hf:stanfordnlp/sst2:train          # hf:ID:SPLIT or hf:ID:CONFIG:SPLIT
+        val: {hf: stanfordnlp/sst2, split: validation}
+        test: hf:stanfordnlp/sst2:validation[:200]
+        fields: {input: sentence, output: label}  # our field <- source column
+
+Relative paths resolve against the YAML file's folder. Task files may be JSONL,
+JSON (a list of records, or ``{"examples": …}``), CSV/TSV, or anything
+``datasets`` loads from a local file (Parquet, Arrow). An output given as a list
+counts every element as an acceptable answer. When ``val`` is missing, a quarter
+of ``train`` (seeded) becomes val.
+
+Example:
+    >>> s = load_stream("ii:antonyms,sum", sizes=(4, 3, 5))
+    >>> s.names, len(s["antonyms"].train), s["sum"].test_size
+    (('antonyms', 'sum'), 4, 5)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from ctxopt.errors import ConfigError, DataError
+from ctxopt.metrics import get_metric
+from ctxopt.tasks import SCENARIOS, Task, TaskStream, make_example
+
+__all__ = [
+    "load_stream",
+    "builtin_streams",
+    "II_TASKS",
+    "II_METRICS",
+    "II8",
+    "BABI_TASKS",
+    "BABI10",
+    "DEFAULT_SIZES",
+    "data_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIZES: tuple[int, int, int] = (40, 30, 50)
+_TEST_SEED = "ctxopt-test-v1"  # the test subset does not depend on the run's seed
+
+II_METRICS: dict[str, str] = {
+    "active_to_passive": "exact_match",
+    "antonyms": "exact_match",
+    "cause_and_effect": "exact_match",
+    "common_concept": "f1",
+    "diff": "exact_match",
+    "first_word_letter": "exact_match",
+    "informal_to_formal": "f1",
+    "larger_animal": "exact_match",
+    "letters_list": "exact_match",
+    "negation": "exact_match",
+    "num_to_verbal": "exact_match",
+    "orthography_starts_with": "set_equal",
+    "rhymes": "exact_match",
+    "second_word_letter": "exact_match",
+    "sentence_similarity": "exact_match",
+    "sentiment": "exact_match",
+    "singular_to_plural": "exact_match",
+    "sum": "exact_match",
+    "synonyms": "contains",
+    "taxonomy_animal": "set_equal",
+    "translation_en-de": "exact_match",
+    "translation_en-es": "exact_match",
+    "translation_en-fr": "exact_match",
+    "word_in_context": "exact_match",
+}
+II_TASKS: tuple[str, ...] = tuple(sorted(II_METRICS))
+II8: tuple[str, ...] = (
+    "first_word_letter",
+    "singular_to_plural",
+    "antonyms",
+    "sentiment",
+    "diff",
+    "letters_list",
+    "negation",
+    "translation_en-es",
+)
+BABI_TASKS: dict[int, str] = {
+    1: "qa1_single-supporting-fact",
+    2: "qa2_two-supporting-facts",
+    3: "qa3_three-supporting-facts",
+    4: "qa4_two-arg-relations",
+    5: "qa5_three-arg-relations",
+    6: "qa6_yes-no-questions",
+    7: "qa7_counting",
+    8: "qa8_lists-sets",
+    9: "qa9_simple-negation",
+    10: "qa10_indefinite-knowledge",
+    11: "qa11_basic-coreference",
+    12: "qa12_conjunction",
+    13: "qa13_compound-coreference",
+    14: "qa14_time-reasoning",
+    15: "qa15_basic-deduction",
+    16: "qa16_basic-induction",
+    17: "qa17_positional-reasoning",
+    18: "qa18_size-reasoning",
+    19: "qa19_path-finding",
+    20: "qa20_agents-motivations",
+}
+BABI10: tuple[int, ...] = (1, 4, 6, 9, 10, 11, 12, 13, 15, 20)
+
+_BUILTINS: dict[str, str] = {
+    "ii-8": "Instruction Induction, 8 tasks: " + ", ".join(II8),
+    "ii": "Instruction Induction, all 24 tasks (alphabetical); ii:a,b,… picks tasks in order",
+    "babi-10": "bAbI QA tasks " + ", ".join(map(str, BABI10)),
+    "babi": "bAbI QA, all 20 tasks; babi:1,4,… picks tasks in order",
+}
+
+
+def builtin_streams() -> dict[str, str]:
+    """Names of the built-in streams and a one-line description of each.
+
+    Example:
+        >>> sorted(builtin_streams())
+        ['babi', 'babi-10', 'ii', 'ii-8']
+    """
+    return dict(_BUILTINS)
+
+
+def data_dir() -> Path:
+    """The folder of the packaged benchmark data (``ctxopt/data``)."""
+    return Path(str(resources.files("ctxopt") / "data"))
+
+
+# =========================================================================== entry
+
+
+def load_stream(
+    spec: str | Path,
+    *,
+    seed: int = 0,
+    sizes: tuple[int, int, int] | None = None,
+    scenario: str | None = None,
+) -> TaskStream:
+    """Load a built-in stream by name or a user stream from a YAML file.
+
+    Args:
+        spec: ``ii-8``, ``ii``, ``ii:a,b``, ``babi-10``, ``babi``, ``babi:1,4``
+            or a path to a YAML stream file.
+        seed: Seeds the train/val draw (the test subset is fixed).
+        sizes: ``(train, val, test)`` examples per task; built-ins default to
+            (40, 30, 50), YAML streams to the file's ``sizes`` or everything.
+        scenario: Overrides the stream's scenario (``task-aware`` or
+            ``task-agnostic``).
+
+    Returns:
+        The :class:`TaskStream`.
+
+    Raises:
+        ConfigError: Unknown stream name or task, or an invalid stream file.
+        DataError: A data file is missing, empty or lacks a field.
+    """
+    if scenario is not None and scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario '{scenario}'; use one of {', '.join(SCENARIOS)}")
+    if sizes is not None:
+        sizes = _check_sizes(sizes, "sizes")
+    text = str(spec).strip()
+    head, _, rest = text.partition(":")
+    if text in ("ii-8", "ii") or (head == "ii" and rest):
+        names = II8 if text == "ii-8" else II_TASKS if text == "ii" else _pick(rest, II_TASKS, "ii")
+        return _ii_stream(text, names, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
+    if text in ("babi-10", "babi") or (head == "babi" and rest):
+        if text == "babi-10":
+            numbers = BABI10
+        elif text == "babi":
+            numbers = tuple(BABI_TASKS)
+        else:
+            numbers = _pick_babi(rest)
+        return _babi_stream(text, numbers, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
+    path = Path(text).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml") or path.exists():
+        return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
+    raise ConfigError(
+        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4) "
+        "or the path of a .yaml stream file"
+    )
+
+
+def _check_sizes(sizes: Any, where: str) -> tuple[int, int, int]:
+    try:
+        out = tuple(int(s) for s in sizes)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be three integers (train, val, test), got {sizes!r}") from None
+    if len(out) != 3 or any(s < 1 for s in out):
+        raise ConfigError(f"{where} must be three positive integers (train, val, test), got {list(sizes)}")
+    return out  # type: ignore[return-value]
+
+
+def _pick(rest: str, valid: Sequence[str], prefix: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in rest.split(",") if n.strip())
+    for n in names:
+        if n not in valid:
+            raise ConfigError(f"unknown {prefix} task '{n}'; valid tasks: {', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate task in '{prefix}:{rest}'")
+    return names
+
+
+def _pick_babi(rest: str) -> tuple[int, ...]:
+    by_name = {v: k for k, v in BABI_TASKS.items()}
+    out: list[int] = []
+    for part in (p.strip() for p in rest.split(",") if p.strip()):
+        number = int(part) if part.isdigit() else by_name.get(part)
+        if number not in BABI_TASKS:
+            raise ConfigError(f"unknown bAbI task '{part}'; use 1-20 or names like {BABI_TASKS[1]}")
+        out.append(number)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"duplicate task in 'babi:{rest}'")
+    return tuple(out)
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(":".join(str(p) for p in parts))
+
+
+def _split_pool(pool: list[Any], n_train: int, n_val: int, rng: random.Random) -> tuple[list[Any], list[Any]]:
+    """Shuffle and cut a pool into disjoint train and val parts (proportional when short)."""
+    pool = list(pool)
+    rng.shuffle(pool)
+    if len(pool) < n_train + n_val:
+        n_train = max(1, round(len(pool) * n_train / (n_train + n_val)))
+        n_val = len(pool) - n_train
+    return pool[:n_train], pool[n_train : n_train + n_val]
+
+
+def _sample(pool: list[Any], n: int, rng: random.Random) -> list[Any]:
+    pool = list(pool)
+    rng.shuffle(pool)
+    return pool[:n]
+
+
+# =========================================================================== ii
+
+
+@dataclass(frozen=True)
+class _Row:
+    input: str
+    output: str
+    answers: tuple[str, ...]
+
+
+def _ii_row(task: str, rec: Mapping[str, Any], rng: random.Random) -> _Row:
+    """One Instruction Induction record as input/output/acceptable answers."""
+    if task == "cause_and_effect":
+        cause, effect = rec["cause"], rec["effect"]
+        first, second = (cause, effect) if rng.random() < 0.5 else (effect, cause)
+        return _Row(f"Sentence 1: {first} Sentence 2: {second}", cause, (cause,))
+    if task == "common_concept":
+        concepts = tuple(rec.get("all_common_concepts") or (rec["concept"],))
+        if rec["concept"] not in concepts:
+            concepts = (rec["concept"], *concepts)
+        return _Row(", ".join(rec["items"]), rec["concept"], concepts)
+    output = str(rec["output"])
+    extra: Sequence[str] = ()
+    if task == "rhymes":
+        extra = rec.get("other_rhymes", ())
+    elif task.startswith("translation_"):
+        extra = rec.get("possible_translations", ())
+    elif task == "word_in_context":
+        extra = rec.get("possible_outputs", ())
+    elif task == "sentence_similarity":
+        extra = (output.split("-")[0].strip(),)
+    answers = tuple(dict.fromkeys([output, *map(str, extra)]))
+    return _Row(str(rec["input"]), output, answers)
+
+
+@lru_cache(maxsize=64)
+def _ii_rows(task: str, part: str, seed: int) -> tuple[_Row, ...]:
+    path = data_dir() / "instruction_induction" / part / f"{task}.json"
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["examples"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing packaged data file; reinstall ctxopt") from None
+    rng = _rng("ii-order", task, part, seed)
+    rows: dict[str, _Row] = {}
+    for key in sorted(records, key=lambda k: int(k) if str(k).isdigit() else 0):
+        row = _ii_row(task, records[key], rng)
+        rows.setdefault(row.input.strip().lower(), row)  # drop duplicate inputs
+    return tuple(rows.values())
+
+
+def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool) -> Task:
+    n_train, n_val, n_test = sizes
+    execute = list(_ii_rows(name, "execute", 0))
+    test_inputs = {r.input.strip().lower() for r in execute}
+    pool = [r for r in _ii_rows(name, "induce", 0) if r.input.strip().lower() not in test_inputs]
+    train, val = _split_pool(pool, n_train, n_val, _rng("ii", name, seed))
+    test = _sample(execute, n_test, _rng(_TEST_SEED, "ii", name))
+    task_name = name if aware else None
+
+    def ex(r: _Row) -> dspy.Example:
+        return make_example({"input": r.input, "output": r.output}, ["input"], task=task_name, answers=r.answers)
+
+    return Task.from_splits(
+        name,
+        ("input",),
+        "output",
+        get_metric(II_METRICS[name], "output"),
+        [ex(r) for r in train],
+        [ex(r) for r in val],
+        [ex(r) for r in test],
+        description=f"Instruction Induction task '{name}' (metric {II_METRICS[name]})",
+    )
+
+
+def _ii_stream(
+    spec: str, names: Sequence[str], *, seed: int, sizes: tuple[int, int, int], scenario: str
+) -> TaskStream:
+    aware = scenario == "task-aware"
+    tasks = tuple(_ii_task(n, seed=seed, sizes=sizes, aware=aware) for n in names)
+    meta = {"source": "instruction_induction", "seed": seed, "sizes": list(sizes)}
+    return TaskStream(spec, scenario, tasks, meta)  # type: ignore[arg-type]
+
+
+# =========================================================================== bAbI
+
+
+def _parse_babi(path: Path) -> list[_Row]:
+    """Parse a bAbI file into rows: story so far + question -> answer."""
+    rows: list[_Row] = []
+    story: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing packaged data file; reinstall ctxopt") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        number, _, text = line.partition(" ")
+        if number == "1":
+            story = []
+        if "\t" in text:
+            parts = text.split("\t")
+            if len(parts) < 2:
+                raise DataError(f"{path}:{lineno}: a question line needs question<TAB>answer")
+            question, answer = parts[0].strip(), parts[1].strip()
+            body = "\n".join(story)
+            rows.append(_Row(f"{body}\nQuestion: {question}", answer, _babi_answers(path.name, answer)))
+        else:
+            story.append(text.strip())
+    return rows
+
+
+def _babi_answers(filename: str, answer: str) -> tuple[str, ...]:
+    if filename.startswith("qa19_"):
+        steps = answer.split(",")
+        words = {"n": "north", "s": "south", "e": "east", "w": "west"}
+        long = [words.get(s, s) for s in steps]
+        return tuple(dict.fromkeys([answer, ", ".join(steps), " ".join(steps), ", ".join(long), " ".join(long)]))
+    return (answer,)
+
+
+@lru_cache(maxsize=64)
+def _babi_rows(number: int, part: str) -> tuple[_Row, ...]:
+    return tuple(_parse_babi(data_dir() / "babi" / "en" / f"{BABI_TASKS[number]}_{part}.txt"))
+
+
+def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bool) -> Task:
+    n_train, n_val, n_test = sizes
+    name = BABI_TASKS[number]
+    train, val = _split_pool(list(_babi_rows(number, "train")), n_train, n_val, _rng("babi", number, seed))
+    test = _sample(list(_babi_rows(number, "test")), n_test, _rng(_TEST_SEED, "babi", number))
+    metric_name = "set_equal" if number == 8 else "exact_match"
+    task_name = name if aware else None
+
+    def ex(r: _Row) -> dspy.Example:
+        answers = r.answers if len(r.answers) > 1 else None
+        return make_example({"input": r.input, "output": r.output}, ["input"], task=task_name, answers=answers)
+
+    return Task.from_splits(
+        name,
+        ("input",),
+        "output",
+        get_metric(metric_name, "output"),
+        [ex(r) for r in train],
+        [ex(r) for r in val],
+        [ex(r) for r in test],
+        description=f"bAbI task {number} ({name}); metric {metric_name}",
+    )
+
+
+def _babi_stream(
+    spec: str, numbers: Sequence[int], *, seed: int, sizes: tuple[int, int, int], scenario: str
+) -> TaskStream:
+    aware = scenario == "task-aware"
+    tasks = tuple(_babi_task(n, seed=seed, sizes=sizes, aware=aware) for n in numbers)
+    meta = {"source": "babi", "seed": seed, "sizes": list(sizes)}
+    return TaskStream(spec, scenario, tasks, meta)  # type: ignore[arg-type]
+
+
+# =========================================================================== files
+
+Record = tuple[str, dict[str, Any]]  # (location "file:line", record)
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    out: list[Record] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            out.append((f"{path}:{lineno}", rec))
+    return out
+
+
+def _read_json(path: Path) -> list[Record]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if isinstance(data, dict):
+        data = data.get("examples", data.get("data", data.get("rows")))
+        if isinstance(data, dict):
+            data = list(data.values())
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of records or {{\"examples\": [...]}}")
+    out: list[Record] = []
+    for i, rec in enumerate(data, 1):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: record {i}: expected an object, got {type(rec).__name__}")
+        out.append((f"{path}: record {i}", rec))
+    return out
+
+
+def _read_csv(path: Path) -> list[Record]:
+    out: list[Record] = []
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        for rec in reader:
+            clean = {k: v for k, v in rec.items() if k is not None and v not in (None, "")}
+            out.append((f"{path}:{reader.line_num}", clean))
+    return out
+
+
+def _read_with_datasets(path: Path) -> list[Record]:
+    builders = {".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
+    builder = builders.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .jsonl, .json, .csv, .tsv or .parquet")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a data problem
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    return [(f"{path}: row {i}", dict(rec)) for i, rec in enumerate(ds, 1)]
+
+
+_READERS: dict[str, Callable[[Path], list[Record]]] = {
+    ".jsonl": _read_jsonl,
+    ".ndjson": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+    ".tsv": _read_csv,
+}
+
+
+def _read_hf(dataset_id: str, split: str, config: str | None, where: str) -> list[Record]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, config, split=split)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"{where}: cannot load Hugging Face dataset '{dataset_id}' split '{split}' "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); are you online?"
+        ) from None
+    label = f"hf:{dataset_id}:{split}"
+    return [(f"{label} row {i}", dict(rec)) for i, rec in enumerate(ds, 1)]
+
+
+def read_records(source: Any, *, base_dir: Path, where: str) -> tuple[str, list[Record]]:
+    """Read one split's records from a path, ``hf:ID[:CONFIG]:SPLIT`` or ``{hf: …, split: …}``.
+
+    Returns:
+        ``(label, records)`` where label names the source in messages.
+    """
+    if isinstance(source, Mapping):
+        if "hf" in source:
+            split = str(source.get("split") or "train")
+            return f"hf:{source['hf']}:{split}", _read_hf(str(source["hf"]), split, source.get("config"), where)
+        if "path" in source:
+            source = source["path"]
+        else:
+            raise ConfigError(f"{where}: a split must be a path, 'hf:ID:SPLIT', or a mapping with 'path' or 'hf'")
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"{where}: a split must be a path, 'hf:ID:SPLIT', or a mapping with 'path' or 'hf'")
+    if source.startswith("hf:"):
+        parts = source[3:].split(":")
+        if len(parts) == 2:
+            dataset_id, config, split = parts[0], None, parts[1]
+        elif len(parts) == 3:
+            dataset_id, config, split = parts
+        else:
+            raise ConfigError(f"{where}: '{source}' must be hf:ID:SPLIT or hf:ID:CONFIG:SPLIT")
+        return source, _read_hf(dataset_id, split, config, where)
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.is_file():
+        raise DataError(f"{where}: file not found: {source} (looked for {path})")
+    reader = _READERS.get(path.suffix.lower(), _read_with_datasets)
+    return str(path), reader(path)
+
+
+# =========================================================================== YAML
+
+
+def _yaml_stream(
+    path: Path, *, seed: int, sizes: tuple[int, int, int] | None, scenario: str | None
+) -> TaskStream:
+    import yaml
+
+    if not path.is_file():
+        raise DataError(f"{path}: stream file not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(f"{path}:{line}: invalid YAML ({exc.problem})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a stream file must be a mapping with 'name', 'inputs', 'output' and 'tasks'")
+
+    name = str(doc.get("name") or path.stem)
+    scen = scenario or str(doc.get("scenario", "task-aware"))
+    if scen not in SCENARIOS:
+        raise ConfigError(f"{path}: unknown scenario '{scen}'; use one of {', '.join(SCENARIOS)}")
+    inputs = doc.get("inputs")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not inputs or not isinstance(inputs, list) or not all(isinstance(i, str) and i for i in inputs):
+        raise ConfigError(f"{path}: 'inputs' must be a non-empty list of field names")
+    if "task" in inputs and scen == "task-aware":
+        raise ConfigError(f"{path}: input field 'task' is reserved: task-aware streams add it")
+    output = doc.get("output")
+    if not isinstance(output, str) or not output:
+        raise ConfigError(f"{path}: 'output' must be a field name")
+    if output in inputs:
+        raise ConfigError(f"{path}: field '{output}' cannot be both an input and the output")
+    tasks_doc = doc.get("tasks")
+    if not isinstance(tasks_doc, list) or not tasks_doc:
+        raise ConfigError(f"{path}: 'tasks' must be a non-empty list")
+    if sizes is None and doc.get("sizes") is not None:
+        sizes = _check_sizes(doc["sizes"], f"{path}: 'sizes'")
+    default_metric = str(doc.get("metric", "exact_match"))
+    split_fracs = doc.get("split", [0.5, 0.2, 0.3])
+
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for i, tdoc in enumerate(tasks_doc, 1):
+        if not isinstance(tdoc, dict) or not tdoc.get("name"):
+            raise ConfigError(f"{path}: task {i} must be a mapping with a 'name'")
+        tname = str(tdoc["name"])
+        if tname in seen:
+            raise ConfigError(f"{path}: duplicate task name '{tname}'")
+        seen.add(tname)
+        where = f"{path}: task '{tname}'"
+        metric_name = str(tdoc.get("metric", default_metric))
+        try:
+            metric = get_metric(metric_name, output)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        tasks.append(
+            _yaml_task(
+                tdoc,
+                tname,
+                metric=metric,
+                inputs=inputs,
+                output=output,
+                base_dir=path.parent,
+                where=where,
+                seed=seed,
+                sizes=sizes,
+                split_fracs=split_fracs,
+                aware=scen == "task-aware",
+            )
+        )
+    meta = {"source": str(path), "seed": seed, **({"sizes": list(sizes)} if sizes else {})}
+    return TaskStream(name, scen, tuple(tasks), meta)  # type: ignore[arg-type]
+
+
+def _yaml_task(
+    tdoc: Mapping[str, Any],
+    tname: str,
+    *,
+    metric: Any,
+    inputs: Sequence[str],
+    output: str,
+    base_dir: Path,
+    where: str,
+    seed: int,
+    sizes: tuple[int, int, int] | None,
+    split_fracs: Any,
+    aware: bool,
+) -> Task:
+    fields = tdoc.get("fields") or {}
+    if not isinstance(fields, Mapping):
+        raise ConfigError(f"{where}: 'fields' must map our field names to source columns")
+
+    def load(split: str, source: Any) -> list[dspy.Example]:
+        label, records = read_records(source, base_dir=base_dir, where=f"{where}, {split}")
+        if not records:
+            raise DataError(f"{where}: {split} split is empty ({label})")
+        return [_to_example(loc, rec, inputs, output, fields, tname if aware else None) for loc, rec in records]
+
+    if "data" in tdoc:
+        examples = load("data", tdoc["data"])
+        try:
+            fracs = [float(f) for f in split_fracs]
+        except (TypeError, ValueError):
+            fracs = []
+        if len(fracs) != 3 or any(f <= 0 for f in fracs):
+            raise ConfigError(f"{where}: 'split' must be three positive fractions, got {split_fracs!r}")
+        rng = _rng("yaml", tname, seed)
+        examples = list(examples)
+        rng.shuffle(examples)
+        total = sum(fracs)
+        n_train = int(len(examples) * fracs[0] / total)
+        n_val = int(len(examples) * fracs[1] / total)
+        train, val, test = examples[:n_train], examples[n_train : n_train + n_val], examples[n_train + n_val :]
+        for split, part in (("train", train), ("val", val), ("test", test)):
+            if not part:
+                raise DataError(f"{where}: {split} split is empty after splitting {len(examples)} examples")
+    else:
+        for split in ("train", "test"):
+            if split not in tdoc:
+                raise ConfigError(f"{where}: missing '{split}' (or give 'data' to split one file)")
+        train = load("train", tdoc["train"])
+        test = load("test", tdoc["test"])
+        if "val" in tdoc:
+            val = load("val", tdoc["val"])
+        else:
+            if len(train) < 2:
+                raise DataError(f"{where}: no 'val' given and train has {len(train)} example(s); cannot carve a val split")
+            shuffled = list(train)
+            _rng("yaml-val", tname, seed).shuffle(shuffled)
+            cut = max(1, len(shuffled) // 4)
+            val, train = shuffled[:cut], shuffled[cut:]
+        train = _shuffled(train, _rng("yaml-train", tname, seed))
+        val = _shuffled(val, _rng("yaml-val2", tname, seed))
+        test = _shuffled(test, _rng(_TEST_SEED, "yaml", tname))
+    if sizes:
+        train, val, test = train[: sizes[0]], val[: sizes[1]], test[: sizes[2]]
+    return Task.from_splits(
+        tname, tuple(inputs), output, metric, train, val, test, description=str(tdoc.get("description", ""))
+    )
+
+
+def _shuffled(items: list[Any], rng: random.Random) -> list[Any]:
+    out = list(items)
+    rng.shuffle(out)
+    return out
+
+
+def _to_example(
+    loc: str,
+    rec: Mapping[str, Any],
+    inputs: Sequence[str],
+    output: str,
+    fields: Mapping[str, str],
+    task: str | None,
+) -> dspy.Example:
+    data: dict[str, Any] = {}
+    answers: list[str] | None = None
+    for name in (*inputs, output):
+        column = str(fields.get(name, name))
+        value = rec.get(column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            have = ", ".join(sorted(map(str, rec))) or "none"
+            alias = f" (column '{column}')" if column != name else ""
+            raise DataError(f"{loc}: missing field '{name}'{alias}; the record has: {have}")
+        if name == output and isinstance(value, list | tuple):
+            if not value:
+                raise DataError(f"{loc}: field '{name}' is an empty list")
+            answers = [str(v) for v in value]
+            value = answers[0]
+        data[name] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict) else str(value)
+    return make_example(data, inputs, task=task, answers=answers)
+
