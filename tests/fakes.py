@@ -38,6 +38,13 @@ class ScriptedEngine:
     def close(self) -> None:
         pass
 
+    def dump_state(self) -> dict:
+        return {"respond": getattr(self.respond, "__qualname__", "respond")}
+
+    @classmethod
+    def load_state(cls, state: dict) -> ScriptedEngine:  # pragma: no cover - programs are not reloaded in tests
+        raise NotImplementedError("a scripted engine cannot be rebuilt from saved state")
+
 
 def chat_fields(**fields: str) -> str:
     """Format a reply the way DSPy's ChatAdapter parses it."""

@@ -1,0 +1,484 @@
+"""The continual optimizer: propose, search, gate, commit — one task at a time.
+
+For each task of a stream, :class:`ContinualOptimizer`:
+
+1. **observes** the current context C on a minibatch of the task's *train* split;
+2. **proposes** edits: reflection on the failures, labeled demo sets, format rules;
+3. **searches** (Optuna TPE) for the best combination, scoring each candidate on
+   a val minibatch of the current task plus a replay sample of earlier tasks' val;
+4. **gates** the best candidate on the full val of the current task and the
+   replay set of every earlier task; it lands only if the current task improves
+   and no earlier task drops by more than ε, otherwise C stays as it was;
+5. **commits** the outcome to the git-backed store (accepted: the new C;
+   rejected: an empty commit recording the reason);
+6. **measures** the test row of the accuracy matrix — the only step that
+   touches test data.
+
+State is saved after every step, so a killed run resumes from its last finished
+step; evaluations, LM calls and Optuna trials are all cached, so redoing a
+half-finished step costs next to nothing and reproduces the same decisions.
+
+Example:
+    >>> opt = ContinualOptimizer(task_lm="local", reflection_lm="local:qwen2.5-coder-1.5b",
+    ...                          budget="light", seed=0)                    # doctest: +SKIP
+    >>> result = opt.fit(program, stream, store="runs/x")                  # doctest: +SKIP
+    >>> result.summary()["acc"]                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from ctxopt.budget import Budget, Ledger, get_budget
+from ctxopt.context import GLOBAL, LearnedContext
+from ctxopt.errors import BudgetExceeded, ConfigError
+from ctxopt.evaluator import EvalResult, Evaluator
+from ctxopt.gate import Decision, Gate, PairedScores, get_gate
+from ctxopt.lm import get_lm, usage_of
+from ctxopt.matrix import RunResult, StepRecord
+from ctxopt.proposer import (
+    DemoProposer,
+    FormatRuleProposer,
+    Observation,
+    Proposal,
+    ProposalContext,
+    Proposer,
+    ReflectionProposer,
+    dedupe,
+)
+from ctxopt.search import EditSearch, TrialRecord
+from ctxopt.store import Store
+from ctxopt.tasks import Task, TaskStream, example_id
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in a run, delivered to callbacks (the CLI draws these)."""
+
+    kind: str  # run_start, task_start, phase, observe, propose, trial, gate, commit, measure, task_end, run_end
+    step: int
+    task: str
+    data: dict = field(default_factory=dict)
+
+
+Callback = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step did: the decision, the chosen proposals, and the context afterwards."""
+
+    step: int
+    task: str
+    accepted: bool
+    reason: str
+    context: LearnedContext
+    proposals: tuple[str, ...]
+    decision: Decision | None
+    test_row: tuple[float, ...] | None
+    record: StepRecord
+
+
+def _as_lm(lm: Any) -> Any:
+    return get_lm(lm) if isinstance(lm, str) else lm
+
+
+def _lm_name(lm: Any) -> str:
+    return str(getattr(lm, "spec", None) or getattr(lm, "model", type(lm).__name__))
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def target_predictor(program: dspy.Module, output: str) -> str:
+    """The predictor that produces the task's output field (the last one otherwise)."""
+    names = [name for name, _ in program.named_predictors()]
+    if not names:
+        raise ConfigError("the program has no predictors to learn a context for")
+    for name, pred in reversed(program.named_predictors()):
+        if output in pred.signature.output_fields:
+            return name
+    return names[-1]
+
+
+class ContinualOptimizer:
+    """Carry a learned context through a stream of tasks with gated delta edits.
+
+    Args:
+        task_lm: LM spec or ``dspy.LM`` that runs the program.
+        reflection_lm: LM spec or ``dspy.LM`` that proposes edits.
+        budget: preset name (``light``/``medium``/``heavy``), dict, or :class:`Budget`.
+        gate: ``strict``, ``bootstrap`` or a :class:`Gate` object.
+        epsilon: tolerated drop of an earlier task's score (gate).
+        seed: seeds minibatches, reflection samples and the TPE sampler.
+        num_threads: evaluator threads.
+        callbacks: functions receiving :class:`Event` s.
+        measure_test: fill the accuracy matrix after each task (needs test splits).
+        proposers: override the default proposers (reflection, demos, format rules).
+    """
+
+    def __init__(
+        self,
+        task_lm: Any = "local",
+        reflection_lm: Any = "local:qwen2.5-coder-1.5b",
+        *,
+        budget: str | Budget | dict | None = "light",
+        gate: str | Gate = "strict",
+        epsilon: float = 0.02,
+        seed: int = 0,
+        num_threads: int = 4,
+        callbacks: Sequence[Callback] = (),
+        measure_test: bool = True,
+        proposers: Sequence[Proposer] | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.task_lm = _as_lm(task_lm)
+        self.reflection_lm = _as_lm(reflection_lm)
+        self.budget = get_budget(budget)
+        self.gate = get_gate(gate, epsilon=epsilon) if isinstance(gate, str) else gate
+        self.seed = seed
+        self.num_threads = num_threads
+        self.callbacks = list(callbacks)
+        self.measure_test = measure_test
+        self._proposers = proposers
+        self.run_dir: Path | None = Path(run_dir) if run_dir else None
+        self.ledger = Ledger(self.budget)
+        self._seen: list[Task] = []
+        self._context: LearnedContext | None = None
+        self._scenario = "task-aware"
+        self._step = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    def emit(self, kind: str, task: str = "", **data: Any) -> None:
+        event = Event(kind, self._step, task, data)
+        for cb in self.callbacks:
+            cb(event)
+
+    @property
+    def context(self) -> LearnedContext | None:
+        """The current learned context."""
+        return self._context
+
+    def _paths(self) -> tuple[Path, Store, Evaluator]:
+        if self.run_dir is None:
+            raise ConfigError("no run directory: pass store=DIR to fit() or run_dir=DIR to ContinualOptimizer")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not hasattr(self, "_store"):
+            self._store = Store.init(self.run_dir / "store")
+            self._evaluator = Evaluator(self.task_lm, num_threads=self.num_threads,
+                                        cache_dir=self.run_dir / "eval_cache")
+        return self.run_dir, self._store, self._evaluator
+
+    def _proposer_list(self, charge: Callable[[int], bool]) -> list[Proposer]:
+        if self._proposers is not None:
+            return list(self._proposers)
+        return [
+            FormatRuleProposer(),
+            DemoProposer(),
+            ReflectionProposer(self.reflection_lm, samples=self.budget.reflection_calls_per_task, charge=charge),
+        ]
+
+    def _evaluate(self, program: dspy.Module, ctx: LearnedContext, task: Task,
+                  examples: Sequence[dspy.Example], *, charge: bool = True) -> EvalResult:
+        if charge:
+            self.ledger.charge("task", len(examples) * len(program.named_predictors()))
+        return self._evaluator.evaluate(program, ctx, task, list(examples), scenario=self._scenario)
+
+    @staticmethod
+    def _scores(result: EvalResult) -> dict[str, float]:
+        return {r.example_id: r.score for r in result.results}
+
+    def _sample(self, examples: Sequence[dspy.Example], n: int, *salt: Any) -> list[dspy.Example]:
+        rng = random.Random(f"{self.seed}:" + ":".join(map(str, salt)))
+        pool = sorted(examples, key=example_id)
+        rng.shuffle(pool)
+        return pool[:n]
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(self, program: dspy.Module, stream: TaskStream, store: str | Path | None = None) -> RunResult:
+        """Learn on every task of ``stream`` in order; resume if the run directory holds a partial run.
+
+        Args:
+            program: any ``dspy.Module``; its initial instructions/demos are C₀.
+            stream: the tasks, in order.
+            store: the run directory (holds the git store, caches, the Optuna study and results).
+
+        Returns:
+            The run's :class:`RunResult`: accuracy matrix R, row R₀, per-step records.
+        """
+        if store is not None:
+            self.run_dir = Path(store)
+        run_dir, st, _ = self._paths()
+        self._scenario = stream.scenario
+        state_path = run_dir / "state.json"
+        state = self._load_state(state_path, stream)
+        if state is None:
+            self._context = st.current() or LearnedContext.from_program(program)
+            if st.head() is None:
+                st.commit(self._context, "initial context C0", {"step": 0, "task": None, "stream": stream.name,
+                                                                  "lms": self._lms()})
+            state = {"version": STATE_VERSION, "stream": stream.name, "tasks": list(stream.names), "seed": self.seed,
+                     "done": 0, "r0": None, "R": [], "steps": [], "context_hash": self._context.hash,
+                     "rev": st.head().rev, "ledger": self.ledger.to_dict()}
+        else:
+            self._context = st.show(state["rev"])
+            self.ledger = Ledger.from_dict(state["ledger"])
+        self._seen = list(stream.tasks[: state["done"]])
+        self.emit("run_start", stream=stream.name, tasks=list(stream.names), resumed_at=state["done"])
+        if self.measure_test and state["r0"] is None:
+            self._step = 0
+            state["r0"] = list(self._measure(program, stream, self._context))
+            _atomic_json(state_path, state)
+        for i, task in enumerate(stream.tasks):
+            if i < state["done"]:
+                continue
+            self._step = i + 1
+            outcome = self.step(program, task, _stream=stream)
+            state["done"] = i + 1
+            state["R"].append(list(outcome.test_row) if outcome.test_row is not None else None)
+            state["steps"].append(outcome.record.to_dict())
+            state["context_hash"] = self._context.hash
+            state["rev"] = st.head().rev
+            state["ledger"] = self.ledger.to_dict()
+            _atomic_json(state_path, state)
+        measured = state["r0"] is not None
+        result = RunResult(
+            method="ctxopt",
+            tasks=list(stream.names) if measured else [],  # without measurement there is no matrix
+            r0=state["r0"] or [],
+            R=[row for row in state["R"] if row is not None],
+            steps=[StepRecord.from_dict(s) for s in state["steps"]],
+            meta={"stream": stream.name, "stream_tasks": list(stream.names), "scenario": stream.scenario, "seed": self.seed,
+                  "budget": self.budget.to_dict(), "lms": self._lms(), "final_context_hash": self._context.hash,
+                  "final_rev": st.head().rev, "final_context_tokens": self._context.token_count()},
+        )
+        if measured:
+            result.save(run_dir)
+        self.emit("run_end", summary=result.summary() if result.R else {})
+        return result
+
+    def step(self, program: dspy.Module, task: Task, *, _stream: TaskStream | None = None) -> StepOutcome:
+        """Learn from one newly arrived task and (if a stream is known) measure the test row."""
+        run_dir, st, _ = self._paths()
+        if self._context is None:
+            self._context = st.current() or LearnedContext.from_program(program)
+            if st.head() is None:
+                st.commit(self._context, "initial context C0", {"step": 0, "lms": self._lms()})
+        if self._step == 0 or (self._seen and self._step <= len(self._seen)):
+            self._step = len(self._seen) + 1
+        step, base = self._step, self._context
+        started = time.perf_counter()
+        t_usage, r_usage = usage_of(self.task_lm), usage_of(self.reflection_lm)
+        self.ledger.start_task(task.name)
+        self.emit("task_start", task.name, index=step, budget=self.budget.to_dict())
+        scope = task.name if self._scenario == "task-aware" else GLOBAL
+        predictor = target_predictor(program, task.output)
+        n_pred = len(program.named_predictors())
+
+        try:
+            decision, best, chosen_props, reason = self._learn(program, task, base, step, scope, predictor, n_pred,
+                                                               run_dir)
+        except BudgetExceeded as exc:
+            decision, best, chosen_props, reason = None, base, [], f"budget: {exc}"
+            self.emit("phase", task.name, phase="budget", message=str(exc))
+
+        accepted = bool(decision and decision.accepted) and best.hash != base.hash
+        if accepted and self.budget.max_context_tokens is not None:
+            tokens = best.token_count()
+            if tokens > self.budget.max_context_tokens:
+                accepted = False
+                reason = f"rendered context would be {tokens} tokens > max_context_tokens={self.budget.max_context_tokens}"
+        metadata = {
+            "step": step, "task": task.name, "accepted": accepted, "reason": reason,
+            "decision": decision.to_dict() if decision else None,
+            "edits": [{"proposal": p.name, "source": p.source, "edits": [e.to_dict() for e in p.edits]}
+                      for p in chosen_props],
+            "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
+                                           "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
+        }
+        if accepted:
+            self._context = best
+            version = st.commit(best, f"step {step} {task.name}: accept {len(chosen_props)} proposal(s) — {reason}",
+                                metadata)
+            self.emit("commit", task.name, rev=version.rev, reason=reason, proposals=[p.name for p in chosen_props])
+        else:
+            head_meta = st.metadata("HEAD") if st.head() else {}
+            if not (head_meta.get("step") == step and head_meta.get("task") == task.name):
+                st.commit(base, f"step {step} {task.name}: roll back — {reason}", metadata, allow_empty=True)
+            self.emit("rollback", task.name, reason=reason, proposals=[p.name for p in chosen_props])
+        if task not in self._seen:
+            self._seen.append(task)
+
+        test_row = None
+        if self.measure_test and _stream is not None:
+            test_row = tuple(self._measure(program, _stream, self._context))
+        t_used, r_used = usage_of(self.task_lm) - t_usage, usage_of(self.reflection_lm) - r_usage
+        record = StepRecord(
+            step=step, task=task.name, context_tokens=self._context.token_count(),
+            task_calls=t_used.calls, task_tokens=t_used.tokens, reflection_calls=r_used.calls,
+            reflection_tokens=r_used.tokens, wall_s=round(time.perf_counter() - started, 3), accepted=accepted,
+            extra={"reason": reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
+                   "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
+                   "items": sum(len(p.items) for _, p in self._context.predictors.items()),
+                   "context_hash": self._context.hash},
+        )
+        self.emit("task_end", task.name, accepted=accepted, reason=reason, record=record.to_dict())
+        return StepOutcome(step, task.name, accepted, reason, self._context, tuple(p.name for p in chosen_props),
+                           decision, test_row, record)
+
+    # ------------------------------------------------------------------ the learning step
+
+    def _learn(self, program, task, base, step, scope, predictor, n_pred, run_dir
+               ) -> tuple[Decision | None, LearnedContext, list[Proposal], str]:
+        earlier = [t for t in self._seen if t.name != task.name]
+        # Reserve the gate's cost up front so the search can never starve it.
+        gate_cur = list(task.val)
+        gate_replay = {t.name: self._sample(t.val, self.budget.gate_replay_per_task, "gate", t.name) for t in earlier}
+        gate_cost = 2 * n_pred * (len(gate_cur) + sum(len(v) for v in gate_replay.values()))
+
+        # 1. observe on a train minibatch
+        self.emit("phase", task.name, phase="observe")
+        minibatch = self._sample(task.train, self.budget.train_minibatch, "train", step, task.name)
+        observed = self._evaluate(program, base, task, minibatch)
+        by_id = {example_id(e): e for e in minibatch}
+        observations = tuple(Observation(by_id[r.example_id], r.score, r.feedback, dict(r.prediction),
+                                         list(r.trace)) for r in observed.results)
+        self.emit("observe", task.name, score=observed.mean, n=len(minibatch),
+                  failures=sum(o.score < 1 for o in observations))
+
+        # 2. propose
+        self.emit("phase", task.name, phase="propose")
+
+        def charge_reflection(n: int) -> bool:
+            if not self.ledger.can_spend("reflection", n):
+                return False
+            self.ledger.charge("reflection", n)
+            return True
+
+        pctx = ProposalContext(context=base, task=task.name, scope=scope, predictor=predictor,
+                               inputs=tuple(program_inputs(program, predictor)), output=task.output,
+                               observations=observations, train=tuple(task.train), seed=self.seed * 100 + step)
+        raw: list[Proposal] = []
+        for proposer in self._proposer_list(charge_reflection):
+            raw.extend(proposer.propose(pctx))
+        proposals, dropped = dedupe(base, raw, step=step, task=task.name)
+        self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
+        if not proposals:
+            return None, base, [], "no usable proposals"
+
+        # 3. search on val minibatch + replay sample
+        self.emit("phase", task.name, phase="search")
+        cur_mb = self._sample(task.val, self.budget.val_minibatch, "val", task.name)
+        replay_mb = {t.name: self._sample(t.val, self.budget.replay_per_task, "replay", t.name) for t in earlier}
+        tasks_by_name = {t.name: t for t in earlier}
+        search_cost = n_pred * (len(cur_mb) + sum(len(v) for v in replay_mb.values()))
+        # The search may spend what is left after reserving the gate; it pays once per distinct
+        # context, counted from the study itself so a resumed search is charged exactly the same.
+        allowance = self.ledger.remaining("task") - gate_cost
+        evaluated: set[str] = set()
+
+        def replay_means(ctx: LearnedContext) -> dict[str, float]:
+            return {name: self._evaluator.evaluate(program, ctx, tasks_by_name[name], exs,
+                                                   scenario=self._scenario).mean
+                    for name, exs in replay_mb.items()}
+
+        def objective(ctx: LearnedContext) -> float | None:
+            if len(evaluated | {ctx.hash}) * search_cost > allowance:
+                return None
+            evaluated.add(ctx.hash)
+            cur = self._evaluator.evaluate(program, ctx, task, cur_mb, scenario=self._scenario).mean
+            replay_now = replay_means(ctx)
+            penalty = sum(max(0.0, baseline_replay[n] - replay_now[n]) for n in replay_now)
+            return cur - 2.0 * penalty
+
+        if search_cost > allowance:
+            raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: "
+                                 f"{search_cost} + gate {gate_cost} > {self.ledger.remaining('task')} left")
+        baseline_replay = replay_means(base)
+        evaluated.add(base.hash)
+
+        def on_trial(rec: TrialRecord) -> None:
+            self.emit("trial", task.name, **rec.to_dict())
+
+        search = EditSearch(EditSearch.sqlite_url(run_dir), seed=self.seed, n_trials=self.budget.n_trials)
+        result = search.run(f"step{step:02d}-{task.name}", base, proposals, objective, step=step, task=task.name,
+                            on_trial=on_trial, evaluated=evaluated)
+        self.ledger.charge("task", len(evaluated) * search_cost)
+        if result.best.hash == base.hash:
+            why = "search found no combination better than the current context"
+            if result.stopped_by_budget:
+                why += " before the budget ran out"
+            return None, base, [], why
+
+        # 4. gate on full val + replay sets (current C's scores come from the cache)
+        self.emit("phase", task.name, phase="gate")
+        self.ledger.charge("task", gate_cost)
+        before = self._scores(self._evaluator.evaluate(program, base, task, gate_cur, scenario=self._scenario))
+        after = self._scores(self._evaluator.evaluate(program, result.best, task, gate_cur, scenario=self._scenario))
+        replay = []
+        for t in earlier:
+            exs = gate_replay[t.name]
+            b = self._scores(self._evaluator.evaluate(program, base, t, exs, scenario=self._scenario))
+            a = self._scores(self._evaluator.evaluate(program, result.best, t, exs, scenario=self._scenario))
+            replay.append(PairedScores(t.name, b, a))
+        decision = self.gate.decide(PairedScores(task.name, before, after), replay)
+        self.emit("gate", task.name, **decision.to_dict())
+        return decision, result.best, result.best_proposals, decision.reason
+
+    # ------------------------------------------------------------------ measurement (test only)
+
+    def _measure(self, program: dspy.Module, stream: TaskStream, ctx: LearnedContext) -> list[float]:
+        """One row of the accuracy matrix: test score of ``ctx`` on every task of the stream."""
+        self.emit("phase", "", phase="measure")
+        row = []
+        for task in stream.tasks:
+            row.append(round(self._evaluator.evaluate_test(program, ctx, task, scenario=stream.scenario).mean, 6))
+        self.emit("measure", "", row=row, tasks=list(stream.names))
+        return row
+
+    def _lms(self) -> dict[str, str]:
+        return {"task_lm": _lm_name(self.task_lm), "reflection_lm": _lm_name(self.reflection_lm)}
+
+    def _load_state(self, path: Path, stream: TaskStream) -> dict | None:
+        if not path.exists():
+            return None
+        state = json.loads(path.read_text())
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"{path}: run state version {state.get('version')} is not {STATE_VERSION}; "
+                              "use a new run directory")
+        if state.get("tasks") != list(stream.names) or state.get("seed") != self.seed:
+            raise ConfigError(f"{path}: this run directory holds a different run (stream {state.get('stream')}, "
+                              f"seed {state.get('seed')}); use a new run directory")
+        return state
+
+
+def program_inputs(program: dspy.Module, predictor: str) -> list[str]:
+    """Input field names of one named predictor."""
+    for name, pred in program.named_predictors():
+        if name == predictor:
+            return list(pred.signature.input_fields)
+    raise ConfigError(f"the program has no predictor named {predictor!r}")

@@ -1,0 +1,362 @@
+"""Proposers: where candidate edits come from.
+
+A proposer reads the current context and the traced results of a *train*
+minibatch and returns :class:`Proposal` s, each a small bundle of typed edits
+with a rationale. The search then decides which proposals to combine. Three
+proposers ship and are used together:
+
+* :class:`ReflectionProposer` — the reflection LM reads failures with their
+  feedback and the current rules, and answers in a line format
+  (``ADD: …``, ``UPDATE r-…: …``, ``DELETE r-…``, ``INSTRUCTION: …``) that is
+  parsed tolerantly. Several samples (seeded) give diversity.
+* :class:`DemoProposer` — labeled demo sets drawn from the train split, and a
+  set bootstrapped from successful traces. These do not depend on the quality
+  of a small reflector.
+* :class:`FormatRuleProposer` — format rules read straight off the labels and
+  the metric's feedback (one word, lowercase, a number, a list, no
+  explanation…), again independent of the reflector.
+
+:func:`dedupe` drops proposals that fail to apply, change nothing, or duplicate
+another, before they cost any evaluation.
+
+Example:
+    >>> parse_reflection("1. **ADD:** Answer in lowercase.\\nDELETE r-1a2b3c4d")
+    [('ADD', None, 'Answer in lowercase.'), ('DELETE', 'r-1a2b3c4d', '')]
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import dspy
+
+from ctxopt.context import GLOBAL, Demo, LearnedContext
+from ctxopt.edits import AddDemo, AddItem, DeleteItem, Edit, RemoveDemo, RewriteInstruction, UpdateItem
+from ctxopt.errors import EditError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A named bundle of edits the search may switch on.
+
+    Proposals in the same ``group`` are alternatives (at most one is chosen);
+    a proposal with ``group=None`` is an independent on/off choice.
+    """
+
+    name: str
+    edits: tuple[Edit, ...]
+    source: str
+    rationale: str = ""
+    group: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "rationale": self.rationale, "group": self.group,
+                "edits": [e.to_dict() for e in self.edits]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Proposal:
+        from ctxopt.edits import edit_from_dict
+
+        return cls(data["name"], tuple(edit_from_dict(e) for e in data["edits"]), data["source"],
+                   data.get("rationale", ""), data.get("group"))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One traced train example, as a proposer sees it (no val or test data ever)."""
+
+    example: dspy.Example
+    score: float
+    feedback: str
+    prediction: dict[str, Any]
+    trace: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProposalContext:
+    """Everything a proposer may read for one task."""
+
+    context: LearnedContext
+    task: str
+    scope: str  # item/demo scope for this task: the task name (task-aware) or "global"
+    predictor: str  # the predictor that produces the task's output
+    inputs: tuple[str, ...]
+    output: str
+    observations: tuple[Observation, ...]
+    train: tuple[dspy.Example, ...]
+    seed: int = 0
+
+    @property
+    def failures(self) -> list[Observation]:
+        return [o for o in self.observations if o.score < 1.0]
+
+
+class Proposer(Protocol):
+    """Produces candidate proposals for one task."""
+
+    def propose(self, pc: ProposalContext) -> list[Proposal]: ...
+
+
+# --------------------------------------------------------------------------- reflection
+
+_LINE = re.compile(
+    r"^\s*(?:[-*•]|\d+[.)])?\s*(?:\*\*)?\s*(ADD|UPDATE|DELETE|INSTRUCTION|RULE)\b\s*(?:\*\*)?"
+    r"\s*(?:\(?\s*(global)\s*\)?)?\s*([A-Za-z]-[0-9a-f]{8})?\s*(?:\*\*)?\s*[:\-–]?\s*(?:\*\*)?\s*(.*)$",
+    re.IGNORECASE,
+)
+
+_ID_FIRST = re.compile(r"([A-Za-z]-[0-9a-f]{8})\b\s*(?:\*\*)?\s*[:\-–]?\s*(.*)$")
+
+
+def parse_reflection(text: str) -> list[tuple[str, str | None, str]]:
+    """Parse a reflection into ``(verb, item_id, text)`` triples; unparseable lines are skipped.
+
+    ``RULE:`` is read as ``ADD:``. Surrounding quotes, bullets, numbering and
+    Markdown bold are tolerated.
+    """
+    out: list[tuple[str, str | None, str]] = []
+    for raw in text.splitlines():
+        m = _LINE.match(raw)
+        if not m:
+            continue
+        verb, _glob, item_id, body = m.groups()
+        verb = "ADD" if verb.upper() == "RULE" else verb.upper()
+        body = body.strip().strip("*").strip().strip("\"'`").strip()
+        if not item_id and (mid := _ID_FIRST.match(body)):
+            item_id, body = mid.group(1), mid.group(2).strip().strip("*").strip()
+        if verb == "DELETE":
+            if item_id:
+                out.append((verb, item_id, ""))
+            continue
+        if verb == "UPDATE" and not item_id:
+            continue
+        if len(body.split()) < 2 or len(body) > 400:
+            continue
+        out.append((verb, item_id, body))
+    return out
+
+
+REFLECTION_PROMPT = """You are improving the prompt of a small language model on the task "{task}".
+
+Current instruction:
+{instruction}
+
+Current rules (id: text):
+{rules}
+
+Examples where the model's output was wrong:
+{failures}
+
+Study what the expected outputs have in common and what the model did wrong.
+Write up to {k} short, concrete rules that would make the model produce exactly the
+expected outputs. Describe the transformation from input to output precisely.
+
+Reply ONLY with lines in these forms:
+ADD: <a new rule>
+UPDATE <rule id>: <better text for an existing rule>
+DELETE <rule id>
+INSTRUCTION: <a better one-sentence instruction for this task>"""
+
+
+def _fmt_failure(i: int, obs: Observation, inputs: Sequence[str], output: str) -> str:
+    shown = "\n".join(f"{k}: {obs.example.get(k)}" for k in inputs if k != "task")
+    got = obs.prediction.get(output, "")
+    return (f"### Example {i}\n{shown}\nModel output: {got}\nExpected output: {obs.example.get(output)}\n"
+            f"Feedback: {obs.feedback}")
+
+
+@dataclass
+class ReflectionProposer:
+    """Ask the reflection LM for edits; ``samples`` seeded samples, the first greedy."""
+
+    lm: Any
+    samples: int = 3
+    max_failures: int = 6
+    max_edits: int = 4
+    charge: Callable[[int], bool] = lambda n: True  # returns False when the budget refuses
+
+    def prompt(self, pc: ProposalContext) -> str:
+        pctx = pc.context.predictor(pc.predictor)
+        items = pctx.scoped_items(pc.task if pc.scope != GLOBAL else None)
+        rules = "\n".join(f"{it.id}: {it.text}" for it in items) or "(none)"
+        failures = "\n\n".join(
+            _fmt_failure(i, o, pc.inputs, pc.output) for i, o in enumerate(pc.failures[: self.max_failures], 1)
+        )
+        return REFLECTION_PROMPT.format(task=pc.task, instruction=pctx.instruction, rules=rules,
+                                        failures=failures, k=self.max_edits)
+
+    def propose(self, pc: ProposalContext) -> list[Proposal]:
+        if not pc.failures:
+            return []
+        prompt = self.prompt(pc)
+        proposals: list[Proposal] = []
+        for s in range(self.samples):
+            if not self.charge(1):
+                log.info("reflection budget exhausted after %d samples", s)
+                break
+            kwargs = {} if s == 0 else {"temperature": 0.7, "seed": pc.seed * 1000 + s}
+            try:
+                text = self.lm(prompt, **kwargs)[0]
+            except Exception as exc:  # one failed reflection is one lost sample, never a crash
+                log.warning("reflection sample %d failed: %s", s, exc)
+                continue
+            text = text if isinstance(text, str) else str(text)
+            for j, (verb, item_id, body) in enumerate(parse_reflection(text)[: self.max_edits]):
+                edit = self._edit(pc, verb, item_id, body)
+                if edit is not None:
+                    proposals.append(Proposal(f"reflect{s}.{j}", (edit,), "reflection", body or verb))
+        return proposals
+
+    def _edit(self, pc: ProposalContext, verb: str, item_id: str | None, body: str) -> Edit | None:
+        why = "reflection on failed train examples"
+        try:
+            if verb == "ADD":
+                return AddItem(pc.predictor, body, scope=pc.scope, rationale=why)
+            if verb == "UPDATE":
+                return UpdateItem(pc.predictor, item_id, body, rationale=why)
+            if verb == "DELETE":
+                return DeleteItem(pc.predictor, item_id, rationale=why)
+            if pc.scope == GLOBAL:
+                return RewriteInstruction(pc.predictor, body, rationale=why)
+            # In a task-aware stream an instruction for one task is a task-scoped strategy.
+            return AddItem(pc.predictor, body, scope=pc.scope, kind="strategy", rationale=why)
+        except EditError:
+            return None
+
+
+# --------------------------------------------------------------------------- demos
+
+
+@dataclass
+class DemoProposer:
+    """Alternative demo sets for the task: labeled ones from train, and successful traces."""
+
+    sets: int = 3
+    size: int = 6
+
+    def _demo(self, pc: ProposalContext, inputs: dict, outputs: dict) -> Demo:
+        return Demo(inputs=inputs, outputs=outputs, scope=pc.scope)
+
+    def propose(self, pc: ProposalContext) -> list[Proposal]:
+        rng = random.Random(pc.seed)
+        existing = [d for d in pc.context.predictor(pc.predictor).demos if d.scope == pc.scope]
+        clear = tuple(RemoveDemo(pc.predictor, d.id, rationale="replaced by a new demo set") for d in existing)
+        out: list[Proposal] = []
+        train = list(pc.train)
+        for s in range(self.sets):
+            size = min(self.size if s % 2 == 0 else self.size // 2 + 1, len(train))
+            if size == 0:
+                break
+            chosen = rng.sample(train, size)
+            demos = {self._demo(pc, {k: ex.get(k) for k in pc.inputs}, {pc.output: ex.get(pc.output)})
+                     for ex in chosen}
+            edits = clear + tuple(AddDemo(pc.predictor, d, rationale="labeled train example")
+                                  for d in sorted(demos, key=lambda d: d.id))
+            out.append(Proposal(f"demos{s}", edits, "demos", f"{size} labeled train demos", group="demos"))
+        wins = [o for o in pc.observations if o.score >= 1.0]
+        if len(wins) >= 2:
+            demos = set()
+            for o in wins[: self.size]:
+                step = next((t for t in o.trace if t.get("predictor") == pc.predictor), None)
+                if step:
+                    demos.add(self._demo(pc, dict(step["inputs"]), dict(step["outputs"])))
+            if len(demos) >= 2:
+                edits = clear + tuple(AddDemo(pc.predictor, d, rationale="successful trace")
+                                      for d in sorted(demos, key=lambda d: d.id))
+                out.append(Proposal("demos-traced", edits, "demos", f"{len(demos)} successful traces",
+                                    group="demos"))
+        return out
+
+
+# --------------------------------------------------------------------------- format rules
+
+
+def _words(text: Any) -> list[str]:
+    return str(text or "").split()
+
+
+@dataclass
+class FormatRuleProposer:
+    """Rules read off the train labels and the metric's feedback; no LM involved."""
+
+    def propose(self, pc: ProposalContext) -> list[Proposal]:
+        labels = [str(ex.get(pc.output) or "") for ex in pc.train]
+        if not labels:
+            return []
+        fails = pc.failures
+        rules: list[tuple[str, str]] = []
+        lengths = [len(_words(lab)) for lab in labels]
+        if all(n == 1 for n in lengths):
+            if all(len(lab.strip()) == 1 for lab in labels):
+                rules.append(("Answer with a single character only.", "every train label is one character"))
+            else:
+                rules.append(("Answer with a single word only, with no explanation.",
+                              "every train label is one word"))
+        elif max(lengths) <= 4:
+            rules.append((f"Answer with at most {max(lengths)} words, with no explanation.",
+                          f"train labels have at most {max(lengths)} words"))
+        if all(re.fullmatch(r"-?\d+(\.\d+)?", lab.strip()) for lab in labels):
+            rules.append(("Answer with the number only, written in digits.", "every train label is a number"))
+        if all(lab == lab.lower() for lab in labels) and any(
+                str(o.prediction.get(pc.output, "")) != str(o.prediction.get(pc.output, "")).lower() for o in fails):
+            rules.append(("Write the answer in lowercase.", "labels are lowercase, failed outputs were not"))
+        if sum("," in lab for lab in labels) >= 0.8 * len(labels):
+            rules.append(("Answer with a comma-separated list.", "train labels are comma-separated lists"))
+        verbose = [o for o in fails if len(_words(o.prediction.get(pc.output))) > 2 * len(_words(o.example.get(pc.output))) + 1]
+        if fails and len(verbose) >= max(1, len(fails) // 2):
+            rules.append(("Give only the final answer; do not repeat the input or explain.",
+                          f"{len(verbose)} of {len(fails)} failures were much longer than the label"))
+        for hint in sorted({h for o in fails for h in _feedback_hints(o.feedback)}):
+            rules.append((hint, "hint from the metric's feedback"))
+        out = []
+        for i, (text, why) in enumerate(rules):
+            try:
+                edit = AddItem(pc.predictor, text, scope=pc.scope, rationale=why)
+            except EditError:
+                continue
+            out.append(Proposal(f"format{i}", (edit,), "format", why))
+        return out
+
+
+def _feedback_hints(feedback: str) -> list[str]:
+    """Generic advice inside a metric's feedback ("…; answer with one word"), quotes excluded."""
+    hints = []
+    for part in re.split(r"[;\n]", feedback or ""):
+        part = part.strip().rstrip(".")
+        if part and not re.search(r"['\"‘’“”]", part) and len(part.split()) >= 3 and not part.lower().startswith(
+                ("expected", "got", "score", "correct")):
+            hints.append(part[0].upper() + part[1:] + ".")
+    return hints
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def dedupe(context: LearnedContext, proposals: Sequence[Proposal], *, step: int, task: str
+           ) -> tuple[list[Proposal], list[tuple[str, str]]]:
+    """Keep proposals that apply cleanly, change the context, and differ from each other.
+
+    Returns the kept proposals and ``(name, reason)`` for each dropped one.
+    """
+    kept: list[Proposal] = []
+    dropped: list[tuple[str, str]] = []
+    seen = {context.hash}
+    for p in proposals:
+        try:
+            h = context.apply_edits(p.edits, step=step, task=task).hash
+        except EditError as exc:
+            dropped.append((p.name, f"invalid: {exc}"))
+            continue
+        if h in seen:
+            dropped.append((p.name, "no-op or duplicate"))
+            continue
+        seen.add(h)
+        kept.append(p)
+    return kept, dropped

@@ -1,0 +1,148 @@
+"""The continual optimizer, end to end on a toy stream with scripted LMs."""
+
+from __future__ import annotations
+
+import pytest
+
+import ctxopt.optimizer as optimizer_module
+from ctxopt.budget import get_budget
+from ctxopt.evaluator import Evaluator
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.program import program_for
+from ctxopt.proposer import ReflectionProposer
+from ctxopt.store import Store
+from ctxopt.tasks import _test_split, example_id
+from tests.toy import RULES, reflection_lm, task_lm, toy_stream
+
+SMALL = dict(n_trials=4, train_minibatch=6, val_minibatch=5, replay_per_task=3, gate_replay_per_task=5)
+
+
+def make_opt(tmp_path, name="run", scenario="task-aware", callbacks=(), budget=None, **kw):
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget or get_budget("light", **SMALL),
+                             seed=0, num_threads=2, callbacks=callbacks, **kw)
+    return opt, tmp_path / name
+
+
+def test_helpful_edit_is_accepted_committed_and_measured(tmp_path):
+    stream = toy_stream()
+    opt, run = make_opt(tmp_path)
+    result = opt.fit(program_for(stream), stream, store=run)
+    # Before learning nothing is solved; after, each task's rule is in C and its test score is 1.
+    assert result.r0 == [0.0, 0.0, 0.0]
+    assert [result.R[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    assert result.summary()["bwt"] == 0.0
+    ctx = Store.open(run / "store").current()
+    texts = {(it.scope, it.text) for it in ctx.items("predict")}
+    for name, (rule, _) in RULES.items():
+        assert (name, rule) in texts
+    log = Store.open(run / "store").log()
+    assert sum(v.metadata.get("accepted") is True for v in log) == 3
+    assert all(s.accepted for s in result.steps)
+
+
+def test_edit_that_breaks_an_earlier_task_is_rolled_back_with_reason(tmp_path):
+    # Task-agnostic: rules are global, so "reverse" also reverses the suffix task's answers.
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    budget = get_budget("light", **{**SMALL, "replay_per_task": 0})  # only the gate sees the replay set
+    opt, run = make_opt(tmp_path, scenario="task-agnostic", budget=budget,
+                        proposers=[ReflectionProposer(reflection_lm(), samples=1)])
+    result = opt.fit(program_for(stream), stream, store=run)
+    assert result.steps[0].accepted is True
+    assert result.steps[1].accepted is False
+    store = Store.open(run / "store")
+    head = store.log(limit=1)[0]
+    assert head.metadata["accepted"] is False
+    assert "earlier task suffix drops" in head.metadata["reason"]
+    assert "roll back" in head.message and "suffix" in head.message
+    # C is unchanged by the rejected step, and the earlier task keeps its score.
+    assert store.current().hash == store.log()[1].context_hash
+    assert result.R[1][0] == 1.0
+
+
+def test_budgets_are_never_exceeded(tmp_path):
+    stream = toy_stream()
+    budget = get_budget("light", **{**SMALL, "task_calls_per_task": 40, "reflection_calls_per_task": 1})
+    opt, run = make_opt(tmp_path, budget=budget, measure_test=False)
+    opt.fit(program_for(stream), stream, store=run)
+    for name in stream.names:
+        assert opt.ledger.spent_task[name] <= 40
+        assert opt.ledger.spent_reflection[name] <= 1
+    # Learning (no test measurement here) made no more real task-LM calls than were charged.
+    assert opt.task_lm.usage.snapshot().calls <= sum(opt.ledger.spent_task.values())
+    assert opt.reflection_lm.usage.snapshot().calls <= 3
+
+
+def test_tiny_budget_stops_with_a_reason_and_never_overspends(tmp_path):
+    stream = toy_stream(names=("suffix",))
+    budget = get_budget("light", **{**SMALL, "task_calls_per_task": 8})
+    opt, run = make_opt(tmp_path, budget=budget, measure_test=False)
+    result = opt.fit(program_for(stream), stream, store=run)
+    assert opt.ledger.spent_task["suffix"] <= 8
+    assert result.steps[0].accepted is False and "budget" in result.steps[0].extra["reason"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_final_context(tmp_path):
+    stream = toy_stream()
+    full, run_a = make_opt(tmp_path, "a")
+    expected = full.fit(program_for(stream), stream, store=run_a).meta["final_context_hash"]
+
+    seen = {"trials": 0}
+
+    def kill_mid_step(event):
+        if event.kind == "trial" and event.task == "reverse":
+            seen["trials"] += 1
+            if seen["trials"] == 2:
+                raise _Interrupt()
+
+    first, run_b = make_opt(tmp_path, "b", callbacks=[kill_mid_step])
+    with pytest.raises(_Interrupt):
+        first.fit(program_for(stream), stream, store=run_b)
+    resumed, _ = make_opt(tmp_path, "b")
+    result = resumed.fit(program_for(stream), stream, store=run_b)
+    assert result.meta["final_context_hash"] == expected
+    assert len(result.R) == 3 and result.R == full.fit(program_for(stream), stream, store=run_a).R
+
+
+def test_test_data_never_reaches_reflection_or_search(tmp_path, monkeypatch):
+    stream = toy_stream()
+    test_ids = {example_id(e) for t in stream.tasks for e in _test_split(t)}
+    test_words = {e.input for t in stream.tasks for e in _test_split(t)}
+    seen_by_search: set[str] = set()
+    seen_by_measure: set[str] = set()
+
+    class Recording(Evaluator):
+        def evaluate(self, program, context, task, examples, **kw):
+            ids = {example_id(e) for e in examples}
+            (seen_by_measure if getattr(self, "_measuring", False) else seen_by_search).update(ids)
+            return super().evaluate(program, context, task, examples, **kw)
+
+        def evaluate_test(self, *a, **kw):
+            self._measuring = True
+            try:
+                return super().evaluate_test(*a, **kw)
+            finally:
+                self._measuring = False
+
+    monkeypatch.setattr(optimizer_module, "Evaluator", Recording)
+    refl = reflection_lm()
+    opt = ContinualOptimizer(task_lm(), refl, budget=get_budget("light", **SMALL), seed=0, num_threads=1)
+    opt.fit(program_for(stream), stream, store=tmp_path / "run")
+    assert seen_by_search and not (seen_by_search & test_ids)
+    assert seen_by_measure == test_ids  # only the measurement touched test data
+    prompts = " ".join(user for _, user in refl.engine.requests)
+    assert refl.engine.requests and not any(w in prompts for w in test_words)
+
+
+def test_step_handles_one_new_task_online(tmp_path):
+    stream = toy_stream()
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", **SMALL), seed=0,
+                             run_dir=tmp_path / "online")
+    program = program_for(stream)
+    out1 = opt.step(program, stream[0])
+    out2 = opt.step(program, stream[1])
+    assert out1.accepted and out2.accepted and (out1.step, out2.step) == (1, 2)
+    assert opt.context.hash == Store.open(tmp_path / "online" / "store").current().hash
