@@ -7,9 +7,11 @@ machine and no repository content can make git run code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ctxopt.errors import StoreError
@@ -54,13 +56,34 @@ class Git:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def inherit(self, fd: int) -> Iterator[None]:
+        """Let git processes started by this thread inherit ``fd`` (e.g. a held flock).
+
+        A git child that outlives a killed parent then keeps the lock until it
+        exits, so the next writer never runs alongside an orphaned git.
+        """
+        old = getattr(self._local, "fds", ())
+        self._local.fds = (*old, fd)
+        try:
+            yield
+        finally:
+            self._local.fds = old
 
     def run_bytes(self, *args: str, input: bytes | None = None, check: bool = True) -> tuple[int, bytes, bytes]:
         """Run ``git args``; return (returncode, stdout, stderr). Raise StoreError if check and it fails."""
         cmd = ["git", *_BASE, *args]
         try:
             proc = subprocess.run(
-                cmd, cwd=self.workdir, input=input, capture_output=True, env=_ENV, check=False
+                cmd,
+                cwd=self.workdir,
+                input=input,
+                capture_output=True,
+                env=_ENV,
+                check=False,
+                pass_fds=getattr(self._local, "fds", ()),
             )
         except FileNotFoundError:
             raise StoreError("the git command was not found; install git to use a ctxopt store") from None

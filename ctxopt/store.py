@@ -34,9 +34,11 @@ point leaves the branch at the old or the new commit; stray objects are
 harmless. The working tree is only a view of HEAD, refreshed after each ref
 move; the next write command repairs a view (and removes stale git lock
 files) that a kill left behind. Writers are serialized by an ``flock`` on
-``.git/ctxopt.lock``; a second writer waits up to ``lock_timeout`` seconds,
+``.git/ctxopt-writer.flock``; a second writer waits up to ``lock_timeout`` seconds,
 then gets :class:`~ctxopt.errors.StoreLockedError`. The kernel drops the lock
-when a process dies, so a kill never leaves the store locked. History is never
+when a process dies, so a kill never leaves the store locked; git processes
+started under the lock inherit it, so one orphaned by a kill holds the lock
+until it exits and never races the next writer. History is never
 rewritten: rollback makes a new commit. Loading reads YAML with the safe
 loader and JSON; nothing is unpickled or executed. Durability against power
 loss needs ``git config core.fsync committed`` in the store.
@@ -91,7 +93,7 @@ METADATA_FILE = "metadata.json"
 DEFAULT_LOCK_TIMEOUT = 30.0
 _MARKER = "ctxopt-store.json"  # inside .git: marks a directory as a store
 _SYNC_MARKER = "ctxopt-syncing"  # inside .git: a ref moved, the view may be stale
-_LOCK_FILE = "ctxopt.lock"
+_LOCK_FILE = "ctxopt-writer.flock"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
 _REV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*([~^][0-9]{0,6})*$")
@@ -350,8 +352,9 @@ class Store:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             self._local.depth = 1
             try:
-                self._recover()
-                yield
+                with self._git.inherit(fd):
+                    self._recover()
+                    yield
             finally:
                 self._local.depth = 0
                 with contextlib.suppress(OSError):

@@ -1,0 +1,129 @@
+"""Benchmark the context store: commit, checkout, show and diff latency.
+
+A context with 1,000 items (one predictor, plus a small second one) gets a
+history of 1,000 versions, each made by the public ``Store.commit`` after one
+item update and, every tenth version, an add + delete. Then random versions
+are checked out and shown, and random pairs diffed. Medians (ms) are printed
+and written to ``experiments/results/bench_store.json``.
+
+Usage:
+    python experiments/bench_store.py [--items 1000] [--versions 1000] [--samples 50] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ctxopt.context import Item, LearnedContext, PredictorContext
+from ctxopt.edits import AddItem, DeleteItem, UpdateItem
+from ctxopt.store import Store
+
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    return {
+        "median_ms": round(statistics.median(s) * 1000, 2),
+        "p90_ms": round(s[int(0.9 * (len(s) - 1))] * 1000, 2),
+        "min_ms": round(s[0] * 1000, 2),
+        "n": len(s),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--versions", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_store.json"))
+    args = ap.parse_args(argv)
+    rng = random.Random(0)
+
+    items = tuple(
+        Item(id=f"r-{i:08x}", text=f"Rule {i}: when the input mentions topic {i % 37}, " + "check the details carefully. " * (1 + i % 3),
+             scope="global" if i % 4 else f"task{i % 5}", created_step=0)
+        for i in range(args.items)
+    )  # fmt: skip
+    ctx = LearnedContext({"qa": PredictorContext("Answer the question.", items), "cls": PredictorContext("Label it.")})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.init(Path(tmp) / "store")
+        commit_t: list[float] = []
+        revs: list[str] = []
+        t_build = time.perf_counter()
+        for step in range(args.versions):
+            ids = [it.id for it in ctx.items("qa")]
+            edits = [UpdateItem("qa", rng.choice(ids), f"Updated rule at step {step}: be precise ({rng.random():.6f}).")]
+            if step % 10 == 9:
+                edits += [AddItem("qa", f"New rule at step {step}."), DeleteItem("qa", rng.choice(ids))]
+            ctx = ctx.apply_edits(edits, step=step, task="bench")
+            t0 = time.perf_counter()
+            v = store.commit(ctx, f"step {step}", {"step": step, "task": "bench", "edits": edits, "scores": {"val": 0.5}})
+            commit_t.append(time.perf_counter() - t0)
+            revs.append(v.rev)
+            if (step + 1) % 100 == 0:
+                print(f"  {step + 1} versions, last commit {commit_t[-1] * 1000:.1f} ms", file=sys.stderr)
+        build_s = time.perf_counter() - t_build
+        assert len(store.log()) == args.versions
+
+        checkout_t, show_t, diff_t, log_t = [], [], [], []
+        for _ in range(args.samples):
+            rev = rng.choice(revs)
+            t0 = time.perf_counter()
+            store.checkout(rev)
+            checkout_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            got = store.show(rev)
+            show_t.append(time.perf_counter() - t0)
+            assert len(got.items("qa")) == args.items
+        store.checkout("main")
+        for _ in range(args.samples):
+            a, b = rng.sample(revs, 2)
+            t0 = time.perf_counter()
+            d = store.diff(a, b)
+            diff_t.append(time.perf_counter() - t0)
+            assert d.textual
+        for _ in range(5):
+            t0 = time.perf_counter()
+            store.log()
+            log_t.append(time.perf_counter() - t0)
+        repo_kb = sum(f.stat().st_size for f in (store.path / ".git").rglob("*") if f.is_file()) // 1024
+
+    result = {
+        "config": {"items": args.items, "versions": args.versions, "samples": args.samples},
+        "commit": _ms(commit_t),
+        "checkout": _ms(checkout_t),
+        "show": _ms(show_t),
+        "checkout_plus_show": {"median_ms": round(statistics.median(c + s for c, s in zip(checkout_t, show_t)) * 1000, 2)},
+        "diff": _ms(diff_t),
+        "log_full_history": _ms(log_t),
+        "build_history_s": round(build_s, 1),
+        "repo_size_kb": repo_kb,
+        "context_tokens": ctx.token_count(),
+        "machine": {
+            "python": platform.python_version(),
+            "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip(),
+            "platform": platform.platform(),
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"context: {args.items} items, {result['context_tokens']} tokens; history: {args.versions} versions (built in {build_s:.0f} s)")
+    for key in ("commit", "checkout", "show", "diff", "log_full_history"):
+        r = result[key]
+        print(f"{key:>18}: median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   (n={r['n']})")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
