@@ -243,13 +243,27 @@ def _prediction_dict(pred: Any) -> dict[str, Any]:
     return {"value": _jsonable(pred)}
 
 
+def _predictor_state(pred: Any) -> dict[str, Any]:
+    """What shapes a predictor's prompts: instructions, fields and demos (never its LM)."""
+    sig = getattr(pred, "signature", None)
+    fields = []
+    for name, info in (getattr(sig, "fields", None) or {}).items():
+        extra = getattr(info, "json_schema_extra", None) or {}
+        fields.append([name, _jsonable({k: v for k, v in extra.items()}), str(getattr(info, "annotation", ""))])
+    demos = [_jsonable(d) for d in (getattr(pred, "demos", None) or [])]
+    return {
+        "class": type(pred).__name__,
+        "instructions": getattr(sig, "instructions", None),
+        "fields": fields,
+        "demos": demos,
+        "config": _jsonable(getattr(pred, "config", None) or {}),
+    }
+
+
 def _program_fingerprint(program: dspy.Module) -> str:
-    """Hash of a program's class and predictor state (instructions, fields, demos), LM excluded."""
+    """Hash of a program's class and its predictors' instructions, fields and demos."""
     parts: list[Any] = [type(program).__module__ + "." + type(program).__qualname__]
-    for name, pred in program.named_predictors():
-        state = pred.dump_state() if hasattr(pred, "dump_state") else {}
-        state = {k: v for k, v in state.items() if k not in ("lm", "traces", "train")}
-        parts.append([name, state])
+    parts += [[name, _predictor_state(pred)] for name, pred in program.named_predictors()]
     blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 

@@ -5,17 +5,19 @@
 included); ``r0[j]`` is the test score on task ``j`` before any learning. All
 metric functions are pure.
 
-=====================  =======================================================
-metric                 definition
-=====================  =======================================================
-:func:`acc`            ``(1/n) Σ_j R[n-1][j]``
-:func:`bwt`            ``(1/(n-1)) Σ_{j<n-1} (R[n-1][j] - R[j][j])``
-                       (Lopez-Paz & Ranzato, 2017); 0.0 when n = 1
-:func:`fwt`            ``(1/(n-1)) Σ_{j≥1} (R[j-1][j] - r0[j])``; 0.0 when n = 1
-:func:`forgetting`     per task ``j < n-1``: ``max_{j≤l<n-1} R[l][j] - R[n-1][j]``
-                       (Chaudhry et al., 2018); 0.0 for the last task
-:func:`cumulative_loss` ``Σ_i (1/(i+1)) Σ_{j≤i} (1 - R[i][j])``
-=====================  =======================================================
+========================  ====================================================
+metric                    definition
+========================  ====================================================
+:func:`acc`               ``(1/n) Σ_j R[n-1][j]``
+:func:`bwt`               ``(1/(n-1)) Σ_{j<n-1} (R[n-1][j] - R[j][j])``
+                          (Lopez-Paz & Ranzato, 2017); 0.0 when n = 1
+:func:`fwt`               ``(1/(n-1)) Σ_{j≥1} (R[j-1][j] - r0[j])``; 0.0 when
+                          n = 1 (r0 stands in for the paper's random-init b)
+:func:`forgetting`        per task ``j < n-1``: ``max_{j≤l<n-1} R[l][j] -
+                          R[n-1][j]`` (Chaudhry et al., 2018); 0.0 for the
+                          last task; negative when a task improved later
+:func:`cumulative_loss`   ``Σ_i (1/(i+1)) Σ_{j≤i} (1 - R[i][j])``
+========================  ====================================================
 
 A run folder holds ``results.json``: ``{"schema": 1, "runs": [RunResult, …]}``,
 one entry per method. :meth:`RunResult.save` adds or replaces its method's
@@ -104,8 +106,8 @@ def fwt(R: Matrix, r0: Sequence[float]) -> float:
     relative to the score before any learning. Returns 0.0 for a single task.
 
     Example:
-        >>> fwt([[1.0, 0.4], [0.5, 1.0]], [0.2, 0.1])
-        0.3
+        >>> fwt([[1.0, 0.5], [0.5, 1.0]], [0.2, 0.25])
+        0.25
     """
     n = _square(R)
     if len(r0) != n:
@@ -345,9 +347,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _read_umask() -> int:
+    try:  # Linux: read it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # at import time, before worker threads exist
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

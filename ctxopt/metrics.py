@@ -23,7 +23,9 @@ name             score
 
 Normalization (:func:`normalize`): lower case; strip surrounding whitespace and
 punctuation; drop the articles "a", "an" and "the"; collapse inner whitespace.
-Inner punctuation is kept, so ``"ninety-four"`` and ``"p l a c e"`` survive.
+Inner punctuation is kept, so ``"ninety-four"`` survives. Articles stay when
+dropping them would change a spelled-out letter sequence (``"p l a c e"``) or
+leave nothing (the answer ``"a"`` of first_word_letter).
 
 A user metric is named ``"package.module:function"``; the function is called as
 ``function(example, prediction)`` and may return a :class:`Score`, a number or
@@ -105,16 +107,19 @@ def normalize(text: Any) -> str:
     """Normalize an answer for comparison.
 
     Lower-cases, strips surrounding whitespace and punctuation, removes the
-    articles a/an/the, and collapses whitespace.
+    articles a/an/the (unless the text is a sequence of single letters or only
+    an article), and collapses whitespace.
 
     Example:
         >>> normalize("  The Cat sat.  ")
         'cat sat'
     """
     s = "" if text is None else str(text)
-    s = s.lower().strip().strip(_PUNCT).strip()
-    s = _ARTICLES.sub(" ", s)
-    s = _WS.sub(" ", s).strip()
+    s = _WS.sub(" ", s.lower().strip().strip(_PUNCT).strip())
+    if any(len(w) > 1 for w in _WORD.findall(s)):  # not a spelled-out letter sequence like "p l a c e"
+        without = _WS.sub(" ", _ARTICLES.sub(" ", s)).strip()
+        if without:  # an answer that is only an article keeps it
+            s = without
     return s.strip(_PUNCT).strip()
 
 

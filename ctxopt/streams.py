@@ -540,6 +540,18 @@ def _read_csv(path: Path) -> list[Record]:
     return out
 
 
+def _read_parquet(path: Path) -> list[Record]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - datasets brings pyarrow; fall back anyway
+        return _read_with_datasets(path)
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a data problem
+        raise DataError(f"{path}: cannot read Parquet ({type(exc).__name__}: {exc})") from None
+    return [(f"{path}: row {i}", dict(rec)) for i, rec in enumerate(rows, 1)]
+
+
 def _read_with_datasets(path: Path) -> list[Record]:
     builders = {".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
     builder = builders.get(path.suffix.lower())
@@ -560,6 +572,7 @@ _READERS: dict[str, Callable[[Path], list[Record]]] = {
     ".json": _read_json,
     ".csv": _read_csv,
     ".tsv": _read_csv,
+    ".parquet": _read_parquet,
 }
 
 
