@@ -56,8 +56,9 @@ from typing import Any, Protocol
 
 import dspy
 
+from ctxopt.errors import ConfigError
 from ctxopt.metrics import Score
-from ctxopt.tasks import TASK_FIELD, Task, _test_split, example_id
+from ctxopt.tasks import SCENARIOS, TASK_FIELD, Task, _test_split, example_id
 
 __all__ = [
     "ExampleResult",
@@ -405,7 +406,12 @@ class Evaluator:
 
         Returns:
             An :class:`EvalResult` with one result per example, in order.
+
+        Raises:
+            ConfigError: Unknown scenario, or the context does not fit the program.
         """
+        if scenario not in SCENARIOS:
+            raise ConfigError(f"unknown scenario '{scenario}'; use one of {', '.join(SCENARIOS)}")
         start = time.perf_counter()
         aware = scenario == "task-aware"
         prog = copy.deepcopy(program)

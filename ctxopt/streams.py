@@ -607,13 +607,12 @@ def read_records(source: Any, *, base_dir: Path, where: str) -> tuple[str, list[
     if not isinstance(source, str) or not source.strip():
         raise ConfigError(f"{where}: a split must be a path, 'hf:ID:SPLIT', or a mapping with 'path' or 'hf'")
     if source.startswith("hf:"):
-        parts = source[3:].split(":")
-        if len(parts) == 2:
-            dataset_id, config, split = parts[0], None, parts[1]
-        elif len(parts) == 3:
-            dataset_id, config, split = parts
-        else:
+        body, bracket, sliced = source[3:].partition("[")  # a split may be sliced: train[:40]
+        parts = body.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
             raise ConfigError(f"{where}: '{source}' must be hf:ID:SPLIT or hf:ID:CONFIG:SPLIT")
+        dataset_id, config = parts[0], (parts[1] if len(parts) == 3 else None)
+        split = parts[-1] + bracket + sliced
         return source, _read_hf(dataset_id, split, config, where)
     path = Path(source).expanduser()
     if not path.is_absolute():

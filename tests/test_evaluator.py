@@ -10,6 +10,7 @@ import dspy
 import pytest
 from dspy.lm15 import Message, Response, TextPart, Usage
 
+from ctxopt.errors import ConfigError
 from ctxopt.evaluator import EvalResult, Evaluator, lm_id
 from ctxopt.metrics import get_metric
 from ctxopt.program import TaskProgram
@@ -184,6 +185,14 @@ def test_task_agnostic_hides_the_task_name():
     aware_ctx = FakeContext("v")
     Evaluator(lm).evaluate(program(), aware_ctx, make_task(["up"], aware=False), make_task(["up"], aware=False).val)
     assert aware_ctx.applied == ["antonyms"]  # task-aware adds the task name when missing
+
+
+def test_unknown_scenario_is_a_config_error():
+    lm, engine = scripted_lm()
+    task = make_task(["hot"])
+    with pytest.raises(ConfigError, match="unknown scenario 'aware'"):
+        Evaluator(lm).evaluate(program(), None, task, task.val, scenario="aware")
+    assert engine.calls == 0
 
 
 def test_evaluate_test_is_the_door_to_the_sealed_split():

@@ -59,6 +59,14 @@ def test_write_report_is_self_contained(run_dir):
     assert summary.startswith("# ctxopt report:") and "| static | 0.733 |" in summary
 
 
+def test_report_of_a_run_in_progress_without_steps(tmp_path):
+    RunResult("early", TASKS, [0.1, 0.2, 0.1], [list(R[0])]).save(tmp_path)
+    page = write_report(tmp_path).read_text()
+    assert "In progress: 1 of 3 tasks learned." in page
+    assert page.count("data:image/png;base64,") == 4
+    assert "| early | 0.800 | 0.000 | 0.000 | 0.200 | 0 | 0 | 0.0 |" in (tmp_path / "summary.md").read_text()
+
+
 def test_cli_report_and_errors(run_dir, tmp_path, capsys):
     out = tmp_path / "elsewhere" / "r.html"
     assert cli_main(["report", str(run_dir), "-o", str(out)]) == 0

@@ -171,6 +171,30 @@ def test_error_missing_stream_file_and_unknown_spec(tmp_path):
         load_stream("babi:1,21")
 
 
+def test_hugging_face_split_source_reports_load_failures(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    seen = []
+
+    def offline(dataset_id, config=None, split=None, **kwargs):
+        seen.append((dataset_id, config, split))
+        raise ConnectionError(f"Couldn't reach '{dataset_id}' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    y = _stream_yaml(
+        tmp_path,
+        """
+        - name: t
+          train: hf:stanfordnlp/sst2:train[:40]
+          val: {hf: glue, config: sst2, split: validation}
+          test: hf:glue:sst2:validation
+        """,
+    )
+    with pytest.raises(DataError) as e:
+        load_stream(y)
+    _one_line_error(e, str(y), "task 't', train", "Hugging Face dataset 'stanfordnlp/sst2'", "are you online?")
+    assert seen == [("stanfordnlp/sst2", None, "train[:40]")]
+
+
 def test_user_metric_path_in_yaml(broken, monkeypatch):
     (broken / "my_metrics_mod.py").write_text(
         "def first_letter(example, pred):\n"
