@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -176,6 +177,18 @@ class _LoadedModel:
 
 _loaded: dict[tuple[str, int, int], _LoadedModel] = {}
 _loaded_lock = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free llama.cpp models before interpreter teardown (avoids noisy errors at exit)."""
+    with _loaded_lock:
+        for loaded in _loaded.values():
+            try:
+                loaded.llama.close()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+        _loaded.clear()
 
 
 def available_cores() -> int:

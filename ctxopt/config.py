@@ -1,0 +1,116 @@
+"""Run configuration: the YAML file behind ``ctxopt run CONFIG.yaml``, validated by pydantic.
+
+Example ``config.yaml``::
+
+    stream: ii-8                      # built-in stream name or a stream YAML path
+    program: builtin                  # or "package.module:factory" returning a dspy.Module
+    task_lm: local
+    reflection_lm: local:qwen2.5-coder-1.5b
+    budget: light                     # preset, or a mapping: {preset: light, n_trials: 4}
+    gate: strict                      # or bootstrap
+    epsilon: 0.02
+    seed: 0
+    run_dir: runs/ii-8
+    num_threads: 2
+    sizes: [40, 30, 50]               # optional train/val/test sizes for built-in streams
+
+A bad key or value is one line naming it (``config.yaml: budget.n_trials: …``).
+
+Example:
+    >>> RunConfig.model_validate({"stream": "ii-8", "run_dir": "runs/x"}).budget
+    'light'
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ctxopt.budget import Budget, get_budget
+from ctxopt.errors import ConfigError
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs; see the module docstring for the YAML form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream: str
+    run_dir: str
+    program: str = "builtin"
+    task_lm: str = "local"
+    reflection_lm: str = "local:qwen2.5-coder-1.5b"
+    budget: str | dict[str, Any] = "light"
+    gate: Literal["strict", "bootstrap"] = "strict"
+    epsilon: float = Field(0.02, ge=0.0, le=1.0)
+    seed: int = 0
+    num_threads: int = Field(2, ge=1, le=64)
+    sizes: tuple[int, int, int] | None = None
+    instruction: str | None = None
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        resolve_budget(value)  # raises ConfigError, reported as a validation error
+        return value
+
+    def budget_obj(self) -> Budget:
+        return resolve_budget(self.budget)
+
+
+def resolve_budget(value: str | dict[str, Any]) -> Budget:
+    """A preset name, or a mapping with an optional ``preset`` plus field overrides."""
+    if isinstance(value, dict):
+        fields = dict(value)
+        preset = fields.pop("preset", "light")
+        base = get_budget(preset)
+        unknown = set(fields) - set(Budget.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown budget key(s) {', '.join(sorted(unknown))}; valid: "
+                              f"preset, {', '.join(Budget.__dataclass_fields__)}")
+        return get_budget(base, **fields)
+    return get_budget(value)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config; one-line :class:`ConfigError` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {key}: {msg}") from exc
+    stream = Path(config.stream)
+    if not stream.is_absolute() and (path.parent / stream).is_file():
+        config = config.model_copy(update={"stream": str(path.parent / stream)})
+    return config
+
+
+def build_program(spec: str, stream: Any, instruction: str | None = None) -> Any:
+    """The built-in program for the stream, or a user factory ``"package.module:function"``."""
+    if spec == "builtin":
+        from ctxopt.program import DEFAULT_INSTRUCTION, program_for
+
+        return program_for(stream, instruction or DEFAULT_INSTRUCTION)
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"program {spec!r}: use 'builtin' or 'package.module:factory'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"program {spec!r} cannot be imported: {exc}") from exc
+    return factory(stream) if callable(factory) else factory
