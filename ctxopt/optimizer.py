@@ -137,6 +137,8 @@ class ContinualOptimizer:
         callbacks: functions receiving :class:`Event` s.
         measure_test: fill the accuracy matrix after each task (needs test splits).
         proposers: override the default proposers (reflection, demos, format rules).
+        run_dir: where caches, the Optuna study and results go (``fit(store=...)`` sets it too).
+        store: an existing :class:`Store` to commit to; default ``run_dir/store``.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class ContinualOptimizer:
         measure_test: bool = True,
         proposers: Sequence[Proposer] | None = None,
         run_dir: str | Path | None = None,
+        store: Store | None = None,
     ) -> None:
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
@@ -164,6 +167,8 @@ class ContinualOptimizer:
         self.measure_test = measure_test
         self._proposers = proposers
         self.run_dir: Path | None = Path(run_dir) if run_dir else None
+        if store is not None:
+            self._store = store  # commit into an existing store (e.g. a transfer branch)
         self.ledger = Ledger(self.budget)
         self._seen: list[Task] = []
         self._context: LearnedContext | None = None
@@ -188,6 +193,7 @@ class ContinualOptimizer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not hasattr(self, "_store"):
             self._store = Store.init(self.run_dir / "store")
+        if not hasattr(self, "_evaluator"):
             self._evaluator = Evaluator(self.task_lm, num_threads=self.num_threads,
                                         cache_dir=self.run_dir / "eval_cache")
         return self.run_dir, self._store, self._evaluator
@@ -452,11 +458,8 @@ class ContinualOptimizer:
     # ------------------------------------------------------------------ measurement (test only)
 
     def _measure(self, program: dspy.Module, stream: TaskStream, ctx: LearnedContext) -> list[float]:
-        """One row of the accuracy matrix: test score of ``ctx`` on every task of the stream."""
         self.emit("phase", "", phase="measure")
-        row = []
-        for task in stream.tasks:
-            row.append(round(self._evaluator.evaluate_test(program, ctx, task, scenario=stream.scenario).mean, 6))
+        row = measure_row(self._evaluator, program, stream, ctx)
         self.emit("measure", "", row=row, tasks=list(stream.names))
         return row
 
@@ -474,6 +477,17 @@ class ContinualOptimizer:
             raise ConfigError(f"{path}: this run directory holds a different run (stream {state.get('stream')}, "
                               f"seed {state.get('seed')}); use a new run directory")
         return state
+
+
+def measure_row(evaluator: Evaluator, program: dspy.Module, stream: TaskStream,
+                context: LearnedContext | None) -> list[float]:
+    """One row of the accuracy matrix: the test score of ``context`` on every task of ``stream``.
+
+    This is the only place learning code reaches test splits, through
+    :meth:`Evaluator.evaluate_test`; every method in a comparison measures with it.
+    """
+    return [round(evaluator.evaluate_test(program, context, task, scenario=stream.scenario).mean, 6)
+            for task in stream.tasks]
 
 
 def program_inputs(program: dspy.Module, predictor: str) -> list[str]:

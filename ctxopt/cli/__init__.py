@@ -16,7 +16,7 @@ import sys
 from ctxopt.errors import CtxoptError
 
 # Modules under ctxopt.cli that register subcommands, in --help order.
-COMMAND_MODULES = ("demo", "run", "store", "streams")
+COMMAND_MODULES = ("demo", "run", "compare", "sleep", "transfer", "store", "streams")
 
 
 def build_parser() -> argparse.ArgumentParser:
