@@ -77,6 +77,11 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clip(value: Any, width: int = 60) -> str:
+    flat = " ".join(str(value).split())
+    return repr(flat if len(flat) <= width else flat[: width - 1] + "…")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     store = _open(args)
     version = store.version(args.rev)
@@ -108,7 +113,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             counts = f" +{it.helpful}/-{it.harmful}" if it.helpful or it.harmful else ""
             _out(f"  {it.id} [{it.kind}, {it.scope}{counts}] {' '.join(it.text.split())}")
         for d in pc.scoped_demos(args.task):
-            _out(f"  demo {d.id} [{d.scope}] inputs: {', '.join(d.inputs)}; outputs: {', '.join(d.outputs)}")
+            shown = lambda fields: "; ".join(f"{k}={_clip(v)}" for k, v in fields.items() if k != "task")  # noqa: E731
+            _out(f"  demo {d.id} [{d.scope}] {shown(d.inputs)} → {shown(d.outputs)}")
     return 0
 
 
