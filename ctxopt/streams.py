@@ -366,13 +366,13 @@ def _ii_row(task: str, rec: Mapping[str, Any], rng: random.Random) -> _Row:
 
 
 @lru_cache(maxsize=64)
-def _ii_rows(task: str, part: str, seed: int) -> tuple[_Row, ...]:
+def _ii_rows(task: str, part: str) -> tuple[_Row, ...]:
     path = data_dir() / "instruction_induction" / part / f"{task}.json"
     try:
         records = json.loads(path.read_text(encoding="utf-8"))["examples"]
     except FileNotFoundError:
         raise DataError(f"{path}: missing packaged data file; reinstall ctxopt") from None
-    rng = _rng("ii-order", task, part, seed)
+    rng = _rng("ii-order", task, part)  # cause_and_effect's sentence order: fixed, not per run
     rows: dict[str, _Row] = {}
     for key in sorted(records, key=lambda k: int(k) if str(k).isdigit() else 0):
         row = _ii_row(task, records[key], rng)
@@ -382,9 +382,9 @@ def _ii_rows(task: str, part: str, seed: int) -> tuple[_Row, ...]:
 
 def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool) -> Task:
     n_train, n_val, n_test = sizes
-    execute = list(_ii_rows(name, "execute", 0))
+    execute = list(_ii_rows(name, "execute"))
     test_inputs = {r.input.strip().lower() for r in execute}
-    pool = [r for r in _ii_rows(name, "induce", 0) if r.input.strip().lower() not in test_inputs]
+    pool = [r for r in _ii_rows(name, "induce") if r.input.strip().lower() not in test_inputs]
     train, val = _split_pool(pool, n_train, n_val, _rng("ii", name, seed))
     test = _sample(execute, n_test, _rng(_TEST_SEED, "ii", name))
     task_name = name if aware else None
