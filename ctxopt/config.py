@@ -55,7 +55,10 @@ class RunConfig(BaseModel):
     @field_validator("budget")
     @classmethod
     def _check_budget(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
-        resolve_budget(value)  # raises ConfigError, reported as a validation error
+        try:
+            resolve_budget(value)
+        except ConfigError as exc:  # reported by load_config as "<file>: budget: <why>"
+            raise ValueError(str(exc)) from exc
         return value
 
     def budget_obj(self) -> Budget:
