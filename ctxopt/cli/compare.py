@@ -1,0 +1,112 @@
+"""``ctxopt compare``: run baselines and the continual optimizer side by side (resumable, cached)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ctxopt.errors import ConfigError
+
+ALL_METHODS = "static,append,summarize,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="compare baselines and ctxopt on one stream (resumable)",
+        description="Run several methods over one stream with the same task LM, reflection LM, seed and per-task "
+                    "budget of task-LM calls; write results.json (all methods), comparison.md and report.html. "
+                    "Rerunning the same command skips finished methods and resumes a killed one from its last "
+                    "finished task.")
+    p.add_argument("--stream", required=True, help="ii-8, babi-10, ii:a,b, babi:1,4 or a stream YAML")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated methods (default: all that fit the stream: {ALL_METHODS}; "
+                        "oracle-human only for ii streams)")
+    p.add_argument("--budget", default="light", help="budget preset: light, medium or heavy (default light)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None, help="default runs/compare-<stream>-<budget>-s<seed>")
+    p.add_argument("--task-lm", default="local", help="LM spec of the task model (default local, 0.5B)")
+    p.add_argument("--reflection-lm", default="local:qwen2.5-coder-1.5b", help="LM spec of the reflection model")
+    p.add_argument("--sizes", default=None, help="train,val,test examples per task, e.g. 40,30,50")
+    p.add_argument("--scenario", choices=("task-aware", "task-agnostic"), default=None)
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="context budget of append/summarize (default: the budget's max_context_tokens or 1500)")
+    p.add_argument("--num-threads", type=int, default=2)
+    p.set_defaults(func=cmd_compare)
+
+
+def _sizes(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise ConfigError(f"--sizes must be three positive integers train,val,test (e.g. 40,30,50), got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def default_methods(stream_names: Any) -> str:
+    """Every method that fits the stream: oracle-human only where every task has human instructions."""
+    from ctxopt.streams import II_TASKS
+
+    names = ALL_METHODS.split(",")
+    if not all(t in II_TASKS for t in stream_names):
+        names.remove("oracle-human")
+    return ",".join(names)
+
+
+class _Printer:
+    """Turns comparison events into one console line per step."""
+
+    def __init__(self, console: Any, n_tasks: int) -> None:
+        self.console, self.n = console, n_tasks
+        self.started = time.perf_counter()
+
+    def __call__(self, event: Any) -> None:
+        kind, d = event.kind, event.data
+        if kind == "method_skip":
+            self.console.print(f"[dim]{event.method}: finished earlier, skipped[/]")
+        elif kind == "method_start":
+            resumed = f" (resuming after {d['resumed_at']} task(s))" if d.get("resumed_at") else ""
+            self.console.print(f"[bold]{event.method}[/]{resumed}")
+        elif kind == "learn_end":
+            rec = d["record"]
+            err = " [red]error[/]" if rec["extra"].get("error") else ""
+            row = " ".join(f"{x:.2f}" for x in d["row"])
+            self.console.print(f"  {event.method} {event.step}/{self.n} {event.task}: {rec['extra']['note']}{err}\n"
+                               f"    task-LM {rec['task_calls']} calls, reflection {rec['reflection_calls']}, "
+                               f"{rec['wall_s']:.0f} s; test row {row}  [{time.perf_counter() - self.started:.0f} s]")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import dspy
+    from rich.console import Console
+
+    from ctxopt.cli._progress import matrix_table
+    from ctxopt.compare import compare
+    from ctxopt.lm import get_lm
+    from ctxopt.program import program_for
+    from ctxopt.streams import load_stream
+
+    console = Console()
+    stream = load_stream(args.stream, seed=args.seed, sizes=_sizes(args.sizes), scenario=args.scenario)
+    methods = args.methods or default_methods(stream.names)
+    safe = args.stream.replace("/", "_").replace(":", "-").replace(",", "_")
+    run_dir = Path(args.run_dir or f"runs/compare-{safe}-{args.budget}-s{args.seed}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dspy.configure_cache(disk_cache_dir=str(run_dir / "dspy_cache"))  # the request cache lives with the run
+    task_lm = get_lm(args.task_lm)
+    reflection_lm = get_lm(args.reflection_lm, max_tokens=768)
+    console.print(f"comparing {methods} on {stream.name} ({len(stream)} tasks), budget {args.budget}, "
+                  f"seed {args.seed}; run dir {run_dir}")
+    results = compare(program_for(stream), stream, methods, task_lm=task_lm, reflection_lm=reflection_lm,
+                      run_dir=run_dir, budget=args.budget, seed=args.seed, num_threads=args.num_threads,
+                      max_context_tokens=args.context_tokens, callbacks=[_Printer(console, len(stream))])
+    for r in results:
+        console.print(matrix_table(r))
+    console.print((run_dir / "comparison.md").read_text(encoding="utf-8"))
+    console.print(f"results: {run_dir / 'results.json'}\nreport: {run_dir / 'report.html'}")
+    return 0
