@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dspy
 import pytest
 
 import ctxopt.optimizer as optimizer_module
@@ -146,3 +147,36 @@ def test_step_handles_one_new_task_online(tmp_path):
     out2 = opt.step(program, stream[1])
     assert out1.accepted and out2.accepted and (out1.step, out2.step) == (1, 2)
     assert opt.context.hash == Store.open(tmp_path / "online" / "store").current().hash
+
+
+def _lookup(query: str) -> str:
+    """A tool the ReAct agent may call."""
+    return "nothing found"
+
+
+class _TwoStep(dspy.Module):
+    """Two predictors: a draft step and a ChainOfThought answer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.draft = dspy.Predict("task, input -> notes")
+        self.answer = dspy.ChainOfThought("task, input, notes -> output")
+
+    def forward(self, task, input):
+        notes = self.draft(task=task, input=input).notes
+        return self.answer(task=task, input=input, notes=notes)
+
+
+@pytest.mark.parametrize("make_program, target", [
+    (lambda: dspy.ChainOfThought("task, input -> output"), "predict"),
+    (lambda: dspy.ReAct("task, input -> output", tools=[_lookup], max_iters=2), "extract.predict"),
+    (_TwoStep, "answer.predict"),
+])
+def test_works_on_any_module(tmp_path, make_program, target):
+    stream = toy_stream(names=("suffix", "reverse"))
+    opt, run = make_opt(tmp_path)
+    result = opt.fit(make_program(), stream, store=run)
+    assert [result.R[i][i] for i in range(2)] == [1.0, 1.0]
+    ctx = Store.open(run / "store").current()
+    assert {it.text for it in ctx.items(target)} >= {RULES["suffix"][0], RULES["reverse"][0]}
+    assert all(not ctx.items(name) for name in ctx.predictors if name != target)

@@ -45,7 +45,9 @@ def task_answer(system: str, user: str) -> str:
     word = _field("[[ ## input ## ]]" + user.rsplit("[[ ## input ## ]]", 1)[-1], "input")
     taught = [(system.rfind(rule), fn) for rule, fn in RULES.values() if rule in system]
     out = max(taught, key=lambda t: t[0])[1](word) if taught else word
-    return chat_fields(output=out)
+    # Extra fields serve ChainOfThought (reasoning) and ReAct (next_*); ChatAdapter ignores the rest.
+    return chat_fields(reasoning="the rule says so", notes="none", next_thought="done", next_tool_name="finish",
+                       next_tool_args="{}", output=out)
 
 
 def task_lm(**kw):
