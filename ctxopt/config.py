@@ -13,6 +13,13 @@ Example ``config.yaml``::
     run_dir: runs/ii-8
     num_threads: 2
     sizes: [40, 30, 50]               # optional train/val/test sizes for built-in streams
+    consolidate: false                # sleep-time consolidation pass after every task
+    similarity: auto                  # consolidation's duplicate detection: auto, embedding or lexical
+
+The hard context budget is a budget field: ``budget: {preset: light,
+max_context_tokens: 1500}`` (per predictor, on the rendered context; see
+:mod:`ctxopt.consolidate`). When a step would exceed it, consolidation runs
+first, whether or not ``consolidate`` is set.
 
 A bad key or value is one line naming it (``config.yaml: budget.n_trials: …``).
 
@@ -51,6 +58,8 @@ class RunConfig(BaseModel):
     num_threads: int = Field(2, ge=1, le=64)
     sizes: tuple[int, int, int] | None = None
     instruction: str | None = None
+    consolidate: bool = False
+    similarity: Literal["auto", "embedding", "lexical"] = "auto"
 
     @field_validator("budget")
     @classmethod

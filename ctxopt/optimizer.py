@@ -141,8 +141,9 @@ class ContinualOptimizer:
         run_dir: where caches, the Optuna study and results go (``fit(store=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
         consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`).
-        consolidator: the :class:`Consolidator` to use (default: one on ``reflection_lm``). With
-            ``budget.max_context_tokens`` set, it also makes room when a step would exceed the budget.
+        consolidator: the :class:`Consolidator` to use, or a similarity name (``auto``, ``embedding``,
+            ``lexical``) for the default one on ``reflection_lm``. With ``budget.max_context_tokens``
+            set, it also makes room when a step would exceed the budget.
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class ContinualOptimizer:
         run_dir: str | Path | None = None,
         store: Store | None = None,
         consolidate: bool = False,
-        consolidator: Consolidator | None = None,
+        consolidator: Consolidator | str | None = None,
     ) -> None:
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
@@ -181,7 +182,8 @@ class ContinualOptimizer:
         self._scenario = "task-aware"
         self._step = 0
         self.consolidate = consolidate
-        self.consolidator = consolidator or Consolidator(self.reflection_lm, charge=self._charge_reflection)
+        self.consolidator = consolidator if isinstance(consolidator, Consolidator) else Consolidator(
+            self.reflection_lm, similarity=consolidator or "auto", charge=self._charge_reflection)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -543,6 +545,38 @@ class ContinualOptimizer:
             st.commit(self._context, f"sleep after step {step} {task.name}: roll back {result.rolled_back} "
                                      f"consolidation(s) — {reasons}", meta, allow_empty=True)
         self.emit("sleep", task.name, **result.counts(), summary=result.summary())
+        return result
+
+    def sleep(self, program: dspy.Module, stream: TaskStream, store: str | Path | None = None) -> PassResult:
+        """One gated consolidation pass over the tasks of ``stream`` learned so far (``ctxopt sleep``).
+
+        Reads the run's ``state.json`` when there is one (else the tasks named in
+        the store's history), gates every candidate on val of every seen task,
+        commits what lands, records rollbacks, and updates the run state so a
+        resumed ``fit`` carries the consolidated context forward.
+        """
+        if store is not None:
+            self.run_dir = Path(store)
+        run_dir, st, _ = self._paths()
+        self._scenario = stream.scenario
+        state_path = run_dir / "state.json"
+        state = self._load_state(state_path, stream)
+        if state is not None:
+            self._context, done = st.show(state["rev"]), state["done"]
+            self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
+        else:
+            self._context = st.current()
+            named = {v.metadata.get("task") for v in st.log()}
+            done = max((i + 1 for i, t in enumerate(stream.tasks) if t.name in named), default=0)
+        if self._context is None or done == 0:
+            raise ConfigError(f"{st.path}: no learned task of stream {stream.name} to consolidate yet")
+        self._seen, self._step = list(stream.tasks[:done]), done
+        self.ledger.start_task(f"sleep@{done}")
+        result = self._sleep(program, self._seen[-1], done)
+        if state is not None:
+            state.update(rev=st.head().rev, context_hash=self._context.hash, ledger=self.ledger.to_dict())
+            state.setdefault("sleeps", []).append({"after_step": done, **result.counts()})
+            _atomic_json(state_path, state)
         return result
 
     def _consolidation_figures(self, passes: Sequence[PassResult]) -> dict[str, Any]:

@@ -246,3 +246,41 @@ def test_step_is_rejected_with_reason_when_consolidation_cannot_make_room(tmp_pa
     reason = result.steps[1].extra["reason"]
     assert re.search(r"max_context_tokens=28", reason) and ("could not make room" in reason or "no longer" in reason)
     assert not any(over_budget(store.show(v.rev), 28) for v in store.log())
+
+
+# --------------------------------------------------------------------------- ctxopt sleep
+
+
+def test_cli_sleep_consolidates_a_finished_run_and_updates_its_state(tmp_path, monkeypatch, capsys):
+    import json
+
+    from ctxopt.cli import main
+
+    stream = toy_stream(names=("suffix",))
+    rule = RULES["suffix"][0]
+    run_opt(tmp_path, stream, RuleWithExtras({"suffix": [(rule.rstrip("."), "rule")]}), consolidate=False)
+    store_dir = tmp_path / "run" / "store"
+    assert len(Store.open(store_dir).current().items("predict")) == 2
+    monkeypatch.setattr("ctxopt.streams.load_stream", lambda spec, **kw: stream)  # state.json names stream "toy"
+    monkeypatch.setattr("ctxopt.lm.get_lm", lambda spec, **kw: task_lm())
+
+    assert main(["sleep", "--store", str(store_dir), "--no-lm", "--similarity", "lexical", "--dry-run"]) == 0
+    assert "[dedupe] near-duplicates" in capsys.readouterr().out
+    assert len(Store.open(store_dir).log()) == 2  # a dry run commits nothing
+
+    assert main(["sleep", "--store", str(store_dir), "--no-lm", "--similarity", "lexical"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 consolidation(s) accepted (dedupe)" in out and "✓ [dedupe] accepted" in out
+    store = Store.open(store_dir)
+    assert [it.text for it in store.current().items("predict")] == [rule]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["rev"] == store.head().rev and state["sleeps"][0]["consolidations_accepted"] == 1
+
+
+def test_cli_sleep_needs_a_stream(tmp_path, capsys):
+    from ctxopt.cli import main
+
+    store = Store.init(tmp_path / "s")
+    store.commit(LearnedContext({"predict": PredictorContext("Answer.")}), "c0")
+    assert main(["sleep", "--store", str(tmp_path / "s")]) == 2
+    assert "pass --stream SPEC" in capsys.readouterr().err

@@ -35,7 +35,8 @@ def execute(config: Any, *, console: Any = None) -> Any:
     with RunProgress(len(stream), task_lm, reflection_lm, console) as progress:
         opt = ContinualOptimizer(task_lm, reflection_lm, budget=config.budget_obj(), gate=config.gate,
                                  epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
-                                 callbacks=[progress.on_event])
+                                 callbacks=[progress.on_event], consolidate=config.consolidate,
+                                 consolidator=config.similarity)
         result = opt.fit(program, stream, store=config.run_dir)
     console.print(matrix_table(result))
     console.print(summary_line(result, task_lm, reflection_lm, time.perf_counter() - started))
