@@ -78,8 +78,9 @@ class CompareEvent:
     """Progress of a comparison, delivered to callbacks.
 
     ``kind`` is one of ``method_start``, ``method_skip``, ``measure``,
-    ``learn_start``, ``learn_end`` (``data["record"]``: the step record),
-    ``method_end`` (``data["summary"]``).
+    ``learn_start`` and ``learn_end`` (around the method's learning only),
+    ``step_end`` (``data["record"]``: the step record, ``data["row"]``: the
+    test row), ``method_end`` (``data["summary"]``).
     """
 
     kind: str
@@ -262,6 +263,7 @@ class _Run:
         wall = time.perf_counter() - started
         after = _usage(self.task_lm, self.reflection_lm)
         t_used, r_used = after[0] - before[0], after[1] - before[1]
+        self.emit("learn_end", name, step, task.name, note=outcome.note)
         new = outcome.context
         head_meta = store.metadata("HEAD")
         if not (head_meta.get("step") == step and head_meta.get("task") == task.name):
@@ -278,7 +280,7 @@ class _Run:
                             task_tokens=t_used.tokens, reflection_calls=r_used.calls,
                             reflection_tokens=r_used.tokens, wall_s=round(wall, 3), accepted=outcome.accepted,
                             extra={**extra, "row": row})
-        self.emit("learn_end", name, step, task.name, record={**record.to_dict(), "extra": extra}, row=row)
+        self.emit("step_end", name, step, task.name, record={**record.to_dict(), "extra": extra}, row=row)
         return new, record
 
     def _learn(self, method: Method, context: LearnedContext, tasks: Sequence[Any], ctx: LearnContext) -> Outcome:

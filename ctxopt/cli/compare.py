@@ -72,7 +72,7 @@ class _Printer:
         elif kind == "method_start":
             resumed = f" (resuming after {d['resumed_at']} task(s))" if d.get("resumed_at") else ""
             self.console.print(f"[bold]{event.method}[/]{resumed}")
-        elif kind == "learn_end":
+        elif kind == "step_end":
             rec = d["record"]
             err = " [red]error[/]" if rec["extra"].get("error") else ""
             row = " ".join(f"{x:.2f}" for x in d["row"])

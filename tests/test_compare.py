@@ -1,0 +1,221 @@
+"""The comparison harness: all methods side by side, results/table/report, resume, cache, no leakage."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ctxopt.baselines.base import Outcome
+from ctxopt.baselines.oracle import OracleHuman
+from ctxopt.budget import get_budget
+from ctxopt.compare import compare
+from ctxopt.errors import ConfigError
+from ctxopt.matrix import load_results
+from ctxopt.program import program_for
+from ctxopt.tasks import _test_split
+from tests.test_baselines import BUDGET, _quiet_optimizers, reflector, toy_annotations  # noqa: F401
+from tests.toy import task_lm, toy_stream
+
+SEQUENTIAL = ["static", "append", "summarize", "gepa-seq", "mipro-seq", "gepa-joint", "ctxopt"]
+
+
+def run_all(tmp_path, methods, *, stream=None, callbacks=(), tl=None, rl=None, run_dir=None, budget=BUDGET):
+    stream = stream or toy_stream()
+    tl, rl = tl or task_lm(), rl or reflector()
+    results = compare(program_for(stream), stream, methods, task_lm=tl, reflection_lm=rl,
+                      run_dir=run_dir or tmp_path / "run", budget=budget, seed=0, num_threads=2,
+                      max_context_tokens=300, callbacks=callbacks)
+    return results, tl, rl
+
+
+def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_test_data(tmp_path):
+    stream = toy_stream()
+    tl = task_lm()
+    learning: dict = {}
+    seen_by_learning: list[str] = []
+
+    def mark(event):  # the task-LM prompts sent while a method learns (measurement excluded)
+        if event.kind == "learn_start":
+            learning["from"] = len(tl.engine.requests)
+        elif event.kind == "learn_end":
+            seen_by_learning.extend(s + u for s, u in tl.engine.requests[learning.pop("from"):])
+
+    methods = [*SEQUENTIAL, OracleHuman(annotations_dir=toy_annotations(tmp_path))]
+    results, tl, rl = run_all(tmp_path, methods, stream=stream, tl=tl, callbacks=[mark])
+    run = tmp_path / "run"
+    names = [r.method for r in results]
+    assert names == [*SEQUENTIAL, "oracle-human"]
+    # results.json holds every method with a full matrix and identical R0 (same C0, same measurement)
+    stored = {r.method: r for r in load_results(run)}
+    assert set(stored) == set(names)
+    assert all(r.complete and r.r0 == results[0].r0 for r in stored.values())
+    table = (run / "comparison.md").read_text()
+    assert ("| method | ACC | BWT | FWT | task-LM calls | reflection calls | final context tokens | wall time |"
+            in table)
+    for r in results:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {r.method} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4] == str(sum(s.task_calls for s in r.steps))
+        assert cells[5] == str(sum(s.reflection_calls for s in r.steps))
+        assert cells[6] == str(r.meta["final_context_tokens"])
+    html = (run / "report.html").read_text()
+    assert all(f"accuracy matrix heatmap of {n}" in html for n in names)
+    # every method has its own store with one version per step after C0
+    from ctxopt.store import Store
+
+    for n in names:
+        steps = [v.metadata.get("step") for v in reversed(Store.open(run / n / "store").log())]
+        assert steps == [0, 1, 2, 3]
+    # No test example reaches a learner: not the task LM while learning, not the reflection LM ever.
+    test_words = {e.input for t in stream.tasks for e in _test_split(t)}
+    assert seen_by_learning
+    prompts = seen_by_learning + [s + u for s, u in rl.engine.requests]
+    assert not {w for w in test_words for p in prompts if w in p}
+    assert any(w in s + u for w in test_words for s, u in tl.engine.requests)  # measurement did run them
+
+
+def test_rerun_skips_finished_methods_and_costs_nothing(tmp_path):
+    first, tl, rl = run_all(tmp_path, ["append", "gepa-seq"])
+    calls = (tl.usage.snapshot().calls, rl.usage.snapshot().calls)
+    events = []
+    again, _, _ = run_all(tmp_path, ["append", "gepa-seq"], tl=tl, rl=rl, callbacks=[events.append])
+    assert [e.kind for e in events] == ["method_skip", "method_skip"]
+    assert (tl.usage.snapshot().calls, rl.usage.snapshot().calls) == calls
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in first]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_method_restarts_from_its_last_finished_task(tmp_path):
+    [full], _, _ = run_all(tmp_path, ["summarize"], run_dir=tmp_path / "full")
+
+    def kill(event):
+        if event.kind == "learn_start" and event.step == 2:
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        run_all(tmp_path, ["summarize"], callbacks=[kill])
+    partial = load_results(tmp_path / "run")[0]
+    assert len(partial.R) == 1 and not partial.complete  # the finished task was saved
+    events = []
+    [resumed], _, _ = run_all(tmp_path, ["summarize"], callbacks=[events.append])
+    start = next(e for e in events if e.kind == "method_start")
+    assert start.data["resumed_at"] == 1
+    assert [e.step for e in events if e.kind == "learn_start"] == [2, 3]
+    assert resumed.R == full.R and resumed.meta["final_context_hash"] == full.meta["final_context_hash"]
+
+
+def test_a_run_dir_of_another_run_is_refused(tmp_path):
+    run_all(tmp_path, ["static"])
+    with pytest.raises(ConfigError, match="holds a different run"):
+        run_all(tmp_path, ["static"], budget=get_budget(BUDGET, task_calls_per_task=61))
+
+
+class _Flaky:
+    """A method that fails on the second task."""
+
+    name, joint = "flaky", False
+
+    def learn(self, program, context, tasks, ctx):
+        if ctx.step == 2:
+            raise RuntimeError("the optimizer choked on a reply")
+        return Outcome(context, note="kept")
+
+
+def test_a_failing_step_is_one_bad_step_not_a_crash(tmp_path):
+    [result], _, _ = run_all(tmp_path, [_Flaky()])
+    assert len(result.R) == 3
+    bad = result.steps[1]
+    assert bad.accepted is False and "RuntimeError: the optimizer choked" in bad.extra["error"]
+    assert result.meta["errors"] == 1
+    assert "flaky step 2 (reverse): RuntimeError" in (tmp_path / "run" / "comparison.md").read_text()
+
+
+def test_only_oracle_human_reads_the_annotations(tmp_path, monkeypatch):
+    """Instrument every file open; annotation files may be opened only while oracle-human learns."""
+    from ctxopt.streams import data_dir, load_stream
+
+    annotations = (data_dir() / "instruction_induction" / "annotations").resolve()
+    current = {"method": None}
+    reads: list[tuple[str | None, Path]] = []
+    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+
+    def record(path):
+        try:
+            p = Path(os.fsdecode(path)).resolve()
+        except (TypeError, ValueError):
+            return
+        if annotations in p.parents or p == annotations:
+            reads.append((current["method"], p))
+
+    def spy_open(file, *a, **k):
+        record(file)
+        return real_open(file, *a, **k)
+
+    def spy_os_open(path, *a, **k):
+        record(path)
+        return real_os_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(io, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+
+    def track(event):
+        if event.kind in ("method_start", "method_skip"):
+            current["method"] = event.method
+        elif event.kind == "method_end":
+            current["method"] = None
+
+    stream = load_stream("ii:antonyms,sum", sizes=(6, 4, 3))  # loading a stream reads no annotation
+    assert reads == []
+    budget = get_budget(BUDGET, task_calls_per_task=40)
+    results, _, _ = run_all(tmp_path, [*SEQUENTIAL, "oracle-human"], stream=stream, callbacks=[track],
+                            budget=budget)
+    assert all(r.complete for r in results)
+    assert reads, "oracle-human read its annotations"
+    assert {m for m, _ in reads} == {"oracle-human"}
+    assert {p.name for _, p in reads} == {"antonyms.json", "sum.json"}
+    # the instrumentation is live: it sees the files other methods do open
+    assert real_open is not builtins.open
+
+
+def test_cli_compare_runs_and_resumes(tmp_path, monkeypatch, capsys):
+    import ctxopt.lm
+    import ctxopt.streams
+    from ctxopt.cli import main
+
+    monkeypatch.setattr(ctxopt.lm, "get_lm", lambda spec, **kw: task_lm() if spec == "local" else reflector())
+    monkeypatch.setattr(ctxopt.streams, "load_stream", lambda spec, **kw: toy_stream())
+    run = tmp_path / "cli"
+    args = ["compare", "--stream", "toy", "--methods", "static,append", "--budget", "light", "--seed", "0",
+            "--run-dir", str(run), "--sizes", "12,10,8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| static |" in out and "| append |" in out
+    assert {r.method for r in load_results(run)} == {"static", "append"}
+    assert (run / "report.html").is_file() and (run / "comparison.md").is_file()
+    assert (run / "dspy_cache").is_dir()
+    assert main(args) == 0
+    assert "finished earlier, skipped" in capsys.readouterr().out
+
+
+def test_cli_refuses_oracle_on_a_stream_without_human_instructions(tmp_path, monkeypatch, capsys):
+    import ctxopt.lm
+    import ctxopt.streams
+    from ctxopt.cli import main
+    from ctxopt.cli.compare import default_methods
+
+    monkeypatch.setattr(ctxopt.lm, "get_lm", lambda spec, **kw: task_lm())
+    monkeypatch.setattr(ctxopt.streams, "load_stream", lambda spec, **kw: toy_stream())
+    assert main(["compare", "--stream", "toy", "--methods", "oracle-human", "--run-dir", str(tmp_path)]) == 2
+    assert "oracle-human needs Instruction Induction tasks" in capsys.readouterr().err
+    assert "oracle-human" not in default_methods(["qa1_single-supporting-fact"])
+    assert "oracle-human" in default_methods(["antonyms"])
+    assert main(["compare", "--stream", "toy", "--sizes", "1,2"]) == 2
