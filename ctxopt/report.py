@@ -8,7 +8,9 @@ external files, scripts or fonts) and ``summary.md`` next to it. The page has:
 * per method: the accuracy-matrix heatmap (with the "before" row r0), the
   per-task score curves over steps, and the matrix and step records as tables;
 * context tokens over steps and LM calls over steps (task vs reflection), one
-  line per method.
+  line per method;
+* where steps record them: item count over steps, and consolidations proposed,
+  accepted and rolled back per step (:mod:`ctxopt.consolidate`).
 
 Plots use matplotlib's object API (``Figure``), never ``pyplot``, so no global
 backend state changes and no window opens.
@@ -172,6 +174,36 @@ def _calls_plot(results: Sequence[RunResult]) -> str:
     )
 
 
+def _has(results: Sequence[RunResult], key: str) -> bool:
+    return any(key in s.extra for r in results for s in r.steps)
+
+
+def _items_plot(results: Sequence[RunResult]) -> str:
+    return _over_steps(
+        results,
+        "learned items over steps",
+        "items",
+        lambda r: [(r.method, "-", [int(s.extra.get("items", 0)) for s in r.steps])],
+    )
+
+
+def consolidation_section(results: Sequence[RunResult]) -> str:
+    """Items over steps and a per-step table of consolidations; empty when no step records them."""
+    if not _has(results, "items"):
+        return ""
+    parts = ["<h2>Items and consolidation</h2>", _img(_items_plot(results), "learned items over steps")]
+    for r in results:
+        if not any("consolidations_proposed" in s.extra for s in r.steps):
+            continue
+        rows = [[str(s.step), s.task, str(s.context_tokens), _fmt(s.extra.get("max_context_tokens")),
+                 str(s.extra.get("items", "–")), str(s.extra.get("consolidations_proposed", 0)),
+                 str(s.extra.get("consolidations_accepted", 0)), str(s.extra.get("consolidations_rolled_back", 0)),
+                 ", ".join(s.extra.get("consolidation_kinds", [])) or "–"] for s in r.steps]
+        header = ["step", "task", "context tok", "budget", "items", "proposed", "accepted", "rolled back", "kinds"]
+        parts.append(f"<h3>{html.escape(r.method)}</h3>" + _table(header, rows))
+    return "\n".join(parts)
+
+
 # --------------------------------------------------------------------------- html
 
 _CSS = """
@@ -247,6 +279,7 @@ def render_html(results: Sequence[RunResult], title: str) -> str:
         _img(_context_plot(results), "context tokens over steps"),
         _img(_calls_plot(results), "LM calls over steps"),
     ]
+    body.append(consolidation_section(results))
     body += [_method_section(r) for r in results]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

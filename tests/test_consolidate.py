@@ -284,3 +284,18 @@ def test_cli_sleep_needs_a_stream(tmp_path, capsys):
     store.commit(LearnedContext({"predict": PredictorContext("Answer.")}), "c0")
     assert main(["sleep", "--store", str(tmp_path / "s")]) == 2
     assert "pass --stream SPEC" in capsys.readouterr().err
+
+
+def test_report_shows_items_and_consolidation_counts():
+    from ctxopt.matrix import RunResult, StepRecord
+    from ctxopt.report import consolidation_section, render_html
+
+    steps = [StepRecord(i, f"t{i}", 40 + i, extra={"items": 2 + i, "max_context_tokens": 60,
+                                                   "consolidations_proposed": 3, "consolidations_accepted": 1,
+                                                   "consolidations_rolled_back": 2, "consolidation_kinds": ["dedupe"]})
+             for i in range(2)]
+    run = RunResult("ctxopt", ["t0", "t1"], [0.0, 0.0], [[1.0, 0.0], [1.0, 1.0]], steps)
+    section = consolidation_section([run])
+    assert "Items and consolidation" in section and "<td>dedupe</td>" in section and "<td>60</td>" in section
+    assert section in render_html([run], "r")
+    assert consolidation_section([RunResult("static", ["a"], [0.0], [[0.0]], [StepRecord(0, "a")])]) == ""
