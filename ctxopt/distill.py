@@ -329,6 +329,8 @@ def _save_dataset(rows: list[dict[str, Any]], out: Path) -> None:
     import datasets
 
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{DATASET_DIR}.tmp-"))
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # library code draws no progress bars
     try:
         features = datasets.Features({
             "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
@@ -344,6 +346,8 @@ def _save_dataset(rows: list[dict[str, Any]], out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _card(result: DistillResult, store: Store, stream: TaskStream) -> str:

@@ -19,7 +19,9 @@ LM, and applies it to the program running on another LM:
    in its metadata), the adapt steps, and one commit with the outcome. Every
    transfer is recorded, even when nothing changes. The store's HEAD is put back
    where it was afterwards, so a resumed ``ctxopt run`` never writes to the
-   transfer branch.
+   transfer branch, and the store's writer lock is held meanwhile, so a run still
+   writing to the store fails loudly (``StoreLockedError``) instead of committing
+   there. Transfer from a finished run, or from an imported copy of its bundle.
 
 Which stream and tasks: an explicit ``stream`` wins; otherwise ``state.json``
 of the run directory holding the store (``RUN_DIR/store``) names the stream and
@@ -426,62 +428,65 @@ def transfer(
     refl_name = refl_spec if isinstance(refl_spec, str) else _lm_name(refl_spec)
     commit_lms = {"task_lm": to_name, "reflection_lm": refl_name}
 
-    original = st.current_branch() or st.resolve("HEAD")
     contexts: dict[str, LearnedContext] = {"none": baseline, "transferred": source_ctx}
     adapted_scores: dict[str, float] | None = None
-    try:
-        if branch not in st.branches():
-            st.branch(branch, source.rev)
-        st.switch(branch)
-        deltas = ", ".join(f"{t}: {v['delta']:+.3f}" for t, v in record["val"].items())
-        st.commit(source_ctx, f"transfer: apply {source.short} (learned with {record['from_lm']}) to {to_name}\n\n"
-                              f"val with C minus without C: {deltas}",
-                  {"transfer": {**record, "phase": "apply"}, "lms": commit_lms}, allow_empty=True)
-        candidate, candidate_scores, kept = source_ctx, with_c, "transferred"
-        if adapt:
-            emit("phase", phase="adapt")
-            refl = get_lm(refl_spec, max_tokens=768) if isinstance(refl_spec, str) else refl_spec
-            opt = _AdaptOptimizer(new_lm, refl, budget=budget_obj, gate=gate, epsilon=epsilon, seed=seed,
-                                  num_threads=num_threads, callbacks=callbacks, measure_test=False,
-                                  run_dir=wd, store=st, start=source_ctx, scenario=loaded.scenario,
-                                  ablation=AblationProposer())
-            for task in seen:
-                opt.step(program, task)
-            candidate = opt.context or source_ctx
-            adapted_scores = _val_means(ev, program, candidate, seen, loaded.scenario)
-            candidate_scores, kept = adapted_scores, "adapted"
-            contexts["adapted"] = candidate
-        base_mean, cand_mean = _mean(without), _mean(candidate_scores)
-        worse = [t.name for t in seen if candidate_scores[t.name] < without[t.name]]
-        if cand_mean < base_mean:
-            reason = (f"the {kept} context scores {cand_mean:.3f} < {base_mean:.3f} without C on val "
-                      f"(mean over {len(seen)} tasks); fell back to the program without C")
-            final, final_scores, kept = baseline, without, "none"
-            log.warning("transfer to %s: %s", to_name, reason)
-        else:
-            reason = f"the {kept} context scores {cand_mean:.3f} ≥ {base_mean:.3f} without C on val"
-            if worse:
-                reason += f"; worse than without C on: {', '.join(worse)}"
-            final, final_scores = candidate, candidate_scores
-        contexts["final"] = final
-        emit("phase", phase="commit", kept=kept, reason=reason)
-        subject = "transfer: fall back to the program without C" if kept == "none" else f"transfer: keep the {kept} context"
-        version = st.commit(final, f"{subject} on {to_name}\n\n{reason}",
-                            {"transfer": {**record, "phase": "result", "kept": kept, "reason": reason,
-                                          "adapted_val": adapted_scores, "final_val": final_scores},
-                             "lms": commit_lms, "scores": {"val": final_scores}}, allow_empty=True)
-    finally:
-        if original in st.branches():
-            st.switch(original)
-        else:
-            st.checkout(original)
+    # The writer lock is held from the first commit to the switch back: HEAD is on the transfer branch
+    # meanwhile, and another writer (a run still going) must fail loudly rather than commit there.
+    with st.lock():
+        original = st.current_branch() or st.resolve("HEAD")
+        try:
+            if branch not in st.branches():
+                st.branch(branch, source.rev)
+            st.switch(branch)
+            deltas = ", ".join(f"{t}: {v['delta']:+.3f}" for t, v in record["val"].items())
+            st.commit(source_ctx, f"transfer: apply {source.short} (learned with {record['from_lm']}) to {to_name}\n\n"
+                                  f"val with C minus without C: {deltas}",
+                      {"transfer": {**record, "phase": "apply"}, "lms": commit_lms}, allow_empty=True)
+            candidate, candidate_scores, kept = source_ctx, with_c, "transferred"
+            if adapt:
+                emit("phase", phase="adapt")
+                refl = get_lm(refl_spec, max_tokens=768) if isinstance(refl_spec, str) else refl_spec
+                opt = _AdaptOptimizer(new_lm, refl, budget=budget_obj, gate=gate, epsilon=epsilon, seed=seed,
+                                      num_threads=num_threads, callbacks=callbacks, measure_test=False,
+                                      run_dir=wd, store=st, start=source_ctx, scenario=loaded.scenario,
+                                      ablation=AblationProposer())
+                for task in seen:
+                    opt.step(program, task)
+                candidate = opt.context or source_ctx
+                adapted_scores = _val_means(ev, program, candidate, seen, loaded.scenario)
+                candidate_scores, kept = adapted_scores, "adapted"
+                contexts["adapted"] = candidate
+            base_mean, cand_mean = _mean(without), _mean(candidate_scores)
+            worse = [t.name for t in seen if candidate_scores[t.name] < without[t.name]]
+            if cand_mean < base_mean:
+                reason = (f"the {kept} context scores {cand_mean:.3f} < {base_mean:.3f} without C on val "
+                          f"(mean over {len(seen)} tasks); fell back to the program without C")
+                final, final_scores, kept = baseline, without, "none"
+                log.warning("transfer to %s: %s", to_name, reason)
+            else:
+                reason = f"the {kept} context scores {cand_mean:.3f} ≥ {base_mean:.3f} without C on val"
+                if worse:
+                    reason += f"; worse than without C on: {', '.join(worse)}"
+                final, final_scores = candidate, candidate_scores
+            contexts["final"] = final
+            emit("phase", phase="commit", kept=kept, reason=reason)
+            subject = "transfer: fall back to the program without C" if kept == "none" else f"transfer: keep the {kept} context"
+            version = st.commit(final, f"{subject} on {to_name}\n\n{reason}",
+                                {"transfer": {**record, "phase": "result", "kept": kept, "reason": reason,
+                                              "adapted_val": adapted_scores, "final_val": final_scores},
+                                 "lms": commit_lms, "scores": {"val": final_scores}}, allow_empty=True)
+        finally:
+            if original in st.branches():
+                st.switch(original)
+            else:
+                st.checkout(original)
 
     rows = tuple(TaskDelta(t.name, without[t.name], with_c[t.name],
                            None if adapted_scores is None else adapted_scores[t.name], final_scores[t.name])
                  for t in seen)
     result = TransferResult(source.rev, record["from_lm"], to_name, branch, version.rev, kept, reason, rows,
                             loaded.name, seed, tuple(t.name for t in seen), adapt, str(wd), contexts)
-    _atomic_json(wd / "transfer.json", result.to_dict())
+    _atomic_json(wd / ("transfer-adapt.json" if adapt else "transfer.json"), result.to_dict())
     return result
 
 

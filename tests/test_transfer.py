@@ -11,7 +11,7 @@ import ctxopt.streams
 import ctxopt.transfer as transfer_module
 from ctxopt.budget import get_budget
 from ctxopt.cli import main
-from ctxopt.errors import ConfigError
+from ctxopt.errors import ConfigError, StoreLockedError
 from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
 from ctxopt.store import Store
@@ -131,6 +131,22 @@ def test_a_context_worse_than_none_is_never_kept(learned, tmp_path):
     assert head.subject.startswith("transfer: fall back to the program without C")
     assert store.show(res.branch) == ctxopt.LearnedContext.from_program(program_for(toy_stream()))
     assert head.metadata["transfer"]["kept"] == "none"
+
+
+def test_a_run_writing_to_the_store_meanwhile_fails_loudly(learned, tmp_path):
+    store = _copy_run(learned, tmp_path)
+    refused = []
+
+    def other_writer(event):
+        if event.kind == "phase" and event.data.get("phase") == "commit":  # HEAD is on the transfer branch now
+            with pytest.raises(StoreLockedError):
+                Store.open(store.path, lock_timeout=0.2).commit(store.current(), "a run's step", allow_empty=True)
+            refused.append(True)
+
+    res = transfer(store, scripted_lm(contrarian_answer, name="scripted/contrarian"), stream=toy_stream(),
+                   work_dir=tmp_path / "work", callbacks=[other_writer])
+    assert refused and store.current_branch() == "main"
+    assert not any(v.subject == "a run's step" for v in store.log(res.branch))
 
 
 def test_transfers_are_recorded_each_time(learned, tmp_path):
