@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ctxopt.context import GLOBAL, Item, LearnedContext
-from ctxopt.edits import AddItem, DeleteItem, Edit, MergeItems, RemoveDemo, describe
+from ctxopt.edits import AddItem, DeleteItem, Edit, MergeItems, RemoveDemo
 from ctxopt.errors import BudgetExceeded, ConfigError, EditError
 from ctxopt.gate import Decision, Gate, PairedScores, StrictGate
 
@@ -282,7 +282,7 @@ def lexical_contradiction(a: str, b: str) -> str | None:
     if opposite:
         return f"opposite words {opposite[0]!r} / {opposite[1]!r}"
     if bool(neg_a) != bool(neg_b):
-        return f"one says {sorted(neg_a or neg_b)[0]!r}, the other does not"
+        return f"one says {min(neg_a or neg_b)!r}, the other does not"
     return None
 
 
@@ -440,7 +440,7 @@ class Consolidator:
         self._lm_calls += 1
         try:
             out = self.reflection_lm(prompt)[0]
-        except Exception as exc:  # one failed LM call is one lost candidate, never a crash
+        except Exception as exc:  # noqa: BLE001 - one failed LM call is one lost candidate, never a crash
             log.warning("consolidation LM call failed: %s", exc)
             return None
         return out if isinstance(out, str) else str(out)
@@ -590,9 +590,9 @@ class Consolidator:
         """
         protect = frozenset(protect)
         out: list[Consolidation] = []
-        for name, tokens in over_budget(context, max_tokens).items():
-            if "compress" not in self.kinds:
-                break
+        if "compress" not in self.kinds:
+            return out
+        for name in over_budget(context, max_tokens):
             summary = self._summarize(context, name, max_tokens, protect)
             if summary is not None:
                 out.append(summary)
@@ -854,8 +854,3 @@ def tolerance_gate(gate: Gate, epsilon: float | None = None) -> Gate:
     """
     eps = epsilon if epsilon is not None else getattr(gate, "epsilon", 0.02)
     return ToleranceGate(min_gain=-eps, epsilon=eps)
-
-
-def describe_edits(cons: Consolidation) -> list[str]:
-    """One line per edit of a consolidation."""
-    return [describe(e) for e in cons.edits]

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run a sleep-time consolidation pass on the store's current context. Each "
                                    "candidate lands only if no learned task's val score falls by more than ε.")
     p.add_argument("--store", required=True, metavar="DIR", help="the run's store (RUN_DIR/store)")
-    p.add_argument("--run-dir", metavar="DIR", help="run folder with state.json and caches (default: the store's parent)")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="run folder with state.json and caches (default: the store's parent)")
     p.add_argument("--config", metavar="YAML", help="the run's config: stream, sizes, seed, program, LMs, budget")
     p.add_argument("--stream", help="stream spec (default: from --config or state.json)")
     p.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="built-in stream sizes")
@@ -112,7 +113,8 @@ def cmd_sleep(args: argparse.Namespace) -> int:
         mark = {"accepted": "✓", "rolled_back": "↺", "skipped": "·"}[t.outcome]
         _out(f"{mark} [{t.consolidation.kind}] {t.outcome}: {t.reason}\n    {t.consolidation.rationale}")
     ctx = result.context
-    sizes = ", ".join(f"{n} {rendered_tokens(ctx, n)} tokens, {len(pc.items)} items" for n, pc in ctx.predictors.items())
+    sizes = ", ".join(f"{n} {rendered_tokens(ctx, n)} tokens, {len(pc.items)} items"
+                      for n, pc in ctx.predictors.items())
     _out(f"{result.summary()}; now {sizes}; store head {store.head().short}")
     return 0
 
