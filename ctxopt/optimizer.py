@@ -375,9 +375,7 @@ class ContinualOptimizer:
                ) -> tuple[Decision | None, LearnedContext, list[Proposal], str]:
         earlier = [t for t in self._seen if t.name != task.name]
         # Reserve the gate's cost up front so the search can never starve it.
-        gate_cur = list(task.val)
-        gate_replay = {t.name: self._sample(t.val, self.budget.gate_replay_per_task, "gate", t.name) for t in earlier}
-        gate_cost = 2 * n_pred * (len(gate_cur) + sum(len(v) for v in gate_replay.values()))
+        gate_cost = self._gate_cost(task, n_pred)
 
         # 1. observe on a train minibatch
         self.emit("phase", task.name, phase="observe")
@@ -453,18 +451,10 @@ class ContinualOptimizer:
                 why += " before the budget ran out"
             return None, base, [], why
 
-        # 4. gate on full val + replay sets (current C's scores come from the cache)
+        # 4. gate on full val + replay sets (current C's replay scores come from the cache)
         self.emit("phase", task.name, phase="gate")
-        self.ledger.charge("task", gate_cost)
-        before = self._scores(self._evaluator.evaluate(program, base, task, gate_cur, scenario=self._scenario))
-        after = self._scores(self._evaluator.evaluate(program, result.best, task, gate_cur, scenario=self._scenario))
-        replay = []
-        for t in earlier:
-            exs = gate_replay[t.name]
-            b = self._scores(self._evaluator.evaluate(program, base, t, exs, scenario=self._scenario))
-            a = self._scores(self._evaluator.evaluate(program, result.best, t, exs, scenario=self._scenario))
-            replay.append(PairedScores(t.name, b, a))
-        decision = self.gate.decide(PairedScores(task.name, before, after), replay)
+        current, *replay = self._paired(program, task, base, result.best)
+        decision = self.gate.decide(current, replay)
         self.emit("gate", task.name, **decision.to_dict())
         return decision, result.best, result.best_proposals, decision.reason
 
@@ -482,11 +472,20 @@ class ContinualOptimizer:
         return [(task, list(task.val))] + [
             (t, self._sample(t.val, self.budget.gate_replay_per_task, "gate", t.name)) for t in others]
 
+    def _gate_cost(self, task: Task, n_pred: int) -> int:
+        """Calls charged for one gate check: both sides on the current task's val, the candidate side on replay.
+
+        The current context's replay scores are not charged again: the replay samples are fixed per task,
+        so the current context was scored on them when it passed its own gate (they come from the caches).
+        """
+        current, *replay = self._gate_sets(task)
+        return n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
+
     def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext
                 ) -> list[PairedScores]:
+        """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is ``task`` itself."""
         sets = self._gate_sets(task)
-        n_pred = len(program.named_predictors())
-        self.ledger.charge("task", 2 * n_pred * sum(len(exs) for _, exs in sets))  # BudgetExceeded: nothing run
+        self.ledger.charge("task", self._gate_cost(task, len(program.named_predictors())))  # raises: nothing run
         return [PairedScores(t.name, self._scores(self._evaluator.evaluate(program, before, t, exs,
                                                                             scenario=self._scenario)),
                              self._scores(self._evaluator.evaluate(program, after, t, exs, scenario=self._scenario)))
