@@ -256,8 +256,11 @@ class ContinualOptimizer:
             self._context = st.current() or LearnedContext.from_program(program)
             if st.head() is None:
                 st.commit(self._context, "initial context C0", {"step": 0, "task": None, "stream": stream.name,
+                                                                  "scenario": stream.scenario,
+                                                                  "stream_meta": dict(stream.meta),
                                                                   "lms": self._lms()})
             state = {"version": STATE_VERSION, "stream": stream.name, "tasks": list(stream.names), "seed": self.seed,
+                     "scenario": stream.scenario, "stream_meta": dict(stream.meta),
                      "done": 0, "r0": None, "R": [], "steps": [], "context_hash": self._context.hash,
                      "rev": st.head().rev, "ledger": self.ledger.to_dict()}
         else:
