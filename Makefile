@@ -12,7 +12,7 @@ STAMP := $(VENV)/.ctxopt-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[local,test]'
+	$(PY) -m pip install -q -e '.[local,test,embed]'
 	touch $(STAMP)
 
 demo: $(STAMP)

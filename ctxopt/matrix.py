@@ -159,7 +159,7 @@ class StepRecord:
     """Cost and size figures of one step (learning one task).
 
     Attributes:
-        step: 0-based step index (= index of the task learned).
+        step: 1-based step number (task i of the stream is step i + 1; step 0 is C0).
         task: Name of the task learned at this step.
         context_tokens: Tokens of the learned context after the step.
         task_calls: LM calls made by the task program (evaluation, rollouts).

@@ -138,7 +138,7 @@ def _over_steps(results: Sequence[RunResult], title: str, ylabel: str, series: A
     for r in results:
         for label, style, values in series(r):
             if values:
-                ax.plot([s.step + 1 for s in r.steps], values, style, marker="o", ms=3, label=label)
+                ax.plot([s.step for s in r.steps], values, style, marker="o", ms=3, label=label)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
