@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +52,14 @@ from typing import Any
 
 import dspy
 
-from ctxopt.baselines import DEFAULT_CONTEXT_TOKENS, LearnContext, Method, Outcome, get_methods
+from ctxopt._atomic import write_json, write_text
+from ctxopt.baselines import (
+    DEFAULT_CONTEXT_TOKENS,
+    LearnContext,
+    Method,
+    Outcome,
+    get_methods,
+)
 from ctxopt.budget import Budget, get_budget
 from ctxopt.context import LearnedContext
 from ctxopt.errors import ConfigError
@@ -65,7 +70,7 @@ from ctxopt.optimizer import measure_row
 from ctxopt.store import Store
 from ctxopt.tasks import TaskStream
 
-__all__ = ["compare", "CompareEvent", "comparison_table", "STATE_VERSION", "TABLE_FILE"]
+__all__ = ["STATE_VERSION", "TABLE_FILE", "CompareEvent", "compare", "comparison_table"]
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +96,6 @@ class CompareEvent:
 
 
 Callback = Callable[[CompareEvent], None]
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    _atomic_text(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _lm_name(lm: Any) -> str:
@@ -204,7 +189,7 @@ class _Run:
         self.emit("method_start", name, resumed_at=state["done"], tasks=list(self.stream.names))
         if state["r0"] is None:
             state["r0"] = self._measure(name, 0, "", context)[0]
-            _atomic_json(state_path, state)
+            write_json(state_path, state)
         joint = bool(getattr(method, "joint", False))
         for i, task in enumerate(self.stream.tasks):
             if i < state["done"]:
@@ -215,7 +200,7 @@ class _Run:
             state["R"].append(record.extra.pop("row"))
             state["steps"].append(record.to_dict())
             state["rev"] = store.head().rev
-            _atomic_json(state_path, state)
+            write_json(state_path, state)
             self._result(method, state, context, store).save(self.run_dir)
         result = self._result(method, state, context, store)
         result.save(self.run_dir)
@@ -292,7 +277,7 @@ class _Run:
                 raise ValueError(f"{method.name} returned a context for predictors "
                                  f"{sorted(outcome.context.predictors)}, expected {sorted(context.predictors)}")
             return outcome
-        except Exception as exc:  # noqa: BLE001 - one failed step is one bad step, never a crashed comparison
+        except Exception as exc:
             log.warning("%s failed on step %d (%s): %s", method.name, ctx.step, tasks[-1].name, exc, exc_info=True)
             text = " ".join(str(exc).split())[:500]
             return Outcome(context, note=f"{method.name} failed, context kept ({type(exc).__name__})",
@@ -388,16 +373,16 @@ def write_comparison(run_dir: str | Path, results: Sequence[RunResult]) -> tuple
 
     folder = Path(run_dir)
     budget = results[0].meta.get("budget", {}) if results else {}
-    lines = [f"# Comparison: {folder.resolve().name}", "",
-             f"Stream {results[0].meta.get('stream') if results else '?'}, seed "
-             f"{results[0].meta.get('seed') if results else '?'}, per-task budget "
+    meta = results[0].meta if results else {}
+    intro = (f"Stream {meta.get('stream', '?')}, seed {meta.get('seed', '?')}, per-task budget "
              f"{budget.get('task_calls_per_task')} task-LM program calls. Calls are LM requests made while "
              "learning (DSPy-cache hits included); measuring the test rows is not counted. "
-             "Wall time is learning time.", "", comparison_table(results)]
+             "Wall time is learning time.")
+    lines = [f"# Comparison: {folder.resolve().name}", "", intro, "", comparison_table(results)]
     errors = [(r.method, s.step, s.task, s.extra["error"]) for r in results for s in r.steps if s.extra.get("error")]
     if errors:
         lines += ["", "Failed steps (context kept):", ""]
         lines += [f"- {m} step {st} ({t}): {e}" for m, st, t, e in errors]
     table = folder / TABLE_FILE
-    _atomic_text(table, "\n".join(lines) + "\n")
+    write_text(table, "\n".join(lines) + "\n")
     return table, write_report(folder)

@@ -41,7 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -59,12 +58,13 @@ from typing import Any
 
 import dspy
 
+from ctxopt._atomic import write_json, write_text
 from ctxopt.context import LearnedContext
 from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator, ExampleResult
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm
 from ctxopt.metrics import Score, normalize
-from ctxopt.optimizer import _atomic_json, _lm_name, target_predictor
+from ctxopt.optimizer import _lm_name, target_predictor
 from ctxopt.store import Store
 from ctxopt.tasks import TASK_FIELD, Task, TaskStream, example_id, make_example
 from ctxopt.transfer import resolve_stream, source_lms
@@ -311,20 +311,6 @@ def _majority(outputs: list[str | None], k: int, agree: float) -> tuple[int | No
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _save_dataset(rows: list[dict[str, Any]], out: Path) -> None:
     import datasets
 
@@ -566,7 +552,7 @@ def distill(
             "example_id": r.example_id, "inputs": json.dumps(r.inputs, ensure_ascii=False, sort_keys=True),
             "output": r.output, "source_rev": version.rev,
         })
-    _atomic_text(out / JSONL, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+    write_text(out / JSONL, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
     _save_dataset(records, out)
 
     held_total = sum(s["heldout"] for s in stats.values())
@@ -578,6 +564,6 @@ def distill(
     result = DistillResult(str(out), version.rev, version.context_hash, _lm_name(teacher), _lm_name(student),
                            loaded.name, len(records), held_total, task_stats,
                            round(agreed / held_total, 6) if held_total else None, filters)
-    _atomic_text(out / "README.md", _card(result, st, loaded))
-    _atomic_json(out / "summary.json", result.to_dict())
+    write_text(out / "README.md", _card(result, st, loaded))
+    write_json(out / "summary.json", result.to_dict())
     return result

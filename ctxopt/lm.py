@@ -236,7 +236,8 @@ class LocalEngine:
 
     def complete(self, request: Any) -> Any:
         from dspy.clients.engines.base import validate_request
-        from dspy.lm15 import Message, Response, TextPart, Usage as LMUsage
+        from dspy.lm15 import Message, Response, TextPart
+        from dspy.lm15 import Usage as LMUsage
 
         validate_request(request)
         messages = []

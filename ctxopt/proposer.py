@@ -36,7 +36,15 @@ from typing import Any, Protocol
 import dspy
 
 from ctxopt.context import GLOBAL, Demo, LearnedContext
-from ctxopt.edits import AddDemo, AddItem, DeleteItem, Edit, RemoveDemo, RewriteInstruction, UpdateItem
+from ctxopt.edits import (
+    AddDemo,
+    AddItem,
+    DeleteItem,
+    Edit,
+    RemoveDemo,
+    RewriteInstruction,
+    UpdateItem,
+)
 from ctxopt.errors import EditError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ctxopt.matrix import RunResult, _atomic_write, load_results
+from ctxopt._atomic import write_text
+from ctxopt.matrix import RunResult, load_results
 
 __all__ = ["write_report", "markdown_table", "REPORT_FILE", "SUMMARY_FILE"]
 
@@ -307,6 +308,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     title = f"ctxopt report: {Path(run_dir).resolve().name}"
-    _atomic_write(path, render_html(results, title))
-    _atomic_write(path.parent / SUMMARY_FILE, f"# {title}\n\n" + markdown_table(results))
+    write_text(path, render_html(results, title))
+    write_text(path.parent / SUMMARY_FILE, f"# {title}\n\n" + markdown_table(results))
     return path

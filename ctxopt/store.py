@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ctxopt._atomic import write_text
 from ctxopt._diff import ContextDiff, ItemChange, PredictorDiff, diff_contexts
 from ctxopt._git import Git
 from ctxopt._redact import redact, redact_text
@@ -762,31 +763,16 @@ class Store:
                 "lm": None,
             }
         state["metadata"] = {"dependency_versions": get_dependency_versions()}
-        _atomic_write(out, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+        write_text(out, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
         return out
 
 
 # -- helpers ----------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _init_repo_files(gitdir: Path) -> None:
     (gitdir / "description").write_text("ctxopt store: versioned learned context\n", "utf-8")
-    _atomic_write(gitdir / _MARKER, json.dumps({"format": FORMAT, "version": FORMAT_VERSION}) + "\n")
+    write_text(gitdir / _MARKER, json.dumps({"format": FORMAT, "version": FORMAT_VERSION}) + "\n")
 
 
 def _parse_commit(raw: bytes) -> tuple[tuple[str, ...], str, str]:

@@ -49,6 +49,7 @@ from typing import Any
 
 import dspy
 
+from ctxopt._atomic import write_json
 from ctxopt.budget import Budget, get_budget
 from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.edits import DeleteItem, RemoveDemo
@@ -56,7 +57,7 @@ from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator
 from ctxopt.gate import Gate
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm
-from ctxopt.optimizer import ContinualOptimizer, Event, _atomic_json, _lm_name, measure_row
+from ctxopt.optimizer import ContinualOptimizer, Event, _lm_name, measure_row
 from ctxopt.proposer import Proposal, ProposalContext, Proposer
 from ctxopt.store import Store, validate_ref_name
 from ctxopt.tasks import Task, TaskStream
@@ -486,7 +487,7 @@ def transfer(
                  for t in seen)
     result = TransferResult(source.rev, record["from_lm"], to_name, branch, version.rev, kept, reason, rows,
                             loaded.name, seed, tuple(t.name for t in seen), adapt, str(wd), contexts)
-    _atomic_json(wd / ("transfer-adapt.json" if adapt else "transfer.json"), result.to_dict())
+    write_json(wd / ("transfer-adapt.json" if adapt else "transfer.json"), result.to_dict())
     return result
 
 

@@ -36,8 +36,15 @@ from typing import Any
 from ctxopt.baselines.base import DEFAULT_CONTEXT_TOKENS, LearnContext, Method, Outcome
 from ctxopt.errors import ConfigError
 
-__all__ = ["Method", "Outcome", "LearnContext", "DEFAULT_CONTEXT_TOKENS", "METHODS", "get_method",
-           "get_methods"]
+__all__ = [
+    "DEFAULT_CONTEXT_TOKENS",
+    "METHODS",
+    "LearnContext",
+    "Method",
+    "Outcome",
+    "get_method",
+    "get_methods",
+]
 
 # name -> "module:class"; modules are imported only when a method is asked for.
 METHODS: dict[str, str] = {

@@ -33,7 +33,7 @@ from ctxopt.context import Item, LearnedContext, count_tokens
 from ctxopt.edits import AddItem, DeleteItem
 from ctxopt.errors import EditError
 
-__all__ = ["Append", "Summarize", "parse_summary", "SUMMARY_PROMPT"]
+__all__ = ["SUMMARY_PROMPT", "Append", "Summarize", "parse_summary"]
 
 log = logging.getLogger(__name__)
 

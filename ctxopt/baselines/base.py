@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ctxopt.store import Store
     from ctxopt.tasks import Task
 
-__all__ = ["Method", "Outcome", "LearnContext", "DEFAULT_CONTEXT_TOKENS", "sample"]
+__all__ = ["DEFAULT_CONTEXT_TOKENS", "LearnContext", "Method", "Outcome", "sample"]
 
 DEFAULT_CONTEXT_TOKENS = 1500
 """Context budget (tokens of the rendered C) of ``append``/``summarize`` when the Budget sets none."""

@@ -58,8 +58,18 @@ from ctxopt.context import LearnedContext
 from ctxopt.errors import ConfigError
 from ctxopt.tasks import example_id
 
-__all__ = ["GepaSeq", "MiproSeq", "GepaJoint", "GepaPlan", "MiproPlan", "gepa_plan", "mipro_plan",
-           "mipro_full_evals", "task_metric", "program_context"]
+__all__ = [
+    "GepaJoint",
+    "GepaPlan",
+    "GepaSeq",
+    "MiproPlan",
+    "MiproSeq",
+    "gepa_plan",
+    "mipro_full_evals",
+    "mipro_plan",
+    "program_context",
+    "task_metric",
+]
 
 log = logging.getLogger(__name__)
 
