@@ -42,7 +42,7 @@ def reflector(useless: bool = False):
         task = None if useless else _task_in(user)
         rule = RULES[task][0] if task else "Answer carefully."
         if "Your output fields are" in system:  # a DSPy signature call
-            block = re.search(r"Your output fields are:\n(.*?)(?:\n\n|\Z)", system, re.S)
+            block = re.search(r"Your output fields are:\n(.*?)(?:\n\n|\Z)", system, re.DOTALL)
             fields = re.findall(r"`(\w+)`", block.group(1)) if block else []
             values = {f: rule if "instruction" in f else f"Words of the task {task or 'unknown'}." for f in fields}
             return json.dumps(values) if "JSON" in system else chat_fields(**values)
@@ -103,8 +103,8 @@ def toy_annotations(tmp_path):
 
 
 def test_static_never_learns_and_spends_nothing(tmp_path):
-    result, tl, rl = run(tmp_path, "static")
-    assert result.R == [result.r0] * 3
+    result, _, rl = run(tmp_path, "static")
+    assert result.R == [result.r0] * 3 and usage_calls(rl) == 0
     assert all(s.task_calls == 0 and s.reflection_calls == 0 for s in result.steps)
     assert len({s.extra["context_hash"] for s in result.steps}) == 1
 
@@ -130,7 +130,7 @@ def usage_calls(lm):
 
 def test_summarize_keeps_the_context_within_budget_with_reflection_summaries(tmp_path):
     result, _, rl = run(tmp_path, Summarize(), tokens=150)
-    assert_full_matrix(result)
+    assert usage_calls(rl) == sum(s.reflection_calls for s in result.steps)
     # The scripted summary states each task's rule, so each task is solved once learned, and kept.
     assert diag(result) == [1.0, 1.0, 1.0] and result.R[2] == [1.0, 1.0, 1.0]
     for s in result.steps:
@@ -177,8 +177,8 @@ def test_mipro_seq_learns_each_task_from_its_proposed_instruction(tmp_path):
 
 
 def test_oracle_human_adds_the_human_instruction_scoped_to_its_task(tmp_path):
-    result, tl, rl = run(tmp_path, OracleHuman(annotations_dir=toy_annotations(tmp_path)))
-    assert diag(result) == [1.0, 1.0, 1.0] and result.R[2] == [1.0, 1.0, 1.0]
+    result, _, rl = run(tmp_path, OracleHuman(annotations_dir=toy_annotations(tmp_path)))
+    assert diag(result) == [1.0, 1.0, 1.0] and result.R[2] == [1.0, 1.0, 1.0] and usage_calls(rl) == 0
     assert all(s.task_calls == 0 and s.reflection_calls == 0 for s in result.steps)
     assert result.steps[0].extra["instruction"] == RULES["suffix"][0]  # the longest annotation
     from ctxopt.store import Store

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import io
-import json
 import os
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def test_only_oracle_human_reads_the_annotations(tmp_path, monkeypatch):
     annotations = (data_dir() / "instruction_induction" / "annotations").resolve()
     current = {"method": None}
     reads: list[tuple[str | None, Path]] = []
-    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+    real_open, real_os_open = builtins.open, os.open
 
     def record(path):
         try:
