@@ -135,6 +135,7 @@ class ContinualOptimizer:
         callbacks: functions receiving :class:`Event` s.
         measure_test: fill the accuracy matrix after each task (needs test splits).
         proposers: override the default proposers (reflection, demos, format rules).
+        extra_proposers: proposers consulted before the default (or given) ones.
         run_dir: where caches, the Optuna study and results go (``fit(store=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
         consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`).
@@ -156,6 +157,7 @@ class ContinualOptimizer:
         callbacks: Sequence[Callback] = (),
         measure_test: bool = True,
         proposers: Sequence[Proposer] | None = None,
+        extra_proposers: Sequence[Proposer] = (),
         run_dir: str | Path | None = None,
         store: Store | None = None,
         consolidate: bool = False,
@@ -170,6 +172,7 @@ class ContinualOptimizer:
         self.callbacks = list(callbacks)
         self.measure_test = measure_test
         self._proposers = proposers
+        self._extra_proposers = list(extra_proposers)
         self.run_dir: Path | None = Path(run_dir) if run_dir else None
         if store is not None:
             self._store = store  # commit into an existing store (e.g. a transfer branch)
@@ -207,8 +210,9 @@ class ContinualOptimizer:
 
     def _proposer_list(self, charge: Callable[[int], bool]) -> list[Proposer]:
         if self._proposers is not None:
-            return list(self._proposers)
+            return [*self._extra_proposers, *self._proposers]
         return [
+            *self._extra_proposers,
             FormatRuleProposer(),
             DemoProposer(),
             ReflectionProposer(self.reflection_lm, samples=self.budget.reflection_calls_per_task, charge=charge),
@@ -297,8 +301,25 @@ class ContinualOptimizer:
         self.emit("run_end", summary=result.summary() if result.R else {})
         return result
 
-    def step(self, program: dspy.Module, task: Task, *, _stream: TaskStream | None = None) -> StepOutcome:
-        """Learn from one newly arrived task and (if a stream is known) measure the test row."""
+    def step(self, program: dspy.Module, task: Task, *, context: LearnedContext | None = None,
+             seen: Sequence[Task] | None = None, scenario: str | None = None,
+             _stream: TaskStream | None = None) -> StepOutcome:
+        """Learn from one newly arrived task and (if a stream is known) measure the test row.
+
+        Args:
+            program: the program being taught.
+            task: the new task (its train and val splits only are used).
+            context: start from this context instead of the optimizer's current one (or the store's HEAD).
+            seen: the tasks met before, for the replay check; default: those this optimizer has stepped through.
+            scenario: ``task-aware`` (default) or ``task-agnostic``.
+        """
+        if context is not None:
+            self._context = context
+        if seen is not None:
+            self._seen = [t for t in seen if t.name != task.name]
+            self._step = len(self._seen) + 1
+        if scenario is not None:
+            self._scenario = scenario
         run_dir, st, _ = self._paths()
         if self._context is None:
             self._context = st.current() or LearnedContext.from_program(program)

@@ -58,7 +58,7 @@ from ctxopt.evaluator import Evaluator
 from ctxopt.gate import Gate
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm
 from ctxopt.optimizer import ContinualOptimizer, Event, _lm_name, measure_row
-from ctxopt.proposer import Proposal, ProposalContext, Proposer
+from ctxopt.proposer import Proposal, ProposalContext
 from ctxopt.store import Store, validate_ref_name
 from ctxopt.tasks import Task, TaskStream
 
@@ -202,22 +202,6 @@ class AblationProposer:
             out.append(Proposal("ablate.demos", edits, "ablation", f"drop the {len(demos)} demos of the task",
                                 group="demos"))
         return out
-
-
-class _AdaptOptimizer(ContinualOptimizer):
-    """A :class:`ContinualOptimizer` that starts from a given context and also ablates it.
-
-    (Composition over the optimizer's extension points; see the module notes.)
-    """
-
-    def __init__(self, *args: Any, start: LearnedContext, scenario: str, ablation: Proposer, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._context = start
-        self._scenario = scenario
-        self._ablation = ablation
-
-    def _proposer_list(self, charge: Callable[[int], bool]) -> list[Proposer]:
-        return [self._ablation, *super()._proposer_list(charge)]
 
 
 # --------------------------------------------------------------------------- stream and history
@@ -447,12 +431,12 @@ def transfer(
             if adapt:
                 emit("phase", phase="adapt")
                 refl = get_lm(refl_spec, max_tokens=768) if isinstance(refl_spec, str) else refl_spec
-                opt = _AdaptOptimizer(new_lm, refl, budget=budget_obj, gate=gate, epsilon=epsilon, seed=seed,
-                                      num_threads=num_threads, callbacks=callbacks, measure_test=False,
-                                      run_dir=wd, store=st, start=source_ctx, scenario=loaded.scenario,
-                                      ablation=AblationProposer())
-                for task in seen:
-                    opt.step(program, task)
+                opt = ContinualOptimizer(new_lm, refl, budget=budget_obj, gate=gate, epsilon=epsilon, seed=seed,
+                                         num_threads=num_threads, callbacks=callbacks, measure_test=False,
+                                         extra_proposers=[AblationProposer()], run_dir=wd, store=st)
+                for i, task in enumerate(seen):
+                    opt.step(program, task, context=source_ctx if i == 0 else None, seen=seen[:i],
+                             scenario=loaded.scenario)
                 candidate = opt.context or source_ctx
                 adapted_scores = _val_means(ev, program, candidate, seen, loaded.scenario)
                 candidate_scores, kept = adapted_scores, "adapted"

@@ -49,12 +49,7 @@ class CtxoptMethod:
                                  epsilon=self.epsilon, seed=ctx.seed, num_threads=ctx.num_threads,
                                  callbacks=self.callbacks, measure_test=False, proposers=self.proposers,
                                  run_dir=ctx.work_dir, store=ctx.store)
-        # ContinualOptimizer.fit keeps this state itself; step() alone needs it handed over.
-        # TODO(lead): a public hook, e.g. step(..., context=, seen=, scenario=), would replace these three lines.
-        opt._context = context
-        opt._seen = list(tasks[:-1])
-        opt._scenario = ctx.scenario
-        out = opt.step(program, tasks[-1])
+        out = opt.step(program, tasks[-1], context=context, seen=tasks[:-1], scenario=ctx.scenario)
         extra = {k: out.record.extra[k] for k in ("charged_task_calls", "charged_reflection_calls")
                  if k in out.record.extra}
         extra["proposals"] = list(out.proposals)
