@@ -169,12 +169,27 @@ class EditSearch:
             record(len(study.trials) - 1, params, value, ctx, on)
             done_params.append(params)
 
-        while not stopped and len(finished()) < self.n_trials:
+        def distinct() -> dict[str | None, float]:
+            """Value of every distinct context evaluated so far (conflicting params share ``None``)."""
+            return {t.user_attrs.get("context_hash"): t.value for t in finished()}
+
+        # TPE may suggest a combination it has already scored: answer it from the study and ask again
+        # (no evaluation, no budget), so n_trials counts distinct contexts; asks are capped.
+        asks = 0
+        while not stopped and len(distinct()) < self.n_trials and asks < 4 * self.n_trials:
+            asks += 1
             n_done = len(finished())
             study.sampler = optuna.samplers.TPESampler(seed=self.seed * 7919 + n_done, n_startup_trials=3)
             trial = study.ask(space)
             params = dict(trial.params)
             ctx, on = build(params)
+            known = distinct()
+            key = ctx.hash if ctx is not None else None
+            if key in known:
+                trial.set_user_attr("context_hash", key)
+                trial.set_user_attr("repeat", True)
+                study.tell(trial, known[key])
+                continue
             value = objective(ctx) if ctx is not None else FAILED
             if value is None:
                 study.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,54 @@
+"""EditSearch: seeded points, distinct contexts, determinism and resume."""
+
+from __future__ import annotations
+
+from ctxopt.context import LearnedContext, PredictorContext
+from ctxopt.edits import AddItem
+from ctxopt.proposer import Proposal
+from ctxopt.search import EditSearch
+
+BASE = LearnedContext({"p": PredictorContext("Answer.")})
+GOOD, BAD, MEH = "Say it well.", "Say it badly.", "Say it somehow."
+
+
+def _props():
+    return [Proposal(name, (AddItem("p", text),), "test") for name, text in (("good", GOOD), ("bad", BAD),
+                                                                            ("meh", MEH))]
+
+
+def _objective(calls):
+    def objective(ctx):
+        calls.append(ctx.hash)
+        texts = {it.text for it in ctx.items("p")}
+        return (GOOD in texts) - (BAD in texts) + 0.1 * (MEH in texts)
+    return objective
+
+
+def test_search_finds_the_best_combination_and_never_rescores_a_context(tmp_path):
+    calls = []
+    search = EditSearch(EditSearch.sqlite_url(tmp_path), seed=0, n_trials=6)
+    result = search.run("s", BASE, _props(), _objective(calls), step=1, task="t")
+    assert [p.name for p in result.best_proposals] == ["good", "meh"]
+    assert len(calls) == len(set(calls)) == 6  # six distinct contexts, the unedited one first
+    assert calls[0] == BASE.hash
+
+
+def test_search_is_deterministic_and_resumes_to_the_same_answer(tmp_path):
+    a = EditSearch(EditSearch.sqlite_url(tmp_path / "a"), seed=3, n_trials=5)
+    first = a.run("s", BASE, _props(), _objective([]), step=1, task="t")
+    # A second study in another folder is interrupted after 3 contexts, then resumed.
+    b = EditSearch(EditSearch.sqlite_url(tmp_path / "b"), seed=3, n_trials=5)
+    seen = []
+
+    def stop_after_three(ctx):
+        if len(seen) == 3:
+            return None  # as when the budget refuses
+        seen.append(ctx.hash)
+        return _objective([])(ctx)
+
+    partial = b.run("s", BASE, _props(), stop_after_three, step=1, task="t")
+    assert partial.stopped_by_budget
+    evaluated: set[str] = set()
+    resumed = b.run("s", BASE, _props(), _objective([]), step=1, task="t", evaluated=evaluated)
+    assert resumed.best.hash == first.best.hash
+    assert len(evaluated) >= 3  # the finished contexts of the first process are reported for charging
