@@ -31,11 +31,16 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]ctxopt demo[/]: learning {DEMO_STREAM.split(':')[1].replace(',', ' → ')} "
                   f"with task LM {args.task_lm} and reflection LM {args.reflection_lm}")
     config = RunConfig(stream=DEMO_STREAM, run_dir=args.run_dir, task_lm=args.task_lm,
-                       reflection_lm=args.reflection_lm, sizes=(30, 20, 20),
-                       budget={"preset": "light", "n_trials": 6, "gate_replay_per_task": 8})
+                       reflection_lm=args.reflection_lm, sizes=(40, 30, 30), budget="light")
     result = execute(config, console=console)
     ctx = Store.open(f"{args.run_dir}/store").current()
     for task in result.tasks:
         console.rule(f"learned context as the model sees it for task {task}")
         console.print(ctx.render("predict", task=task), markup=False, highlight=False)
+        demos = ctx.predictor("predict").scoped_demos(task)
+        if demos:
+            console.print(f"\nDemos ({len(demos)}, shown to the model as example turns):")
+            for d in demos[:4]:
+                console.print(f"  {d.inputs.get('input')!r} → {d.outputs.get('output')!r}", markup=False,
+                              highlight=False)
     return 0
