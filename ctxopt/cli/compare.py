@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ctxopt.errors import ConfigError
+from ctxopt.cli._args import sizes
 
 ALL_METHODS = "static,append,summarize,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
 
@@ -28,24 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="default runs/compare-<stream>-<budget>-s<seed>")
     p.add_argument("--task-lm", default="local", help="LM spec of the task model (default local, 0.5B)")
     p.add_argument("--reflection-lm", default="local:qwen2.5-coder-1.5b", help="LM spec of the reflection model")
-    p.add_argument("--sizes", default=None, help="train,val,test examples per task, e.g. 40,30,50")
+    p.add_argument("--sizes", type=sizes, default=None, help="train,val,test examples per task, e.g. 40,30,50")
     p.add_argument("--scenario", choices=("task-aware", "task-agnostic"), default=None)
     p.add_argument("--context-tokens", type=int, default=None,
                    help="context budget of append/summarize (default: the budget's max_context_tokens or 1500)")
     p.add_argument("--num-threads", type=int, default=2)
     p.set_defaults(func=cmd_compare)
-
-
-def _sizes(text: str | None) -> tuple[int, int, int] | None:
-    if not text:
-        return None
-    try:
-        parts = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 1:
-        raise ConfigError(f"--sizes must be three positive integers train,val,test (e.g. 40,30,50), got {text!r}")
-    return parts  # type: ignore[return-value]
 
 
 def default_methods(stream_names: Any) -> str:
@@ -92,7 +80,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ctxopt.streams import load_stream
 
     console = Console()
-    stream = load_stream(args.stream, seed=args.seed, sizes=_sizes(args.sizes), scenario=args.scenario)
+    stream = load_stream(args.stream, seed=args.seed, sizes=args.sizes, scenario=args.scenario)
     methods = args.methods or default_methods(stream.names)
     safe = args.stream.replace("/", "_").replace(":", "-").replace(",", "_")
     run_dir = Path(args.run_dir or f"runs/compare-{safe}-{args.budget}-s{args.seed}")

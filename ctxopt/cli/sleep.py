@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ctxopt.cli._args import sizes
 from ctxopt.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run folder with state.json and caches (default: the store's parent)")
     p.add_argument("--config", metavar="YAML", help="the run's config: stream, sizes, seed, program, LMs, budget")
     p.add_argument("--stream", help="stream spec (default: from --config or state.json)")
-    p.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="built-in stream sizes")
+    p.add_argument("--sizes", type=sizes, metavar="T,V,X", help="train,val,test sizes of a built-in stream")
     p.add_argument("--seed", type=int, help="the run's seed (default: from state.json or --config, else 0)")
     p.add_argument("--task-lm", help="task LM spec (default: from --config, else local)")
     p.add_argument("--reflection-lm", help="reflection LM spec (default: from --config, else local:qwen2.5-coder-1.5b)")

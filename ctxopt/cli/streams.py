@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from ctxopt.cli._args import sizes
+
 __all__ = ["register"]
 
 
@@ -20,7 +22,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("spec", nargs="?", help="stream to load and show")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val draw (default 0)")
-    p.add_argument("--sizes", type=_sizes, help="train,val,test examples per task, e.g. 40,30,50")
+    p.add_argument("--sizes", type=sizes, help="train,val,test examples per task, e.g. 40,30,50")
     p.add_argument("--scenario", choices=["task-aware", "task-agnostic"], help="override the stream's scenario")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_streams)
@@ -34,16 +36,6 @@ def register(subparsers: Any) -> None:
     r.add_argument("run_dir", metavar="RUN_DIR", help="folder holding results.json")
     r.add_argument("-o", "--out", help="HTML path (default RUN_DIR/report.html)")
     r.set_defaults(func=_report)
-
-
-def _sizes(text: str) -> tuple[int, int, int]:
-    try:
-        parts = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three integers like 40,30,50, got {text!r}") from None
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers like 40,30,50, got {text!r}")
-    return parts  # type: ignore[return-value]
 
 
 def _streams(args: argparse.Namespace) -> int:

@@ -12,19 +12,10 @@ import os
 import sys
 from typing import Any
 
+from ctxopt.cli._args import sizes
 from ctxopt.errors import ConfigError
 
 DEFAULT_STORE = "ctxopt-store"
-
-
-def _sizes(text: str) -> tuple[int, int, int]:
-    try:
-        parts = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST integers, got {text!r}") from None
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three integers TRAIN,VAL,TEST, got {text!r}")
-    return parts  # type: ignore[return-value]
 
 
 def _tasks(text: str) -> list[str]:
@@ -37,7 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rev", default="HEAD", help="version of C to use (default HEAD)")
     p.add_argument("--stream", default=None, help="stream name or YAML path (default: from the run or store)")
     p.add_argument("--seed", type=int, default=None, help="seed of the stream's train/val draw (default: the run's)")
-    p.add_argument("--sizes", type=_sizes, default=None, metavar="T,V,X",
+    p.add_argument("--sizes", type=sizes, default=None, metavar="T,V,X",
                    help="train,val,test sizes the run used, if not the defaults")
     p.add_argument("--tasks", type=_tasks, default=None, metavar="A,B",
                    help="seen tasks (default: the tasks in the history of --rev)")
