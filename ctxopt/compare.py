@@ -191,9 +191,7 @@ class _Run:
             state["r0"] = self._measure(name, 0, "", context)[0]
             write_json(state_path, state)
         joint = bool(getattr(method, "joint", False))
-        for i, task in enumerate(self.stream.tasks):
-            if i < state["done"]:
-                continue
+        for i in range(state["done"], len(self.stream.tasks)):
             step = i + 1
             context, record = self._step(method, context, i, store, work, joint)
             state["done"] = step

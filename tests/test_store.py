@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctxopt.context import Demo, Item, LearnedContext, PredictorContext
+from ctxopt.context import Demo, LearnedContext, PredictorContext
 from ctxopt.edits import AddDemo, AddItem, DeleteItem, MergeItems, RemoveDemo, RewriteInstruction, UpdateItem
 from ctxopt.errors import ConfigError, EditError, StoreError, StoreLockedError
 from ctxopt.store import Store, Version, validate_ref_name
