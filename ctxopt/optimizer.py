@@ -247,12 +247,7 @@ class ContinualOptimizer:
         Returns:
             The run's :class:`RunResult`: accuracy matrix R, row R₀, per-step records.
         """
-        if store is not None:
-            self.run_dir = Path(store)
-        run_dir, st, _ = self._paths()
-        self._scenario = stream.scenario
-        state_path = run_dir / "state.json"
-        state = self._load_state(state_path, stream)
+        run_dir, st, state_path, state = self._open_run(stream, store)
         if state is None:
             self._context = st.current() or LearnedContext.from_program(program)
             if st.head() is None:
@@ -575,12 +570,7 @@ class ContinualOptimizer:
         commits what lands, records rollbacks, and updates the run state so a
         resumed ``fit`` carries the consolidated context forward.
         """
-        if store is not None:
-            self.run_dir = Path(store)
-        run_dir, st, _ = self._paths()
-        self._scenario = stream.scenario
-        state_path = run_dir / "state.json"
-        state = self._load_state(state_path, stream)
+        run_dir, st, state_path, state = self._open_run(stream, store)
         if state is not None:
             self._context, done = st.show(state["rev"]), state["done"]
             self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
@@ -619,6 +609,15 @@ class ContinualOptimizer:
 
     def _lms(self) -> dict[str, str]:
         return {"task_lm": _lm_name(self.task_lm), "reflection_lm": _lm_name(self.reflection_lm)}
+
+    def _open_run(self, stream: TaskStream, store: str | Path | None) -> tuple[Path, Store, Path, dict | None]:
+        """Bind the run directory, and read its saved state (None for a new run)."""
+        if store is not None:
+            self.run_dir = Path(store)
+        run_dir, st, _ = self._paths()
+        self._scenario = stream.scenario
+        state_path = run_dir / "state.json"
+        return run_dir, st, state_path, self._load_state(state_path, stream)
 
     def _load_state(self, path: Path, stream: TaskStream) -> dict | None:
         if not path.exists():
