@@ -30,11 +30,14 @@ _EXPORTS = {
     "Evaluator": "ctxopt.evaluator",
     "ContinualOptimizer": "ctxopt.optimizer",
     "transfer": "ctxopt.transfer",
+    "distill": "ctxopt.distill",
+    "compare": "ctxopt.compare",
+    "Consolidator": "ctxopt.consolidate",
 }
 _SUBMODULES = {
-    "lm", "models", "errors", "context", "edits", "store", "tasks", "streams",
-    "metrics", "matrix", "evaluator", "report", "program", "optimizer", "gate",
-    "proposer", "budget", "cli",
+    "lm", "models", "errors", "context", "edits", "store", "tasks", "streams", "benchmarks",
+    "metrics", "matrix", "evaluator", "report", "program", "optimizer", "gate", "proposer",
+    "search", "budget", "config", "compare", "baselines", "consolidate", "transfer", "distill", "cli",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -327,9 +327,9 @@ def test_streams_never_read_annotations(monkeypatch):
         return real_read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(pathlib.Path, "read_text", spy)
-    from ctxopt import streams
+    from ctxopt import benchmarks
 
-    streams._ii_rows.cache_clear()
+    benchmarks._ii_rows.cache_clear()
     load_stream("ii", sizes=SMALL)
     assert opened and all("instruction_induction" in p for p in opened)
     assert not [p for p in opened if "annotations" in p]
