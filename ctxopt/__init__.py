@@ -29,15 +29,13 @@ _EXPORTS = {
     "load_stream": "ctxopt.streams",
     "Evaluator": "ctxopt.evaluator",
     "ContinualOptimizer": "ctxopt.optimizer",
-    "transfer": "ctxopt.transfer",
-    "distill": "ctxopt.distill",
-    "compare": "ctxopt.compare",
+    "transfer": "ctxopt.portability",
     "Consolidator": "ctxopt.consolidate",
 }
 _SUBMODULES = {
     "lm", "models", "errors", "context", "edits", "store", "tasks", "streams", "benchmarks",
     "metrics", "matrix", "evaluator", "report", "program", "optimizer", "gate", "proposer",
-    "search", "budget", "config", "compare", "baselines", "consolidate", "transfer", "distill", "cli",
+    "search", "budget", "config", "compare", "baselines", "consolidate", "portability", "distill", "cli",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -67,7 +67,7 @@ from ctxopt.metrics import Score, normalize
 from ctxopt.optimizer import _lm_name, target_predictor
 from ctxopt.store import Store
 from ctxopt.tasks import TASK_FIELD, Task, TaskStream, example_id, make_example
-from ctxopt.transfer import resolve_stream, source_lms
+from ctxopt.portability import resolve_stream, source_lms
 
 __all__ = ["distill", "DistillResult", "TaskStats", "synthesize_inputs", "chat_messages", "SYNTH_PROMPT"]
 
@@ -433,7 +433,7 @@ def distill(
     Args:
         store: The store (or its path).
         out: Output folder (created; files in it are replaced atomically).
-        rev, stream, seed, sizes, tasks: Which C and which tasks (see :func:`ctxopt.transfer.resolve_stream`).
+        rev, stream, seed, sizes, tasks: Which C and which tasks (see :func:`ctxopt.portability.resolve_stream`).
         program: The program; default the stream's built-in program.
         teacher_lm: Runs program + C; default the task LM C was learned with.
         student_lm: Runs the program without C for the headroom check; default the teacher LM.

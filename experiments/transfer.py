@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from ctxopt.distill import distill  # noqa: E402
 from ctxopt.store import Store  # noqa: E402
-from ctxopt.transfer import branch_for, measure_test, resolve_stream, transfer  # noqa: E402
+from ctxopt.portability import branch_for, measure_test, resolve_stream, transfer  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 

@@ -94,7 +94,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ctxopt.store import Store
-    from ctxopt.transfer import measure_test, resolve_stream, transfer
+    from ctxopt.portability import measure_test, resolve_stream, transfer
 
     if args.num_threads < 1:
         raise ConfigError("--num-threads must be at least 1")
