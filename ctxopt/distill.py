@@ -65,9 +65,9 @@ from ctxopt.evaluator import Evaluator, ExampleResult
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm
 from ctxopt.metrics import Score, normalize
 from ctxopt.optimizer import _lm_name, target_predictor
+from ctxopt.portability import resolve_stream, source_lms
 from ctxopt.store import Store
 from ctxopt.tasks import TASK_FIELD, Task, TaskStream, example_id, make_example
-from ctxopt.portability import resolve_stream, source_lms
 
 __all__ = ["distill", "DistillResult", "TaskStats", "synthesize_inputs", "chat_messages", "SYNTH_PROMPT"]
 

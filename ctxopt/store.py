@@ -688,7 +688,8 @@ class Store:
             for line in git.run("bundle", "list-heads", str(src)).splitlines():
                 sha, _, ref = line.partition(" ")
                 heads[ref] = sha
-            git.run("fetch", "-q", "--no-tags", "--update-head-ok", str(src), "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+            git.run("fetch", "-q", "--no-tags", "--update-head-ok", str(src),
+                    "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
             branches = sorted(r[len("refs/heads/") :] for r in heads if r.startswith("refs/heads/"))
             head_sha = heads.get("HEAD")
             pick = None

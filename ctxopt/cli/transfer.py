@@ -93,8 +93,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ctxopt.store import Store
     from ctxopt.portability import measure_test, resolve_stream, transfer
+    from ctxopt.store import Store
 
     if args.num_threads < 1:
         raise ConfigError("--num-threads must be at least 1")
