@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ctxopt.distill import distill  # noqa: E402
-from ctxopt.store import Store  # noqa: E402
 from ctxopt.portability import branch_for, measure_test, resolve_stream, transfer  # noqa: E402
+from ctxopt.store import Store  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 
@@ -57,13 +57,28 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(started: float):
+    """One line per phase and per adapted task, with elapsed time (the run is long and logs to files)."""
+
+    def on_event(event) -> None:
+        stamp = f"[{time.perf_counter() - started:7.0f} s]"
+        if event.kind == "phase" and event.data.get("phase") in ("validate", "adapt", "commit"):
+            print(f"{stamp} {event.data['phase']}", flush=True)
+        elif event.kind == "task_end":
+            verdict = "accepted" if event.data.get("accepted") else "kept as is"
+            print(f"{stamp} adapt {event.task}: {verdict} ({event.data.get('reason', '')})", flush=True)
+
+    return on_event
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     store = Store.open(Path(args.run_dir) / "store")
     started = time.perf_counter()
     res = transfer(store, args.to_lm, adapt=not args.no_adapt, reflection_lm=args.reflection_lm, budget=args.budget,
-                   num_threads=args.num_threads)
+                   num_threads=args.num_threads, callbacks=[_progress(started)])
     stream, _, _ = resolve_stream(store, res.source_rev, seed=res.seed, tasks=list(res.tasks))
     val_s = time.perf_counter() - started
+    print(f"[{val_s:7.0f} s] test split: {len(res.contexts)} contexts × {len(res.tasks)} tasks", flush=True)
     test = measure_test(res, args.to_lm, stream, num_threads=args.num_threads)
     out = {
         "command": "python experiments/transfer.py " + " ".join(sys.argv[1:]),
