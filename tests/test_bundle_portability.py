@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ctxopt.budget import get_budget
 from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.portability import transfer
 from ctxopt.program import program_for
 from ctxopt.store import Store
-from ctxopt.portability import transfer
 from tests.fakes import scripted_lm
 from tests.test_transfer import contrarian_answer
 from tests.toy import RULES, reflection_lm, task_lm, toy_stream

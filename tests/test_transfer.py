@@ -7,15 +7,15 @@ import json
 import pytest
 
 import ctxopt
-import ctxopt.streams
 import ctxopt.portability as transfer_module
+import ctxopt.streams
 from ctxopt.budget import get_budget
 from ctxopt.cli import main
 from ctxopt.errors import ConfigError, StoreLockedError
 from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.portability import branch_for, measure_test, resolve_stream, transfer
 from ctxopt.program import program_for
 from ctxopt.store import Store
-from ctxopt.portability import branch_for, measure_test, resolve_stream, transfer
 from tests.fakes import chat_fields, scripted_lm
 from tests.toy import RULES, _field, reflection_lm, task_lm, toy_stream
 
