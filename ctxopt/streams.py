@@ -159,12 +159,19 @@ def load_stream(
             numbers = _pick_babi(rest)
         return _babi_stream(text, numbers, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
     path = Path(text).expanduser()
-    if path.suffix.lower() in (".yaml", ".yml") or path.exists():
+    if path.suffix.lower() in (".yaml", ".yml") or _exists(path):
         return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
     raise ConfigError(
         f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4) "
         "or the path of a .yaml stream file"
     )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long to be a file
+        return False
 
 
 def _check_sizes(sizes: Any, where: str) -> tuple[int, int, int]:

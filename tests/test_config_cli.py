@@ -39,6 +39,17 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, body, key):
     assert key in message and str(path) in message and "\n" not in message
 
 
+def test_long_builtin_stream_spec_is_not_mistaken_for_a_file(tmp_path):
+    from ctxopt.streams import II_TASKS, load_stream
+
+    spec = "ii:" + ",".join(II_TASKS[:20])  # longer than a file name may be
+    config = load_config(_write(tmp_path / "c.yaml", f"stream: {spec}\nrun_dir: r\n"))
+    assert config.stream == spec
+    assert [t.name for t in load_stream(spec, sizes=(1, 1, 1))] == list(II_TASKS[:20])
+    with pytest.raises(ConfigError, match="unknown stream"):
+        load_stream("x" * 300)
+
+
 def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
     path = _write(tmp_path / "c.yaml", "stream: ii-8\nrun_dir: r\nepsilon: 3\n")
     assert main(["run", str(path)]) == 2
