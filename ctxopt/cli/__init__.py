@@ -3,20 +3,47 @@
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds
 its subcommands and sets ``func`` on each subparser: ``func(args) -> int``.
 Subcommands are thin wrappers over the library API. Every :class:`CtxoptError`
-becomes one line on stderr and exit status 2.
+becomes one line on stderr and exit status 2. SIGTERM (``kill``) is turned into
+an interrupt, so locks are released and a store is switched back to its branch
+before the process exits (status 143); rerunning the command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from ctxopt.errors import CtxoptError
 
 # Modules under ctxopt.cli that register subcommands, in --help order.
 COMMAND_MODULES = ("demo", "run", "compare", "sleep", "transfer", "store", "streams")
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM raises :class:`Terminated` so ``finally`` blocks and context managers run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except CtxoptError as exc:
         print(f"ctxopt: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ctxopt: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"ctxopt: {how}; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover
