@@ -9,7 +9,10 @@
   in the style of a few train inputs (seeded); the teacher answers each
   ``samples`` times at ``temperature`` > 0 with distinct seeds, and a row is kept
   when a majority of at least ``agree`` of the samples give the same normalized
-  answer (self-consistency). Inputs equal to a train or val input are dropped.
+  answer (self-consistency). Inputs equal to a train or val input are dropped, and
+  so are answers that only echo the task's name or an input (a teacher that
+  echoes consistently agrees with itself; this also drops the rare identity answer
+  that is right, e.g. "sheep" → "sheep").
 
 **Row format.** Each row is one chat in the format the program itself uses
 (DSPy's ``ChatAdapter``), so a student fine-tuned on it runs in the *same
@@ -308,6 +311,14 @@ def _majority(outputs: list[str | None], k: int, agree: float) -> tuple[int | No
     return next(i for i, o in enumerate(outputs) if o is not None and normalize(o) == answer), round(share, 6)
 
 
+def _echoes(answer: str | None, task_name: str, example: Any, inputs: Sequence[str]) -> bool:
+    """Whether ``answer`` only repeats the task name or one of the example's input values."""
+    said = normalize(answer)
+    echoes = {normalize(task_name), normalize(task_name.replace("_", " "))}
+    echoes |= {normalize(example.get(k)) for k in inputs if isinstance(example.get(k), str)}
+    return said in echoes
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -512,7 +523,7 @@ def distill(
                 answers = [None if rs[i].error else _field_text(rs[i].prediction.get(task.output, ""))
                            for rs in per_sample]
                 pick, share = _majority(answers, samples, agree)
-                if pick is None:
+                if pick is None or _echoes(answers[pick], task.name, ex, task.inputs):
                     continue
                 call_inputs, outputs = _target_call(per_sample[pick][i], predictor, ex, task.output)
                 rows.append(_Row(task.name, "synthetic", "self-consistency", share, example_id(ex),

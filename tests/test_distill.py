@@ -34,8 +34,11 @@ _counter = itertools.count()
 
 
 def teacher_answer(system: str, user: str) -> str:
-    """The toy task LM, except that it gets words starting with a/b wrong and is unsure about 'ambig…'."""
+    """The toy task LM, except that it gets words starting with a/b wrong and is unsure about 'ambig…'
+    and names the task for 'echo9'."""
     word = _last(user, "input")
+    if word == "echo9":
+        return chat_fields(output=_last(user, "task"))
     if word.startswith("ambig"):
         return chat_fields(output=f"guess{next(_counter)}")
     if word[:1] in "ab":
@@ -55,7 +58,7 @@ def synth_answer(system: str, user: str) -> str:
         return ""
     train_word = f"apple{list(RULES).index(m.group(1))}"  # a train input of that task
     return "\n".join(["Here you go:", "INPUT: plum", "2. INPUT: ambig7", f"INPUT: {train_word}",
-                      '- **INPUT:** "melon"', "INPUT: plum"])
+                      '- **INPUT:** "melon"', "INPUT: plum", "INPUT: echo9"])
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +117,12 @@ def test_synthesized_rows_need_agreeing_samples(made):
     by_task = {}
     for r in synth:
         by_task.setdefault(r["task"], set()).add(json.loads(r["inputs"])["input"])
-    # 'appleK' duplicates a train input, the second 'plum' a synthesized one; 'ambig7' never agrees.
+    # 'appleK' duplicates a train input, the second 'plum' a synthesized one; 'ambig7' never agrees;
+    # 'echo9' always gets the task name back (agreeing, but an echo).
     assert by_task == {name: {"plum", "melon"} for name in RULES}
     assert all(r["filter"] == "self-consistency" and r["score"] == 1.0 for r in synth)
     for s in res.tasks:
-        assert (s.synth_requested, s.synth_total, s.synth_kept) == (4, 3, 2)
+        assert (s.synth_requested, s.synth_total, s.synth_kept) == (4, 4, 2)
     assert next(r for r in synth if r["task"] == "reverse" and "plum" in r["inputs"])["output"] == "mulp"
 
 
