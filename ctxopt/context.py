@@ -474,6 +474,14 @@ class LearnedContext:
             predictors[name] = PredictorContext(instruction=sig.instructions or "", demos=tuple(demos))
         return cls(predictors)
 
+    def view(self, task: str | None = None) -> str:
+        """What :meth:`apply_to` gives a program for ``task``: each predictor's rendered text and demos.
+
+        Two contexts with the same view for a task make the same prompts on it.
+        """
+        return canonical_json({name: [self.render(name, task), [[d.inputs, d.outputs] for d in pc.scoped_demos(task)]]
+                               for name, pc in sorted(self.predictors.items())})
+
     def apply_to(self, program: dspy.Module, task: str | None = None) -> dspy.Module:
         """Set rendered instructions and in-scope demos on ``program`` (in place) and return it.
 

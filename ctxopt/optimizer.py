@@ -72,6 +72,7 @@ from ctxopt.tasks import Task, TaskStream, example_id
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+ROOM_SCOPES = 3  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
 
 
 @dataclass(frozen=True)
@@ -390,8 +391,11 @@ class ContinualOptimizer:
     def _learn(self, program, task, base, step, scope, predictor, n_pred, run_dir
                ) -> tuple[Decision | None, LearnedContext, list[Proposal], str]:
         earlier = [t for t in self._seen if t.name != task.name]
-        # Reserve the gate's cost up front so the search can never starve it.
+        # Reserve the gate's cost up front so the search can never starve it; with a context budget, also
+        # room for one consolidation check over a few task scopes, should the step need to make room.
         gate_cost = self._gate_cost(task, n_pred)
+        if self.budget.max_context_tokens is not None:
+            gate_cost += n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
 
         # 1. observe on a train minibatch
         self.emit("phase", task.name, phase="observe")
@@ -497,22 +501,42 @@ class ContinualOptimizer:
         current, *replay = self._gate_sets(task)
         return n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
-    def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext
-                ) -> list[PairedScores]:
-        """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is ``task`` itself."""
+    def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext, *,
+                changed_only: bool = False, charge: bool = True) -> list[PairedScores]:
+        """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is ``task`` itself.
+
+        ``changed_only`` keeps only the tasks whose prompts differ (:meth:`LearnedContext.view`): on the
+        others both sides score the same, so they are neither run nor charged. ``charge=False`` is for a
+        re-check whose scores were all computed, and paid for, by earlier checks.
+        """
+        n_pred = len(program.named_predictors())
         sets = self._gate_sets(task)
-        self.ledger.charge("task", self._gate_cost(task, len(program.named_predictors())))  # raises: nothing run
+        cost = self._gate_cost(task, n_pred)
+        if changed_only:
+            def key(ctx: LearnedContext, t: Task) -> str:
+                return ctx.view(t.name if self._scenario == "task-aware" else None)
+
+            keep = [i for i, (t, _) in enumerate(sets) if key(before, t) != key(after, t)]
+            cost = n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
+            sets = [sets[i] for i in keep]
+        if charge:
+            self.ledger.charge("task", cost)  # raises: nothing run
         return [PairedScores(t.name, self._scores(self._evaluator.evaluate(program, before, t, exs,
                                                                             scenario=self._scenario)),
                              self._scores(self._evaluator.evaluate(program, after, t, exs, scenario=self._scenario)))
                 for t, exs in sets]
 
     def _consolidation_check(self, program: dspy.Module, task: Task) -> Callable[..., Decision]:
-        """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance)."""
+        """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance).
+
+        Only the tasks whose prompts the consolidation changes are scored (and charged); the rest cannot move.
+        """
         gate = tolerance_gate(self.gate)
 
         def check(before: LearnedContext, after: LearnedContext) -> Decision:
-            scores = self._paired(program, task, before, after)
+            scores = self._paired(program, task, before, after, changed_only=True)
+            if not scores:
+                return Decision(True, "no seen task's prompt changes", 0.0, {})
             return gate.decide(scores[0], scores[1:])
 
         return check
@@ -535,10 +559,9 @@ class ContinualOptimizer:
         if not room.fits:
             return base, False, (f"rendered context would be {too_big} > max_context_tokens={limit} and "
                                  f"consolidation could not make room ({room.summary()})"), room
-        try:
-            scores = self._paired(program, task, base, room.context)  # the same examples as the gate: cached
-        except BudgetExceeded as exc:
-            return base, False, f"budget: {exc}", room
+        # The same examples as the gate: every score was computed by the gate (base) or by the consolidation
+        # checks (the tasks whose prompts changed), so this re-check runs nothing new and is not charged again.
+        scores = self._paired(program, task, base, room.context, charge=False)
         decision = self.gate.decide(scores[0], scores[1:])
         if not decision.accepted:
             return base, False, (f"after consolidating to fit max_context_tokens={limit} ({room.summary()}) "

@@ -248,6 +248,25 @@ def test_step_is_rejected_with_reason_when_consolidation_cannot_make_room(tmp_pa
     assert not any(over_budget(store.show(v.rev), 28) for v in store.log())
 
 
+def test_consolidation_checks_score_and_charge_only_tasks_whose_prompts_change(tmp_path):
+    stream = toy_stream()
+    opt, result, _ = run_opt(tmp_path, stream, RuleWithExtras({}), consolidate=False)
+    assert all(s.accepted for s in result.steps)
+    program, last = program_for(stream), stream["double"]
+    before = opt.context
+    after = before.apply_edits([AddItem("predict", "Mind the suffix.", scope="suffix")], step=4, task="suffix")
+    assert before.view("suffix") != after.view("suffix") and before.view("reverse") == after.view("reverse")
+    spent = opt.ledger.spent_task["double"]
+    decision = opt._consolidation_check(program, last)(before, after)
+    # only the replay sample of 'suffix' ran: gate_replay_per_task examples on one predictor
+    assert opt.ledger.spent_task["double"] - spent == SMALL["gate_replay_per_task"]
+    assert set(decision.replay_deltas) == {"suffix"} and decision.accepted
+    untouched = before.apply_edits([AddItem("predict", "Unused.", scope="elsewhere")], step=4, task="elsewhere")
+    spent = opt.ledger.spent_task["double"]
+    assert opt._consolidation_check(program, last)(before, untouched).accepted
+    assert opt.ledger.spent_task["double"] == spent  # no seen task's prompt changes: nothing run or charged
+
+
 # --------------------------------------------------------------------------- ctxopt sleep
 
 
