@@ -72,7 +72,7 @@ from ctxopt.tasks import Task, TaskStream, example_id
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-ROOM_SCOPES = 3  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
+ROOM_SCOPES = 5  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
 
 
 @dataclass(frozen=True)
