@@ -5,15 +5,16 @@ finished one costs seconds), then reports::
 
     python experiments/context_budget.py
 
-1. ``ctxopt run experiments/configs/ii-20.yaml``         ctxopt, no context budget
-2. ``ctxopt run experiments/configs/ii-20-budget.yaml``  ctxopt, ``max_context_tokens`` + consolidation
+1. ``ctxopt run experiments/configs/ii-20.yaml``             ctxopt, no context budget
+2. ``ctxopt run experiments/configs/ii-20-budget.yaml``      ctxopt, ``max_context_tokens: 1200`` + consolidation
+   ``ctxopt run experiments/configs/ii-20-budget1500.yaml``  the same with 1500 (``--budget-config`` repeats)
 3. ``ctxopt compare --stream <same> --methods append --context-tokens 1000000 ...``  append, unbounded
 
 The report checks the three acceptance claims from the runs' own records:
 
-* every version committed by the budgeted run renders within the budget (read back from its git store,
+* every version committed by each budgeted run renders within its budget (read back from its git store,
   not from the optimizer's bookkeeping);
-* ACC of the budgeted run is within 2 points of the unbudgeted run (test splits, from ``results.json``);
+* ACC of each budgeted run is within 2 points of the unbudgeted run (test splits, from ``results.json``);
 * ``append``'s context grows roughly linearly (least-squares slope and R² of tokens over steps).
 
 It prints a table, writes ``experiments/results/context_budget_<name>.json`` and the plot
@@ -84,22 +85,25 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return slope, (1.0 - ss_res / ss_tot) if ss_tot else 1.0
 
 
-def plot(series: dict[str, RunResult], budget: int, path: Path) -> None:
+def plot(series: dict[str, RunResult], budgets: list[int], path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7.5, 3.6), layout="constrained")
+    fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
-    styles = {"append": "s--", "ctxopt": "o-", "ctxopt + budget": "^-"}
     for label, run in series.items():
-        ax.plot([s.step for s in run.steps], [s.context_tokens for s in run.steps], styles.get(label, "o-"), ms=3,
-                label=label)
-    ax.axhline(budget, color="red", lw=1, ls=":", label=f"max_context_tokens = {budget}")
-    ax.set_yscale("symlog", linthresh=100)
+        style = "s--" if label == "append" else "o-" if label == "ctxopt" else "^-"
+        ax.plot([s.step for s in run.steps], [s.context_tokens for s in run.steps], style, ms=3, label=label)
+    for limit in budgets:
+        ax.axhline(limit, color="red", lw=0.8, ls=":")
+        ax.annotate(f"max_context_tokens={limit}", (0.6, limit), fontsize=7, color="red", va="bottom")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("step (task #)")
     ax.set_ylabel("context tokens (all tasks' scopes)")
     ax.set_title("learned context size over a 20-task stream", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
 
@@ -107,63 +111,82 @@ def plot(series: dict[str, RunResult], budget: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/configs/ii-20.yaml", help="run config without a budget")
-    p.add_argument("--budget-config", default="experiments/configs/ii-20-budget.yaml")
+    p.add_argument("--budget-config", action="append", default=None,
+                   help="run config with max_context_tokens (repeat for several budgets; default: "
+                        "experiments/configs/ii-20-budget.yaml and ii-20-budget1500.yaml)")
     p.add_argument("--append-dir", default=None, help="default: <config run_dir>-append")
     p.add_argument("--report-only", action="store_true", help="do not run; report on the runs on disk")
     args = p.parse_args(argv)
+    budget_configs = args.budget_config or ["experiments/configs/ii-20-budget.yaml",
+                                            "experiments/configs/ii-20-budget1500.yaml"]
 
-    free, bounded = load_config(ROOT / args.config), load_config(ROOT / args.budget_config)
-    limit = bounded.budget_obj().max_context_tokens
-    if limit is None or free.budget_obj().max_context_tokens is not None:
-        raise SystemExit(f"{args.budget_config} must set max_context_tokens and {args.config} must not")
-    if (free.stream, free.seed, free.sizes, free.task_lm) != (bounded.stream, bounded.seed, bounded.sizes, bounded.task_lm):
-        raise SystemExit("the two configs must share stream, seed, sizes and task LM")
+    free = load_config(ROOT / args.config)
+    if free.budget_obj().max_context_tokens is not None:
+        raise SystemExit(f"{args.config} must not set max_context_tokens")
+    bounded = {}
+    for path in budget_configs:
+        cfg = load_config(ROOT / path)
+        limit = cfg.budget_obj().max_context_tokens
+        if limit is None:
+            raise SystemExit(f"{path} must set max_context_tokens")
+        if (free.stream, free.seed, free.sizes, free.task_lm) != (cfg.stream, cfg.seed, cfg.sizes, cfg.task_lm):
+            raise SystemExit(f"{args.config} and {path} must share stream, seed, sizes and task LM")
+        bounded[limit] = (path, cfg)
     append_dir = Path(args.append_dir or free.run_dir + "-append")
     name = Path(free.run_dir).name
     if not args.report_only:
         _ctxopt("run", args.config)
-        _ctxopt("run", args.budget_config)
+        for path, _ in bounded.values():
+            _ctxopt("run", path)
         extra = ["--sizes", ",".join(map(str, free.sizes))] if free.sizes else []
         _ctxopt("compare", "--stream", free.stream, "--methods", "append", "--context-tokens", "1000000",
                 "--budget", "light", "--seed", str(free.seed), "--task-lm", free.task_lm,
                 "--reflection-lm", free.reflection_lm, "--run-dir", str(append_dir), *extra)
 
-    runs = {"ctxopt": _one(ROOT / free.run_dir, "ctxopt"), "ctxopt + budget": _one(ROOT / bounded.run_dir, "ctxopt"),
-            "append": _one(ROOT / append_dir, "append")}
-    worst, n_versions, worst_rev = store_max_tokens(ROOT / bounded.run_dir / "store")
+    runs = {"ctxopt": _one(ROOT / free.run_dir, "ctxopt")}
+    for limit, (_, cfg) in sorted(bounded.items()):
+        runs[f"ctxopt, budget {limit}"] = _one(ROOT / cfg.run_dir, "ctxopt")
+    runs["append"] = _one(ROOT / append_dir, "append")
+    acc = {k: r.summary()["acc"] for k, r in runs.items()}
+    budgets = {}
+    for limit, (path, cfg) in sorted(bounded.items()):
+        worst, n_versions, worst_rev = store_max_tokens(ROOT / cfg.run_dir / "store")
+        steps = runs[f"ctxopt, budget {limit}"].steps
+        budgets[str(limit)] = {
+            "config": path, "run_dir": cfg.run_dir, "versions": n_versions, "max_rendered_tokens": worst,
+            "at": worst_rev, "within_budget": worst <= limit,
+            "acc_gap_points": round(100 * (acc["ctxopt"] - acc[f"ctxopt, budget {limit}"]), 2),
+            "consolidations": {k: sum(int(s.extra.get(f"consolidations_{k}", 0) or 0) for s in steps)
+                               for k in ("proposed", "accepted", "rolled_back")},
+            "steps_rejected_for_room": sum("could not make room" in str(s.extra.get("reason", "")) for s in steps),
+        }
     steps = runs["append"].steps
     slope, r2 = linear_fit([float(s.step) for s in steps], [float(s.context_tokens) for s in steps])
-    acc = {k: r.summary()["acc"] for k, r in runs.items()}
-    consolidations = {k: sum(int(s.extra.get(f"consolidations_{k}", 0) or 0) for s in runs["ctxopt + budget"].steps)
-                      for k in ("proposed", "accepted", "rolled_back")}
     png = RESULTS / f"context_tokens_{name}.png"
-    plot(runs, limit, png)
+    plot(runs, sorted(bounded), png)
     out = {
         "command": "python experiments/context_budget.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "stream": free.stream, "max_context_tokens": limit,
-        "runs": {k: {"run_dir": str(r.meta.get("run_dir", "")), **r.summary(),
-                     "context_tokens": [s.context_tokens for s in r.steps],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stream": free.stream,
+        "runs": {k: {**r.summary(), "context_tokens": [s.context_tokens for s in r.steps],
                      "accepted": [s.accepted for s in r.steps]} for k, r in runs.items()},
-        "budgeted_store": {"versions": n_versions, "max_rendered_tokens": worst, "at": worst_rev,
-                           "within_budget": worst <= limit},
-        "acc_gap_points": round(100 * (acc["ctxopt"] - acc["ctxopt + budget"]), 2),
+        "budgets": budgets,
         "append_growth": {"slope_tokens_per_step": round(slope, 1), "r2": round(r2, 4)},
-        "consolidations": consolidations, "plot": str(png.relative_to(ROOT)),
+        "plot": str(png.relative_to(ROOT)),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"context_budget_{name}.json"
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
 
-    print(f"\n{'run':<16} {'ACC':>6} {'BWT':>7} {'final tokens':>13} {'max tokens':>11}")
+    print(f"\n{'run':<22} {'ACC':>6} {'BWT':>7} {'final tokens':>13} {'max tokens':>11}")
     for k, r in runs.items():
         tokens = [s.context_tokens for s in r.steps] or [0]
-        print(f"{k:<16} {acc[k]:>6.3f} {r.summary()['bwt']:>7.3f} {tokens[-1]:>13} {max(tokens):>11}")
-    print(f"budgeted store: {n_versions} versions, largest rendered context {worst} tokens "
-          f"({'within' if worst <= limit else 'OVER'} max_context_tokens={limit})")
-    print(f"ACC without budget − with budget: {out['acc_gap_points']:+.2f} points")
+        print(f"{k:<22} {acc[k]:>6.3f} {r.summary()['bwt']:>7.3f} {tokens[-1]:>13} {max(tokens):>11}")
+    for limit, b in budgets.items():
+        print(f"budget {limit}: {b['versions']} versions in the store, largest rendered context {b['max_rendered_tokens']} "
+              f"tokens ({'within' if b['within_budget'] else 'OVER'} the budget); ACC {b['acc_gap_points']:+.2f} points "
+              f"below no budget; consolidations {b['consolidations']}; {b['steps_rejected_for_room']} step(s) "
+              "rejected for want of room")
     print(f"append: {slope:.1f} tokens/step, R² {r2:.3f} (linear fit of context tokens over steps)")
-    print(f"consolidations (budgeted run): {consolidations}")
     print(f"wrote {path} and {png}")
     return 0
 
