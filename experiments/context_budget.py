@@ -86,24 +86,31 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def plot(series: dict[str, RunResult], budgets: list[int], path: Path) -> None:
+    """Left: every run, on one scale. Right: the ctxopt runs only, with their budgets."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(8, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for label, run in series.items():
-        style = "s--" if label == "append" else "o-" if label == "ctxopt" else "^-"
-        ax.plot([s.step for s in run.steps], [s.context_tokens for s in run.steps], style, ms=3, label=label)
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    colors = {label: f"C{i}" for i, label in enumerate(series)}
+    for ax, labels in ((left, list(series)), (right, [k for k in series if k != "append"])):
+        for label in labels:
+            run = series[label]
+            style = "s--" if label == "append" else "o-" if label == "ctxopt" else "^-"
+            ax.plot([s.step for s in run.steps], [s.context_tokens for s in run.steps], style, ms=3, label=label,
+                    color=colors[label])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("step (task #)")
+        ax.grid(alpha=0.3)
     for limit in budgets:
-        ax.axhline(limit, color="red", lw=0.8, ls=":")
-        ax.annotate(f"max_context_tokens={limit}", (0.6, limit), fontsize=7, color="red", va="bottom")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("step (task #)")
-    ax.set_ylabel("context tokens (all tasks' scopes)")
-    ax.set_title("learned context size over a 20-task stream", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        right.axhline(limit, color="red", lw=0.8, ls=":")
+        right.annotate(f"max_context_tokens={limit}", (1, limit), fontsize=7, color="red", va="bottom")
+    left.set_ylabel("context tokens (all tasks' scopes)")
+    left.set_title("every run", fontsize=10)
+    right.set_title("ctxopt with and without a budget", fontsize=10)
+    left.legend(fontsize=8, loc="upper left")
+    fig.suptitle("learned context size over a 20-task stream", fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
 
