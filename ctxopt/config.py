@@ -106,18 +106,12 @@ def load_config(path: str | Path) -> RunConfig:
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: {key}: {msg}") from exc
+    from ctxopt.streams import path_exists
+
     stream = Path(config.stream)
-    if not stream.is_absolute() and _is_file(path.parent / stream):
+    if not stream.is_absolute() and path_exists(path.parent / stream):
         config = config.model_copy(update={"stream": str(path.parent / stream)})
     return config
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False where the name cannot be a file (too long: a long ``ii:a,b,...`` spec)."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def build_program(spec: str, stream: Any, instruction: str | None = None) -> Any:

@@ -393,9 +393,9 @@ class ContinualOptimizer:
         earlier = [t for t in self._seen if t.name != task.name]
         # Reserve the gate's cost up front so the search can never starve it; with a context budget, also
         # room for one consolidation check over a few task scopes, should the step need to make room.
-        gate_cost = self._gate_cost(task, n_pred)
+        reserved = self._gate_cost(task, n_pred)
         if self.budget.max_context_tokens is not None:
-            gate_cost += n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
+            reserved += n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
 
         # 1. observe on a train minibatch
         self.emit("phase", task.name, phase="observe")
@@ -435,7 +435,7 @@ class ContinualOptimizer:
         search_cost = n_pred * (len(cur_mb) + sum(len(v) for v in replay_mb.values()))
         # The search may spend what is left after reserving the gate; it pays once per distinct
         # context, counted from the study itself so a resumed search is charged exactly the same.
-        allowance = self.ledger.remaining("task") - gate_cost
+        allowance = self.ledger.remaining("task") - reserved
         evaluated: set[str] = set()
 
         def replay_means(ctx: LearnedContext) -> dict[str, float]:
@@ -454,7 +454,7 @@ class ContinualOptimizer:
 
         if search_cost > allowance:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: "
-                                 f"{search_cost} + gate {gate_cost} > {self.ledger.remaining('task')} left")
+                                 f"{search_cost} + reserved for the gate {reserved} > {self.ledger.remaining('task')} left")
         baseline_replay = replay_means(base)
         evaluated.add(base.hash)
 

@@ -159,7 +159,7 @@ def load_stream(
             numbers = _pick_babi(rest)
         return _babi_stream(text, numbers, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
     path = Path(text).expanduser()
-    if path.suffix.lower() in (".yaml", ".yml") or _exists(path):
+    if path.suffix.lower() in (".yaml", ".yml") or path_exists(path):
         return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
     raise ConfigError(
         f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4) "
@@ -167,10 +167,11 @@ def load_stream(
     )
 
 
-def _exists(path: Path) -> bool:
+def path_exists(path: Path) -> bool:
+    """``path.exists()``, but False where the text cannot name a file (a long ``ii:a,b,...`` spec is too long)."""
     try:
         return path.exists()
-    except OSError:  # e.g. a name too long to be a file
+    except OSError:
         return False
 
 
