@@ -9,6 +9,10 @@ external files, scripts or fonts) and ``summary.md`` next to it. The page has:
   per-task score curves over steps, and the matrix and step records as tables;
 * context tokens over steps and LM calls over steps (task vs reflection), one
   line per method;
+* with several methods, the methods side by side (:func:`methods_figure`): each
+  task's test score right after learning it and at the end, so forgetting shows
+  as a cell that darkens from the left panel to the right (also written to
+  ``methods.png``);
 * where steps record them: item count over steps, and consolidations proposed,
   accepted and rolled back per step (:mod:`ctxopt.consolidate`).
 
@@ -31,13 +35,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ctxopt._atomic import write_text
+from ctxopt._atomic import write_bytes, write_text
 from ctxopt.matrix import RunResult, load_results
 
-__all__ = ["write_report", "markdown_table", "REPORT_FILE", "SUMMARY_FILE"]
+__all__ = ["write_report", "markdown_table", "methods_figure", "REPORT_FILE", "SUMMARY_FILE", "METHODS_PNG"]
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
+METHODS_PNG = "methods.png"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -87,10 +92,14 @@ def markdown_table(results: Sequence[RunResult]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
+def _png_bytes(fig: Any) -> bytes:
+    with io.BytesIO() as buf:
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        return buf.getvalue()
+
+
 def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(_png_bytes(fig)).decode("ascii")
 
 
 def _figure(width: float, height: float) -> Any:
@@ -115,6 +124,40 @@ def _heatmap(run: RunResult) -> str:
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _png(fig)
+
+
+def methods_figure(results: Sequence[RunResult]) -> Any:
+    """Methods (rows) by tasks (columns), two panels: each task's test score right after
+    learning it (the diagonal R[i][i]) and at the end (the last row), plus their means.
+
+    A method that forgets has cells that are lower on the right than on the left. Joint
+    methods learn once, so their left panel is their final row at each step.
+    """
+    runs = [r for r in results if r.R]
+    tasks = list(runs[0].tasks) if runs else []
+    n = len(tasks)
+    fig = _figure(3.0 + 1.1 * n, 1.4 + 0.38 * max(1, len(runs)))
+    panels = [("right after learning the task", lambda r: [r.R[i][i] if i < len(r.R) else float("nan")
+                                                           for i in range(n)]),
+              ("at the end of the stream", lambda r: list(r.R[-1]) if len(r.R) == n else [float("nan")] * n)]
+    for k, (title, values) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        rows = [values(r) for r in runs]
+        ax.imshow(rows or [[0.0] * max(1, n)], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(n), [t[:18] for t in tasks], rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(len(runs)), [f"{r.method} ({_mean(v):.2f})" for r, v in zip(runs, rows)], fontsize=8)
+        ax.set_title(f"test score {title} (mean)", fontsize=9)
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                if v == v:  # not NaN
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if v < 0.6 else "black")
+    return fig
+
+
+def _mean(values: Sequence[float]) -> float:
+    real = [v for v in values if v == v]
+    return sum(real) / len(real) if real else float("nan")
 
 
 def _curves(run: RunResult) -> str:
@@ -280,6 +323,8 @@ def render_html(results: Sequence[RunResult], title: str) -> str:
         _img(_context_plot(results), "context tokens over steps"),
         _img(_calls_plot(results), "LM calls over steps"),
     ]
+    if len(results) > 1:
+        body.insert(4, _img(_png(methods_figure(results)), "methods side by side: learned vs final test scores"))
     body.append(consolidation_section(results))
     body += [_method_section(r) for r in results]
     return (
@@ -309,5 +354,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     title = f"ctxopt report: {Path(run_dir).resolve().name}"
     write_text(path, render_html(results, title))
+    if len(results) > 1:
+        write_bytes(path.parent / METHODS_PNG, _png_bytes(methods_figure(results)))
     write_text(path.parent / SUMMARY_FILE, f"# {title}\n\n" + markdown_table(results))
     return path

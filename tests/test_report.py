@@ -12,7 +12,7 @@ import pytest
 from ctxopt.cli import main as cli_main
 from ctxopt.errors import DataError
 from ctxopt.matrix import RunResult, StepRecord
-from ctxopt.report import markdown_table, write_report
+from ctxopt.report import METHODS_PNG, markdown_table, methods_figure, write_report
 
 TASKS = ["antonyms", "sum", "diff"]
 R = [[0.8, 0.1, 0.2], [0.6, 0.9, 0.3], [0.5, 0.7, 1.0]]
@@ -49,14 +49,32 @@ def test_write_report_is_self_contained(run_dir):
     assert path == run_dir / "report.html"
     page = path.read_text()
     imgs = re.findall(r"<img [^>]*src=\"([^\"]+)\"", page)
-    # two overview plots + (heatmap, curves) per method
-    assert len(imgs) == 2 + 2 * 2
+    # methods side by side + two overview plots + (heatmap, curves) per method
+    assert len(imgs) == 3 + 2 * 2
     assert all(src.startswith("data:image/png;base64,iVBOR") for src in imgs)
     assert "ctxopt &lt;b&gt;" in page and "<b>" not in page.replace("<body>", "")
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "-0.250" in page and "after sum" in page
     summary = (run_dir / "summary.md").read_text()
     assert summary.startswith("# ctxopt report:") and "| static | 0.733 |" in summary
+
+
+def test_methods_side_by_side_show_learned_then_final_scores(run_dir):
+    from ctxopt.matrix import load_results
+
+    results = load_results(run_dir)
+    learned, final = methods_figure(results).axes[:2]
+    assert [t.get_text() for t in learned.texts[:3]] == ["0.80", "0.90", "1.00"]  # the diagonal R[i][i]
+    assert [t.get_text() for t in final.texts[:3]] == ["0.50", "0.70", "1.00"]  # the last row: task 1 forgot 0.3
+    assert [t.get_text() for t in learned.get_yticklabels()] == ["static (0.90)", "ctxopt <b> (0.90)"]
+    write_report(run_dir)
+    assert (run_dir / METHODS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_method_gets_no_side_by_side_figure(tmp_path):
+    _run("ctxopt", 1).save(tmp_path)
+    write_report(tmp_path)
+    assert not (tmp_path / METHODS_PNG).exists()
 
 
 def test_report_of_a_run_in_progress_without_steps(tmp_path):
@@ -111,7 +129,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     imgs = re.findall(r"<img [^>]*>", html)
-    assert len(imgs) == 6
+    assert len(imgs) == 7  # methods side by side, two overview plots, two per method
     assert all('src="data:image/png;base64,' in tag for tag in imgs)
     text = re.sub(r"<[^>]+>", " ", re.sub(r"<img [^>]*>", "", html))
     assert "Error" not in text and "Traceback" not in text
