@@ -130,8 +130,8 @@ def methods_figure(results: Sequence[RunResult]) -> Any:
     """Methods (rows) by tasks (columns), two panels: each task's test score right after
     learning it (the diagonal R[i][i]) and at the end (the last row), plus their means.
 
-    A method that forgets has cells that are lower on the right than on the left. Joint
-    methods learn once, so their left panel is their final row at each step.
+    A method that forgets has cells that are lower on the right than on the left; for a joint
+    method, which learns once before the first step, the two panels agree.
     """
     runs = [r for r in results if r.R]
     tasks = list(runs[0].tasks) if runs else []
@@ -309,8 +309,11 @@ def _method_section(run: RunResult) -> str:
     return "\n".join(parts)
 
 
-def render_html(results: Sequence[RunResult], title: str) -> str:
-    """The report page for some run results (used by :func:`write_report`)."""
+def render_html(results: Sequence[RunResult], title: str, side_by_side: bytes | None = None) -> str:
+    """The report page for some run results (used by :func:`write_report`).
+
+    ``side_by_side`` is the PNG of :func:`methods_figure`, shown below the methods table when given.
+    """
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -323,8 +326,9 @@ def render_html(results: Sequence[RunResult], title: str) -> str:
         _img(_context_plot(results), "context tokens over steps"),
         _img(_calls_plot(results), "LM calls over steps"),
     ]
-    if len(results) > 1:
-        body.insert(4, _img(_png(methods_figure(results)), "methods side by side: learned vs final test scores"))
+    if side_by_side is not None:
+        body.insert(4, _img(base64.b64encode(side_by_side).decode("ascii"),
+                            "methods side by side: learned vs final test scores"))
     body.append(consolidation_section(results))
     body += [_method_section(r) for r in results]
     return (
@@ -353,8 +357,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     title = f"ctxopt report: {Path(run_dir).resolve().name}"
-    write_text(path, render_html(results, title))
-    if len(results) > 1:
-        write_bytes(path.parent / METHODS_PNG, _png_bytes(methods_figure(results)))
+    side_by_side = _png_bytes(methods_figure(results)) if len(results) > 1 else None  # rendered once, used twice
+    write_text(path, render_html(results, title, side_by_side))
+    if side_by_side is not None:
+        write_bytes(path.parent / METHODS_PNG, side_by_side)
     write_text(path.parent / SUMMARY_FILE, f"# {title}\n\n" + markdown_table(results))
     return path
