@@ -98,8 +98,12 @@ def _png_bytes(fig: Any) -> bytes:
         return buf.getvalue()
 
 
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
 def _png(fig: Any) -> str:
-    return base64.b64encode(_png_bytes(fig)).decode("ascii")
+    return _b64(_png_bytes(fig))
 
 
 def _figure(width: float, height: float) -> Any:
@@ -327,8 +331,7 @@ def render_html(results: Sequence[RunResult], title: str, side_by_side: bytes | 
         _img(_calls_plot(results), "LM calls over steps"),
     ]
     if side_by_side is not None:
-        body.insert(4, _img(base64.b64encode(side_by_side).decode("ascii"),
-                            "methods side by side: learned vs final test scores"))
+        body.insert(4, _img(_b64(side_by_side), "methods side by side: learned vs final test scores"))
     body.append(consolidation_section(results))
     body += [_method_section(r) for r in results]
     return (
