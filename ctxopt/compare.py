@@ -27,7 +27,12 @@ restarts from its last finished task. Test rows are cached in
 ``RUN_DIR/eval_cache`` (shared by all methods, so equal contexts are measured
 once), a method's own evaluations in ``RUN_DIR/<method>/eval_cache`` (so its
 call count does not depend on which methods ran before it), and LM requests in DSPy's request cache (the CLI points it at
-``RUN_DIR/dspy_cache``), so a rerun costs next to nothing.
+``RUN_DIR/dspy_cache``), so a rerun costs next to nothing. A step cut off
+mid-learning starts again from its beginning, its cached requests answered at
+once, so its call counts are those of one clean attempt; its ``wall_s`` adds
+the seconds the killed attempts spent (``RUN_DIR/<method>/clock.json``,
+written every :data:`CLOCK_INTERVAL_S` s) and ``extra["learn_attempts"]``
+says how many attempts it took.
 
 Step records count *learning* only: ``task_calls``/``reflection_calls`` are
 LM requests made while the method learned (DSPy-cache hits included,
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +82,54 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 TABLE_FILE = "comparison.md"
+CLOCK_FILE = "clock.json"
+CLOCK_INTERVAL_S = 15.0
+
+
+class _LearnClock:
+    """Learning wall time of one step, kept across kills.
+
+    While a method learns step ``step``, the seconds spent so far are written
+    to ``path`` every :data:`CLOCK_INTERVAL_S` seconds and on exit. A step
+    that restarts after a kill adds the seconds its killed attempts spent
+    (at most one interval is lost to ``SIGKILL``), so ``wall_s`` is the
+    step's whole learning time, not that of its last process.
+    """
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step = path, step
+        self.prior, self.attempts = 0.0, 1
+        if path.exists():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old.get("step") == step:
+                self.prior, self.attempts = float(old["seconds"]), int(old["attempts"]) + 1
+        self._stop = threading.Event()
+        self._ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent learning this step, over all attempts (frozen once the step has left the clock)."""
+        return self.prior + (self._ended or time.perf_counter()) - self._started
+
+    def _write(self) -> None:
+        write_json(self.path, {"step": self.step, "seconds": round(self.seconds, 3), "attempts": self.attempts})
+
+    def _beat(self) -> None:
+        while not self._stop.wait(CLOCK_INTERVAL_S):
+            self._write()
+
+    def __enter__(self) -> _LearnClock:
+        self._started = time.perf_counter()
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="ctxopt-learn-clock", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._ended = time.perf_counter()
+        self._write()
 
 
 @dataclass(frozen=True)
@@ -237,13 +291,14 @@ class _Run:
                            num_threads=self.num_threads,
                            emit=lambda kind, **data: self.emit(kind, name, step, task.name, **data))
         self.emit("learn_start", name, step, task.name)
-        before, started = _usage(self.task_lm, self.reflection_lm), time.perf_counter()
-        if joint and i > 0:
-            outcome = Outcome(context, note=f"{name}: joint method, learned once at step 1")
-        else:
-            tasks = self.stream.tasks if joint else self.stream.tasks[: i + 1]
-            outcome = self._learn(method, context, tasks, ctx)
-        wall = time.perf_counter() - started
+        before = _usage(self.task_lm, self.reflection_lm)
+        with _LearnClock(work / CLOCK_FILE, step) as clock:
+            if joint and i > 0:
+                outcome = Outcome(context, note=f"{name}: joint method, learned once at step 1")
+            else:
+                tasks = self.stream.tasks if joint else self.stream.tasks[: i + 1]
+                outcome = self._learn(method, context, tasks, ctx)
+        wall = clock.seconds
         after = _usage(self.task_lm, self.reflection_lm)
         t_used, r_used = after[0] - before[0], after[1] - before[1]
         self.emit("learn_end", name, step, task.name, note=outcome.note)
@@ -258,7 +313,8 @@ class _Run:
         extra = {**outcome.extra, "note": outcome.note, "context_hash": new.hash, "rev": store.head().rev,
                  "task_model_calls": t_used.model_calls, "task_cache_hits": t_used.cache_hits,
                  "reflection_model_calls": r_used.model_calls, "budget_task_calls": ctx.task_calls,
-                 "measure_task_calls": m_used.calls, "measure_s": round(m_secs, 3)}
+                 "measure_task_calls": m_used.calls, "measure_s": round(m_secs, 3),
+                 "learn_attempts": clock.attempts}
         record = StepRecord(step=step, task=task.name, context_tokens=new.token_count(), task_calls=t_used.calls,
                             task_tokens=t_used.tokens, reflection_calls=r_used.calls,
                             reflection_tokens=r_used.tokens, wall_s=round(wall, 3), accepted=outcome.accepted,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from ctxopt import compare as compare_module
 from ctxopt.baselines.base import Outcome
 from ctxopt.baselines.oracle import OracleHuman
 from ctxopt.budget import get_budget
@@ -109,6 +112,52 @@ def test_a_killed_method_restarts_from_its_last_finished_task(tmp_path):
     assert start.data["resumed_at"] == 1
     assert [e.step for e in events if e.kind == "learn_start"] == [2, 3]
     assert resumed.R == full.R and resumed.meta["final_context_hash"] == full.meta["final_context_hash"]
+
+
+class _Hard(BaseException):
+    """A kill the harness cannot catch (like SIGTERM's exit)."""
+
+
+class _Slow:
+    """A method that takes 0.3 s per step and is killed once, mid-learning, on the second task."""
+
+    name, joint = "slow", False
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def learn(self, program, context, tasks, ctx):
+        time.sleep(0.3)
+        if ctx.step == 2 and not self.killed:
+            self.killed = True
+            raise _Hard()
+        return Outcome(context, note="kept")
+
+
+def test_a_step_cut_off_mid_learning_keeps_the_seconds_its_killed_attempt_spent(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "CLOCK_INTERVAL_S", 0.05)
+    method = _Slow()
+    with pytest.raises(_Hard):
+        run_all(tmp_path, [method])
+    clock = json.loads((tmp_path / "run" / "slow" / compare_module.CLOCK_FILE).read_text())
+    assert clock["step"] == 2 and clock["attempts"] == 1 and clock["seconds"] >= 0.3
+    [result], _, _ = run_all(tmp_path, [method])
+    first, second, third = result.steps
+    assert [s.extra["learn_attempts"] for s in result.steps] == [1, 2, 1]
+    assert second.wall_s >= 0.6 and second.wall_s > first.wall_s + 0.25  # both attempts counted
+    assert 0.3 <= third.wall_s < second.wall_s
+
+
+def test_the_learning_clock_is_on_disk_while_the_step_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "CLOCK_INTERVAL_S", 0.02)
+    path = tmp_path / "clock.json"
+    with compare_module._LearnClock(path, 4):
+        time.sleep(0.2)
+        mid = json.loads(path.read_text())  # what a SIGKILL would leave behind
+    assert mid["step"] == 4 and 0.1 <= mid["seconds"] <= 0.2 + 0.5
+    again = compare_module._LearnClock(path, 4)
+    assert again.attempts == 2 and again.prior >= 0.2
+    assert compare_module._LearnClock(path, 5).prior == 0.0  # another step starts from zero
 
 
 def test_a_run_dir_of_another_run_is_refused(tmp_path):
