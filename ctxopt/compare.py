@@ -30,9 +30,9 @@ call count does not depend on which methods ran before it), and LM requests in D
 ``RUN_DIR/dspy_cache``), so a rerun costs next to nothing. A step cut off
 mid-learning starts again from its beginning, its cached requests answered at
 once, so its call counts are those of one clean attempt; its ``wall_s`` adds
-the seconds the killed attempts spent (``RUN_DIR/<method>/clock.json``,
-written every :data:`CLOCK_INTERVAL_S` s) and ``extra["learn_attempts"]``
-says how many attempts it took.
+the seconds the killed attempts spent (:class:`ctxopt._clock.StepClock`,
+``RUN_DIR/<method>/learn_clock.json``) and ``extra["learn_attempts"]`` says
+how many attempts it took.
 
 Step records count *learning* only: ``task_calls``/``reflection_calls`` are
 LM requests made while the method learned (DSPy-cache hits included,
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from typing import Any
 import dspy
 
 from ctxopt._atomic import write_json, write_text
+from ctxopt._clock import StepClock
 from ctxopt.baselines import (
     DEFAULT_CONTEXT_TOKENS,
     LearnContext,
@@ -82,54 +82,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 TABLE_FILE = "comparison.md"
-CLOCK_FILE = "clock.json"
-CLOCK_INTERVAL_S = 15.0
-
-
-class _LearnClock:
-    """Learning wall time of one step, kept across kills.
-
-    While a method learns step ``step``, the seconds spent so far are written
-    to ``path`` every :data:`CLOCK_INTERVAL_S` seconds and on exit. A step
-    that restarts after a kill adds the seconds its killed attempts spent
-    (at most one interval is lost to ``SIGKILL``), so ``wall_s`` is the
-    step's whole learning time, not that of its last process.
-    """
-
-    def __init__(self, path: Path, step: int) -> None:
-        self.path, self.step = path, step
-        self.prior, self.attempts = 0.0, 1
-        if path.exists():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            if old.get("step") == step:
-                self.prior, self.attempts = float(old["seconds"]), int(old["attempts"]) + 1
-        self._stop = threading.Event()
-        self._ended: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        """Seconds spent learning this step, over all attempts (frozen once the step has left the clock)."""
-        return self.prior + (self._ended or time.perf_counter()) - self._started
-
-    def _write(self) -> None:
-        write_json(self.path, {"step": self.step, "seconds": round(self.seconds, 3), "attempts": self.attempts})
-
-    def _beat(self) -> None:
-        while not self._stop.wait(CLOCK_INTERVAL_S):
-            self._write()
-
-    def __enter__(self) -> _LearnClock:
-        self._started = time.perf_counter()
-        self._write()
-        self._thread = threading.Thread(target=self._beat, name="ctxopt-learn-clock", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._ended = time.perf_counter()
-        self._write()
+CLOCK_FILE = "learn_clock.json"
 
 
 @dataclass(frozen=True)
@@ -253,6 +206,7 @@ class _Run:
             state["steps"].append(record.to_dict())
             state["rev"] = store.head().rev
             write_json(state_path, state)
+            StepClock(work / CLOCK_FILE, step).finish()
             self._result(method, state, context, store).save(self.run_dir)
         result = self._result(method, state, context, store)
         result.save(self.run_dir)
@@ -292,7 +246,7 @@ class _Run:
                            emit=lambda kind, **data: self.emit(kind, name, step, task.name, **data))
         self.emit("learn_start", name, step, task.name)
         before = _usage(self.task_lm, self.reflection_lm)
-        with _LearnClock(work / CLOCK_FILE, step) as clock:
+        with StepClock(work / CLOCK_FILE, step) as clock:
             if joint and i > 0:
                 outcome = Outcome(context, note=f"{name}: joint method, learned once at step 1")
             else:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import dspy
 
 from ctxopt._atomic import write_json
+from ctxopt._clock import StepClock
 from ctxopt.budget import Budget, Ledger, get_budget
 from ctxopt.consolidate import (
     Consolidator,
@@ -72,6 +72,7 @@ from ctxopt.tasks import Task, TaskStream, example_id
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+STEP_CLOCK_FILE = "step_clock.json"  # seconds spent on the step in progress (kept across kills)
 ROOM_SCOPES = 5  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
 
 
@@ -324,64 +325,66 @@ class ContinualOptimizer:
         if self._step == 0 or (self._seen and self._step <= len(self._seen)):
             self._step = len(self._seen) + 1
         step, base = self._step, self._context
-        started = time.perf_counter()
-        t_usage, r_usage = usage_of(self.task_lm), usage_of(self.reflection_lm)
-        self.ledger.start_task(task.name)
-        self.emit("task_start", task.name, index=step, budget=self.budget.to_dict())
-        scope = task.name if self._scenario == "task-aware" else GLOBAL
-        predictor = target_predictor(program, task.output)
-        n_pred = len(program.named_predictors())
+        with StepClock(run_dir / STEP_CLOCK_FILE, step) as clock:  # a resumed step keeps earlier attempts' time
+            t_usage, r_usage = usage_of(self.task_lm), usage_of(self.reflection_lm)
+            self.ledger.start_task(task.name)
+            self.emit("task_start", task.name, index=step, budget=self.budget.to_dict())
+            scope = task.name if self._scenario == "task-aware" else GLOBAL
+            predictor = target_predictor(program, task.output)
+            n_pred = len(program.named_predictors())
 
-        try:
-            decision, best, chosen_props, reason = self._learn(program, task, base, step, scope, predictor, n_pred,
-                                                               run_dir)
-        except BudgetExceeded as exc:
-            decision, best, chosen_props, reason = None, base, [], f"budget: {exc}"
-            self.emit("phase", task.name, phase="budget", message=str(exc))
+            try:
+                decision, best, chosen_props, reason = self._learn(program, task, base, step, scope, predictor, n_pred,
+                                                                   run_dir)
+            except BudgetExceeded as exc:
+                decision, best, chosen_props, reason = None, base, [], f"budget: {exc}"
+                self.emit("phase", task.name, phase="budget", message=str(exc))
 
-        accepted = bool(decision and decision.accepted) and best.hash != base.hash
-        passes: list[PassResult] = []
-        if accepted and over_budget(best, self.budget.max_context_tokens):  # consolidation first, else reject
-            best, accepted, reason, room = self._make_room(program, task, base, best, reason, step)
-            passes.append(room)
-        metadata = {
-            "step": step, "task": task.name, "accepted": accepted, "reason": reason,
-            "decision": decision.to_dict() if decision else None,
-            "edits": [{"proposal": p.name, "source": p.source, "edits": [e.to_dict() for e in p.edits]}
-                      for p in chosen_props],
-            "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
-                                           "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
-        }
-        if passes:
-            metadata["consolidation"] = passes[0].to_dict()
-        if accepted:
-            self._context = best
-            version = st.commit(best, f"step {step} {task.name}: accept {len(chosen_props)} proposal(s) — {reason}",
-                                metadata)
-            self.emit("commit", task.name, rev=version.rev, reason=reason, proposals=[p.name for p in chosen_props])
-        else:
-            head_meta = st.metadata("HEAD") if st.head() else {}
-            if not (head_meta.get("step") == step and head_meta.get("task") == task.name):
-                st.commit(base, f"step {step} {task.name}: roll back — {reason}", metadata, allow_empty=True)
-            self.emit("rollback", task.name, reason=reason, proposals=[p.name for p in chosen_props])
-        if task not in self._seen:
-            self._seen.append(task)
-        if self.consolidate:
-            passes.append(self._sleep(program, task, step))
+            accepted = bool(decision and decision.accepted) and best.hash != base.hash
+            passes: list[PassResult] = []
+            if accepted and over_budget(best, self.budget.max_context_tokens):  # consolidation first, else reject
+                best, accepted, reason, room = self._make_room(program, task, base, best, reason, step)
+                passes.append(room)
+            metadata = {
+                "step": step, "task": task.name, "accepted": accepted, "reason": reason,
+                "decision": decision.to_dict() if decision else None,
+                "edits": [{"proposal": p.name, "source": p.source, "edits": [e.to_dict() for e in p.edits]}
+                          for p in chosen_props],
+                "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
+                                               "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
+            }
+            if passes:
+                metadata["consolidation"] = passes[0].to_dict()
+            if accepted:
+                self._context = best
+                version = st.commit(best, f"step {step} {task.name}: accept {len(chosen_props)} proposal(s) — {reason}",
+                                    metadata)
+                self.emit("commit", task.name, rev=version.rev, reason=reason, proposals=[p.name for p in chosen_props])
+            else:
+                head_meta = st.metadata("HEAD") if st.head() else {}
+                if not (head_meta.get("step") == step and head_meta.get("task") == task.name):
+                    st.commit(base, f"step {step} {task.name}: roll back — {reason}", metadata, allow_empty=True)
+                self.emit("rollback", task.name, reason=reason, proposals=[p.name for p in chosen_props])
+            if task not in self._seen:
+                self._seen.append(task)
+            if self.consolidate:
+                passes.append(self._sleep(program, task, step))
 
-        test_row = None
-        if self.measure_test and _stream is not None:
-            test_row = tuple(self._measure(program, _stream, self._context))
-        t_used, r_used = usage_of(self.task_lm) - t_usage, usage_of(self.reflection_lm) - r_usage
-        record = StepRecord(
-            step=step, task=task.name, context_tokens=self._context.token_count(),
-            task_calls=t_used.calls, task_tokens=t_used.tokens, reflection_calls=r_used.calls,
-            reflection_tokens=r_used.tokens, wall_s=round(time.perf_counter() - started, 3), accepted=accepted,
-            extra={"reason": reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
-                   "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
-                   "items": sum(len(p.items) for _, p in self._context.predictors.items()),
-                   "context_hash": self._context.hash, **self._consolidation_figures(passes)},
-        )
+            test_row = None
+            if self.measure_test and _stream is not None:
+                test_row = tuple(self._measure(program, _stream, self._context))
+            t_used, r_used = usage_of(self.task_lm) - t_usage, usage_of(self.reflection_lm) - r_usage
+            record = StepRecord(
+                step=step, task=task.name, context_tokens=self._context.token_count(),
+                task_calls=t_used.calls, task_tokens=t_used.tokens, reflection_calls=r_used.calls,
+                reflection_tokens=r_used.tokens, wall_s=round(clock.seconds, 3), accepted=accepted,
+                extra={"reason": reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
+                       "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
+                       "items": sum(len(p.items) for _, p in self._context.predictors.items()),
+                       "context_hash": self._context.hash, "attempts": clock.attempts,
+                       **self._consolidation_figures(passes)},
+            )
+        clock.finish()
         self.emit("task_end", task.name, accepted=accepted, reason=reason, record=record.to_dict())
         return StepOutcome(step, task.name, accepted, reason, self._context, tuple(p.name for p in chosen_props),
                            decision, test_row, record)
