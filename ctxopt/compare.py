@@ -29,7 +29,11 @@ once), a method's own evaluations in ``RUN_DIR/<method>/eval_cache`` (so its
 call count does not depend on which methods ran before it), and LM requests in DSPy's request cache (the CLI points it at
 ``RUN_DIR/dspy_cache``), so a rerun costs next to nothing. A step cut off
 mid-learning starts again from its beginning, its cached requests answered at
-once, so its call counts are those of one clean attempt; its ``wall_s`` adds
+once. For the DSPy optimizers and the append/summarize baselines its call
+counts are then those of one clean attempt (DSPy-cache hits are counted).
+ctxopt's own evaluation cache answers what the killed attempt evaluated, so a
+resumed ctxopt step counts fewer task-LM calls; its budget charge
+(``extra["charged_task_calls"]``) is exact either way. Its ``wall_s`` adds
 the seconds the killed attempts spent (:class:`ctxopt._clock.StepClock`,
 ``RUN_DIR/<method>/learn_clock.json``) and ``extra["learn_attempts"]`` says
 how many attempts it took.
