@@ -1,8 +1,8 @@
 """Wall time of one step that survives a kill.
 
-A resumed run restarts a step that was cut off from its beginning (its cached
-LM requests are answered at once, so call counts stay those of one attempt).
-Its wall time should still say what the step cost. While a step runs, a
+A resumed run restarts a step that was cut off from its beginning; what the
+killed attempt already did is answered from the caches at once. The step's
+wall time should still say what the step cost. While a step runs, a
 :class:`StepClock` writes the seconds spent so far to a small JSON file every
 :data:`INTERVAL_S` seconds and on exit; the next attempt at the same step adds
 them, so at most one interval is lost to ``SIGKILL``. The owner calls
