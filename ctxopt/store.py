@@ -19,10 +19,13 @@ Layout of a version (one commit)::
     metadata.json              sidecar: context_hash, task, step, scores, LMs,
                                edits applied, kind (commit / rollback)
 
-The commit message is a subject line, one line per edit, and trailers
-(``Ctxopt-Context-Hash``, ``Ctxopt-Task``, ``Ctxopt-Step``). Secrets in
-metadata and messages are redacted before anything is written (keys named
-like ``api_key``/``token``/``secret``; strings like ``sk-…``).
+The file format lives in :mod:`ctxopt.store_format`. The commit message
+(:mod:`ctxopt.changelog`) is a subject line, a changelog with one line per
+edit saying what changed and why, and trailers (``Ctxopt-Context-Hash``,
+``Ctxopt-Task``, ``Ctxopt-Step``). Secrets in metadata and messages are
+redacted before anything is written (keys named like
+``api_key``/``token``/``secret``; strings like ``sk-…``). Export to DSPy's
+own JSON format is in :mod:`ctxopt.dspy_export`.
 
 Reliability
 -----------
@@ -57,7 +60,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import logging
@@ -67,30 +69,34 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ctxopt._atomic import write_text
 from ctxopt._diff import ContextDiff, ItemChange, PredictorDiff, diff_contexts
 from ctxopt._git import Git
 from ctxopt._redact import redact, redact_text
+from ctxopt.changelog import commit_message, parse_commit
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext
-from ctxopt.errors import ConfigError, EditError, StoreError, StoreLockedError
+from ctxopt.dspy_export import export_program, export_state
+from ctxopt.errors import ConfigError, StoreError, StoreLockedError
+from ctxopt.store_format import (
+    CONTEXT_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    dump_predictor,
+    load_predictor,
+    predictor_filename,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import dspy
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "ctxopt-store"
-FORMAT_VERSION = 1
-CONTEXT_DIR = "context"
-METADATA_FILE = "metadata.json"
 DEFAULT_LOCK_TIMEOUT = 30.0
 _MARKER = "ctxopt-store.json"  # inside .git: marks a directory as a store
 _SYNC_MARKER = "ctxopt-syncing"  # inside .git: a ref moved, the view may be stale
@@ -99,49 +105,6 @@ _LOCK_FILE = "ctxopt-writer.flock"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
 _REV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*([~^][0-9]{0,6})*$")
 _HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-# -- file format ------------------------------------------------------------------
-
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    pass
-
-
-def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data else None  # the emitter falls back to quotes when | cannot round-trip
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-
-_Dumper.add_representer(str, _str_representer)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def predictor_filename(name: str) -> str:
-    """File name of a predictor's YAML file: the name, %-escaped to be a safe file name."""
-    quoted = urllib.parse.quote(name, safe="")
-    if quoted.startswith("."):
-        quoted = "%2E" + quoted[1:]
-    return quoted + ".yaml"
-
-
-def dump_predictor(name: str, pc: PredictorContext) -> str:
-    """Render one predictor's context as the YAML text stored in ``context/<name>.yaml``."""
-    doc = {"predictor": name, **pc.to_dict()}
-    header = f"# Learned context of predictor {name!r}, written by ctxopt (schema 1). Edit with ctxopt.\n"
-    return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def load_predictor(text: str, where: str) -> tuple[str, PredictorContext]:
-    """Parse a predictor YAML file (safe loader only); raise StoreError naming ``where``."""
-    try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
-        if not isinstance(doc, dict) or not isinstance(doc.get("predictor"), str):
-            raise EditError("expected a mapping with a 'predictor' name")
-        name = doc.pop("predictor")
-        return name, PredictorContext.from_dict(doc)
-    except (yaml.YAMLError, EditError, TypeError, ValueError) as exc:
-        raise StoreError(f"{where} is not a valid predictor file: {str(exc).splitlines()[0]}") from None
 
 
 # -- records ----------------------------------------------------------------------
@@ -503,7 +466,7 @@ class Store:
             raw, meta_raw = blobs[2 * i], blobs[2 * i + 1]
             if raw is None:
                 raise StoreError(f"commit {s} is missing from store {self.path}")
-            parents, timestamp, message = _parse_commit(raw)
+            parsed = parse_commit(raw)
             try:
                 meta = json.loads(meta_raw) if meta_raw is not None else {}
             except ValueError:
@@ -512,10 +475,10 @@ class Store:
                 Version(
                     rev=s,
                     context_hash=str(meta.get("context_hash", "")),
-                    message=message,
+                    message=parsed.message,
                     metadata=meta,
-                    timestamp=timestamp,
-                    parents=parents,
+                    timestamp=parsed.timestamp,
+                    parents=parsed.parents,
                 )
             )
         return out
@@ -569,7 +532,7 @@ class Store:
         if files:
             entries.append(("040000", "tree", sub, CONTEXT_DIR))
         tree = self._git.mktree(entries)
-        text = _commit_message(subject, body, meta)
+        text = commit_message(subject, body, meta)
         parent_args = ["-p", head] if head else []
         sha = self._git.run("commit-tree", tree, *parent_args, "-F", "-", input=text)
         self._move_head(["update-ref", "-m", f"ctxopt {kind}: {subject[:60]}", "HEAD", sha, head or ""])
@@ -723,49 +686,20 @@ class Store:
         """Apply the context at ``rev`` to ``program`` and save it in DSPy's JSON format.
 
         The file loads with plain ``program.load(path)``; ctxopt is not needed.
+        See :func:`ctxopt.dspy_export.export_program`.
 
         Raises:
             ConfigError: if ``path`` does not end in ``.json`` or predictor names differ.
         """
-        out = Path(path)
-        if out.suffix != ".json":
-            raise ConfigError(f"DSPy state must be saved to a .json file, got {out}")
-        self.show(rev).apply_to(program, task=task)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.json")
-        try:
-            program.save(str(tmp))
-            os.replace(tmp, out)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return out
+        return export_program(self.show(rev), program, path, task)
 
     def export_dspy_state(self, path: str | os.PathLike[str], rev: str = "HEAD", task: str | None = None) -> Path:
         """Write DSPy's state JSON for the context at ``rev`` without needing the program's code.
 
-        Each predictor gets its rendered instructions and in-scope demos; field
-        prefixes and descriptions keep the program's own. ``program.load(path)``
-        reads it. Use :meth:`export_dspy` when the program is at hand.
+        ``program.load(path)`` reads it; see :func:`ctxopt.dspy_export.export_state`.
+        Use :meth:`export_dspy` when the program is at hand.
         """
-        from dspy.utils.saving import get_dependency_versions
-
-        out = Path(path)
-        if out.suffix != ".json":
-            raise ConfigError(f"DSPy state must be saved to a .json file, got {out}")
-        ctx = self.show(rev)
-        state: dict[str, Any] = {}
-        for name, pc in ctx.predictors.items():
-            state[name] = {
-                "traces": [],
-                "train": [],
-                "demos": [{**d.inputs, **d.outputs} for d in pc.scoped_demos(task)],
-                "signature": {"instructions": ctx.render(name, task), "fields": []},
-                "lm": None,
-            }
-        state["metadata"] = {"dependency_versions": get_dependency_versions()}
-        write_text(out, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
-        return out
+        return export_state(self.show(rev), path, task)
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -774,58 +708,6 @@ class Store:
 def _init_repo_files(gitdir: Path) -> None:
     (gitdir / "description").write_text("ctxopt store: versioned learned context\n", "utf-8")
     write_text(gitdir / _MARKER, json.dumps({"format": FORMAT, "version": FORMAT_VERSION}) + "\n")
-
-
-def _parse_commit(raw: bytes) -> tuple[tuple[str, ...], str, str]:
-    header, _, message = raw.decode("utf-8", "replace").partition("\n\n")
-    parents: list[str] = []
-    timestamp = ""
-    for line in header.splitlines():
-        if line.startswith("parent "):
-            parents.append(line[7:].strip())
-        elif line.startswith("committer "):
-            parts = line.rsplit(" ", 2)
-            with contextlib.suppress(ValueError, IndexError):
-                tz = parts[2]
-                offset = _dt.timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5])) * (-1 if tz[0] == "-" else 1)
-                timestamp = _dt.datetime.fromtimestamp(int(parts[1]), _dt.timezone(offset)).isoformat()
-    lines = message.rstrip("\n").split("\n")
-    while lines and (lines[-1].startswith("Ctxopt-") or not lines[-1].strip()):
-        lines.pop()
-    return tuple(parents), timestamp, "\n".join(lines)
-
-
-def _edit_lines(edits: list[Any]) -> list[str]:
-    from ctxopt.edits import describe, edit_from_dict
-
-    lines = []
-    for e in edits[:50]:
-        if isinstance(e, Mapping):
-            try:
-                lines.append("- " + describe(edit_from_dict(e)))
-                continue
-            except EditError:
-                pass
-        lines.append("- " + " ".join(str(e).split())[:120])
-    if len(edits) > 50:
-        lines.append(f"- … and {len(edits) - 50} more")
-    return lines
-
-
-def _commit_message(subject: str, body: str, meta: Mapping[str, Any]) -> str:
-    parts = [subject]
-    if body.strip():
-        parts.append(body.strip())
-    if meta.get("edits"):
-        parts.append("Edits:\n" + "\n".join(_edit_lines(meta["edits"])))
-    trailers = [f"Ctxopt-Context-Hash: {meta['context_hash']}", f"Ctxopt-Kind: {meta['kind']}"]
-    for key in ("task", "step"):
-        if meta.get(key) is not None:
-            trailers.append(f"Ctxopt-{key.capitalize()}: {' '.join(str(meta[key]).split())}")
-    if meta.get("scores") is not None:
-        trailers.append("Ctxopt-Scores: " + json.dumps(meta["scores"], sort_keys=True, separators=(",", ":"))[:500])
-    parts.append("\n".join(trailers))
-    return "\n\n".join(parts) + "\n"
 
 
 __all__ = [
@@ -837,7 +719,4 @@ __all__ = [
     "Demo",
     "Item",
     "validate_ref_name",
-    "predictor_filename",
-    "dump_predictor",
-    "load_predictor",
 ]

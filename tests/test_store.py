@@ -53,7 +53,8 @@ def edit_sequences(draw):
             demo_ids = [d.id for d in ctx.predictor(pred).demos]
             choice = draw(st.integers(0, 6))
             if choice == 0 or not ids and choice in (1, 2, 3):
-                e = AddItem(pred, draw(texts), scope=draw(scopes), kind=draw(st.sampled_from(["rule", "note", "strategy"])), rationale=draw(texts))
+                kind = draw(st.sampled_from(["rule", "note", "strategy"]))
+                e = AddItem(pred, draw(texts), scope=draw(scopes), kind=kind, rationale=draw(texts))
             elif choice == 1:
                 e = UpdateItem(pred, draw(st.sampled_from(ids)), draw(texts))
             elif choice == 2:
@@ -99,7 +100,8 @@ def test_commit_log_show_and_metadata(store):
     assert store.head() is None and store.current() is None and store.log() == []
     v0 = store.commit(BASE, "initial context", {"step": 0})
     c1 = grow(BASE, 2, 1)
-    v1 = store.commit(c1, "learned two rules", {"task": "t", "step": 1, "scores": {"val": 0.75}, "edits": [AddItem("qa.predict", "rule 1.0")]})
+    meta = {"task": "t", "step": 1, "scores": {"val": 0.75}, "edits": [AddItem("qa.predict", "rule 1.0")]}
+    v1 = store.commit(c1, "learned two rules", meta)
     assert [v.rev for v in store.log()] == [v1.rev, v0.rev]
     assert store.log(limit=1) == [store.head()]
     assert v1.parents == (v0.rev,) and v0.parents == ()
@@ -146,7 +148,12 @@ def test_semantic_and_textual_diff(store):
     v0 = store.commit(c0, "a")
     ids = [it.id for it in c0.items("qa.predict")]
     c1 = c0.apply_edits(
-        [UpdateItem("qa.predict", ids[0], "rule changed"), DeleteItem("qa.predict", ids[1]), AddItem("cls", "new"), RewriteInstruction("cls", "Label.")]
+        [
+            UpdateItem("qa.predict", ids[0], "rule changed"),
+            DeleteItem("qa.predict", ids[1]),
+            AddItem("cls", "new"),
+            RewriteInstruction("cls", "Label."),
+        ]
     )
     v1 = store.commit(c1, "b")
     d = store.diff(v0.rev, v1.rev)
@@ -196,7 +203,11 @@ def test_branch_switch_tag_and_detached_checkout(store):
         store.switch("ghost")
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/../b", "-rf", ".hidden", "x.lock", "a b", "HEAD", "refs/heads/x", "a~1", "a:b", "", "x" * 101, "deadbeef", "tab\t"])
+ODD_NAMES = ["../evil", "a/../b", "-rf", ".hidden", "x.lock", "a b", "HEAD", "refs/heads/x", "a~1", "a:b", "",
+             "x" * 101, "deadbeef", "tab\t"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
 def test_odd_ref_names_are_rejected(store, name):
     store.commit(BASE, "a")
     with pytest.raises(ConfigError, match="invalid branch name"):
@@ -241,7 +252,9 @@ def test_secrets_are_redacted_from_metadata_and_messages(store):
     }
     store.commit(BASE, "commit with sk-zzzzzzzzzzzzzzzzzzzz in message", meta)
     raw = json.dumps(store.metadata()) + git(store, "log", "-p", "--all")
-    for secret in ("sk-proj-abcdefghijklmnopqrstuv", "hunter2", "s3cr3t", "sk-abcdefghijklmnop1234", "hf_abcdefghijklmnopqrstuvwx", "sk-zzzz"):
+    secrets = ("sk-proj-abcdefghijklmnopqrstuv", "hunter2", "s3cr3t", "sk-abcdefghijklmnop1234",
+               "hf_abcdefghijklmnopqrstuvwx", "sk-zzzz")
+    for secret in secrets:
         assert secret not in raw
     saved = store.metadata()
     assert saved["lms"]["task"]["max_tokens"] == 512 and saved["scores"]["token_count"] == 10
