@@ -5,8 +5,10 @@ A :class:`LearnedContext` is an immutable value. It is extracted from any
 whose predictor names match (:meth:`LearnedContext.apply_to`), rendered into the
 exact text the LM sees (:meth:`LearnedContext.render`), and identified by the
 sha256 of its canonical JSON serialization (:attr:`LearnedContext.hash`).
-It only changes through typed edits (:mod:`ctxopt.edits`), which return a new
-context and never mutate the old one.
+It only changes through edits: any object that satisfies the :class:`Edit`
+protocol, normally the typed edits of :mod:`ctxopt.edits`. They return a new
+context and never mutate the old one. This module does not import
+:mod:`ctxopt.edits`; the edits depend on the context, not the reverse.
 
 dspy is imported lazily, so ``import ctxopt.context`` stays cheap.
 """
@@ -16,18 +18,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ctxopt.errors import ConfigError, EditError
+from ctxopt.tokens import count_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import dspy
-
-    from ctxopt.edits import Edit
 
 GLOBAL = "global"
 """Scope of an item or demo that applies to every task."""
@@ -264,6 +264,10 @@ class PredictorContext:
             return self.demos
         return tuple(d for d in self.demos if d.scope in (GLOBAL, task))
 
+    def task_scopes(self) -> tuple[str, ...]:
+        """The task scopes (every scope but :data:`GLOBAL`) of its items and demos, sorted."""
+        return tuple(sorted(({it.scope for it in self.items} | {d.scope for d in self.demos}) - {GLOBAL}))
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-compatible dict; :meth:`from_dict` inverts it."""
         return {
@@ -282,6 +286,37 @@ class PredictorContext:
             items=tuple(Item.from_dict(x) for x in d.get("items") or ()),
             demos=tuple(Demo.from_dict(x) for x in d.get("demos") or ()),
         )
+
+
+@runtime_checkable
+class Edit(Protocol):
+    """What :meth:`LearnedContext.apply_edits` needs of an edit.
+
+    The typed edits of :mod:`ctxopt.edits` implement it; this module never
+    imports them.
+    """
+
+    @property
+    def op(self) -> str:
+        """The edit's tag, e.g. ``"add_item"``; also the ``"op"`` of :meth:`to_dict`."""
+        ...
+
+    def apply(self, predictors: Mapping[str, PredictorContext], *, step: int, task: str | None) -> dict[str, PredictorContext]:
+        """Return a new name -> context dict with the edit applied; ``predictors`` is not changed.
+
+        Args:
+            predictors: The predictor contexts before the edit.
+            step: Stream step, recorded as provenance of new or changed items.
+            task: Task being learned (None if unknown), recorded as provenance.
+
+        Raises:
+            EditError: if the edit cannot be applied (unknown predictor or item, no-op, …).
+        """
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict with an ``"op"`` key."""
+        ...
 
 
 def _render_items(lines: list[str], items: Iterable[Item], *, label_kind: bool) -> None:
@@ -421,8 +456,8 @@ class LearnedContext:
     def token_count(self, predictor: str | None = None, task: str | None = None) -> int:
         """Tokens of the rendered text plus demos; summed over predictors if ``predictor`` is None.
 
-        Uses tiktoken's ``cl100k_base`` when its file is available offline
-        (litellm bundles it) and ``len(text) // 4`` otherwise.
+        Tokens are :data:`ctxopt.tokens.TOKENIZER` tokens (:func:`ctxopt.tokens.count_tokens`),
+        the same on every install.
         """
         names = [predictor] if predictor is not None else list(self.predictors)
         total = 0
@@ -438,15 +473,17 @@ class LearnedContext:
     def apply_edits(self, edits: Sequence[Edit], *, step: int = 0, task: str | None = None) -> LearnedContext:
         """Apply ``edits`` in order and return the new context (all or nothing).
 
+        Each edit's :meth:`Edit.apply` gets the predictors as changed by the edits before it.
+
         Raises:
             EditError: if any edit is invalid; ``self`` is never changed.
         """
-        from ctxopt.edits import apply_edit
-
-        predictors = dict(self.predictors)
+        predictors: dict[str, PredictorContext] = dict(self.predictors)
         for i, edit in enumerate(edits):
             try:
-                predictors = apply_edit(predictors, edit, step=step, task=task)
+                if not isinstance(edit, Edit):
+                    raise EditError(f"not an edit: {edit!r}")
+                predictors = edit.apply(predictors, step=step, task=task)
             except EditError as exc:
                 raise EditError(f"edit {i + 1} of {len(edits)} rejected, nothing applied: {exc}") from None
         return LearnedContext(predictors)
@@ -463,7 +500,7 @@ class LearnedContext:
         for name, pred in program.named_predictors():
             sig = pred.signature
             input_names = set(sig.input_fields)
-            demos = []
+            demos: list[Demo] = []
             for raw in getattr(pred, "demos", None) or ():
                 data = dict(raw.toDict() if hasattr(raw, "toDict") else raw)
                 inputs = {k: v for k, v in data.items() if k in input_names}
@@ -509,52 +546,12 @@ class LearnedContext:
         return program
 
 
-@functools.lru_cache(maxsize=1)
-def _encoder() -> Any:
-    """tiktoken cl100k_base loaded offline, or None. Never touches the network."""
-    try:
-        import importlib.util
-
-        import tiktoken
-        import tiktoken.load
-    except ImportError:
-        return None
-    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
-    key = hashlib.sha1(url.encode()).hexdigest()
-    dirs = [os.environ.get("TIKTOKEN_CACHE_DIR"), os.environ.get("DATA_GYM_CACHE_DIR")]
-    spec = importlib.util.find_spec("litellm")
-    if spec and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            dirs.append(os.path.join(loc, "litellm_core_utils", "tokenizers"))
-    for d in dirs:
-        if d and os.path.isfile(os.path.join(d, key)):
-            old = os.environ.get("TIKTOKEN_CACHE_DIR")
-            os.environ["TIKTOKEN_CACHE_DIR"] = d
-            try:
-                return tiktoken.get_encoding("cl100k_base")
-            except Exception:  # noqa: BLE001 - a broken cache means: fall back
-                return None
-            finally:
-                if old is None:
-                    os.environ.pop("TIKTOKEN_CACHE_DIR", None)
-                else:
-                    os.environ["TIKTOKEN_CACHE_DIR"] = old
-    return None
-
-
-def count_tokens(text: str) -> int:
-    """Deterministic token count: cl100k_base if available offline, else ``len(text) // 4``."""
-    enc = _encoder()
-    if enc is None:
-        return len(text) // 4
-    return len(enc.encode(text, disallowed_special=()))
-
-
 def replace_item(pc: PredictorContext, item_id: str, new: Item | None) -> PredictorContext:
     """Return ``pc`` with item ``item_id`` replaced by ``new`` (or removed if None)."""
     pc.item(item_id)
-    items = tuple(new if it.id == item_id else it for it in pc.items if new is not None or it.id != item_id)
-    return replace(pc, items=items)
+    if new is None:
+        return replace(pc, items=tuple(it for it in pc.items if it.id != item_id))
+    return replace(pc, items=tuple(new if it.id == item_id else it for it in pc.items))
 
 
 __all__ = [
@@ -562,9 +559,11 @@ __all__ = [
     "KINDS",
     "Item",
     "Demo",
+    "Edit",
     "PredictorContext",
     "LearnedContext",
     "canonical_json",
-    "count_tokens",
+    "count_tokens",  # re-exported from ctxopt.tokens for existing importers; new code imports it from there
     "demo_id",
+    "replace_item",
 ]

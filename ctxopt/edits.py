@@ -1,7 +1,9 @@
 """Typed delta edits of a :class:`~ctxopt.context.LearnedContext`.
 
 Each edit is a frozen dataclass naming its ``predictor`` and carrying a
-``rationale``. Edits are applied with
+``rationale``; each implements the :class:`~ctxopt.context.Edit` protocol
+(``op``, ``apply(predictors, step=, task=)``, ``to_dict()``), so this module
+depends on :mod:`ctxopt.context` and not the reverse. Edits are applied with
 :meth:`LearnedContext.apply_edits <ctxopt.context.LearnedContext.apply_edits>`,
 which returns a new context; an invalid edit (missing item id, no-op, unknown
 predictor) raises :class:`~ctxopt.errors.EditError` and nothing changes.
@@ -72,6 +74,24 @@ class _EditBase:
     def __post_init__(self) -> None:
         self._check()
 
+    def apply(
+        self, predictors: Mapping[str, PredictorContext], *, step: int = 0, task: str | None = None
+    ) -> dict[str, PredictorContext]:
+        """Apply the edit to its predictor in ``predictors`` and return a new dict (:class:`~ctxopt.context.Edit`).
+
+        Raises:
+            EditError: if the predictor is unknown or the edit is invalid; ``predictors`` is not changed.
+        """
+        name = self.predictor  # type: ignore[attr-defined]
+        if name not in predictors:
+            known = ", ".join(sorted(predictors)) or "none"
+            raise EditError(f"{self.op}: no predictor named {name!r} (known: {known})")
+        return {**predictors, name: self.apply_predictor(predictors[name], step=step, task=task)}
+
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        """Return the context of the edit's own predictor, ``pc``, with the edit applied."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class AddItem(_EditBase):
@@ -99,7 +119,7 @@ class AddItem(_EditBase):
         """The deterministic id the new item gets."""
         return item_id_for(self.predictor, self.text, self.scope, self.kind)
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         for it in pc.items:
             if it.scope == self.scope and it.text == self.text:
                 raise EditError(f"add_item is a no-op: item {it.id} already has this text in scope {self.scope!r}")
@@ -134,7 +154,7 @@ class UpdateItem(_EditBase):
     text: str
     rationale: str = ""
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         old = pc.item(self.item_id)
         if old.text == self.text:
             raise EditError(f"update_item is a no-op: item {self.item_id} already has this text")
@@ -156,7 +176,7 @@ class DeleteItem(_EditBase):
     item_id: str
     rationale: str = ""
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         return replace_item(pc, self.item_id, None)
 
 
@@ -183,7 +203,7 @@ class MergeItems(_EditBase):
         object.__setattr__(self, "item_ids", tuple(self.item_ids))
         self._check()
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         if len(self.item_ids) < 2 or len(set(self.item_ids)) != len(self.item_ids):
             raise EditError(f"merge_items needs two or more distinct item ids, got {list(self.item_ids)}")
         olds = [pc.item(i) for i in self.item_ids]
@@ -227,7 +247,7 @@ class RewriteInstruction(_EditBase):
     text: str
     rationale: str = ""
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         if not isinstance(self.text, str):
             raise EditError("rewrite_instruction: text must be a string")
         if pc.instruction == self.text:
@@ -254,7 +274,7 @@ class AddDemo(_EditBase):
         if not isinstance(self.demo, Demo):
             raise EditError(f"add_demo: demo must be a Demo, got {type(self.demo).__name__}")
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         if any(d.id == self.demo.id for d in pc.demos):
             raise EditError(f"add_demo is a no-op: demo {self.demo.id} already exists")
         return replace(pc, demos=pc.demos + (self.demo,))
@@ -274,7 +294,7 @@ class RemoveDemo(_EditBase):
     demo_id: str
     rationale: str = ""
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         if all(d.id != self.demo_id for d in pc.demos):
             known = ", ".join(d.id for d in pc.demos[:10]) or "none"
             raise EditError(f"no demo with id {self.demo_id!r} (known ids: {known})")
@@ -297,7 +317,7 @@ class CountItem(_EditBase):
     harmful: int = 0
     rationale: str = ""
 
-    def apply(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         old = pc.item(self.item_id)
         if self.helpful == 0 and self.harmful == 0:
             raise EditError("count_item is a no-op: both increments are 0")
@@ -308,7 +328,7 @@ class CountItem(_EditBase):
 
 
 Edit = Union[AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem]
-"""Any typed edit."""
+"""Any of the typed edits above; each satisfies the :class:`ctxopt.context.Edit` protocol."""
 
 EDIT_TYPES: dict[str, type] = {
     cls.op: cls
@@ -373,12 +393,7 @@ def apply_edit(
     """
     if not isinstance(edit, _EditBase):
         raise EditError(f"not an edit: {edit!r}")
-    if edit.predictor not in predictors:  # type: ignore[attr-defined]
-        known = ", ".join(sorted(predictors)) or "none"
-        raise EditError(f"{edit.op}: no predictor named {edit.predictor!r} (known: {known})")  # type: ignore[attr-defined]
-    name = edit.predictor  # type: ignore[attr-defined]
-    new_pc = edit.apply(predictors[name], step=step, task=task)  # type: ignore[attr-defined]
-    return {**predictors, name: new_pc}
+    return edit.apply(predictors, step=step, task=task)
 
 
 __all__ = [

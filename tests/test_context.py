@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import dspy
 import pytest
 
-from ctxopt.context import GLOBAL, Demo, Item, LearnedContext, PredictorContext, count_tokens
+import ctxopt.context
+from ctxopt.context import GLOBAL, Demo, Edit, Item, LearnedContext, PredictorContext, count_tokens
 from ctxopt.edits import AddItem
 from ctxopt.errors import ConfigError, EditError
 
@@ -118,7 +123,10 @@ def test_apply_to_a_fresh_program_is_portable_and_respects_task_scope():
         "cls",
         dataclasses.replace(
             ctx.predictors["cls"],
-            demos=(Demo(inputs={"text": "ok"}, outputs={"label": "neu"}), Demo(inputs={"text": "lol"}, outputs={"label": "pos"}, scope="tweets")),
+            demos=(
+                Demo(inputs={"text": "ok"}, outputs={"label": "neu"}),
+                Demo(inputs={"text": "lol"}, outputs={"label": "pos"}, scope="tweets"),
+            ),
         ),
     )
     fresh = QA()
@@ -144,3 +152,50 @@ def test_apply_to_a_program_with_other_predictor_names_fails_naming_them():
 
 def test_global_constant():
     assert GLOBAL == "global" and Item("a", "b").scope == GLOBAL
+
+
+def _imported_modules(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_context_module_never_imports_the_edits_module():
+    """Not at the top, not lazily inside a function, not under TYPE_CHECKING: edits depend on the context only."""
+    imported = _imported_modules(Path(ctxopt.context.__file__).read_text(encoding="utf-8"))
+    assert not {name for name in imported if name == "ctxopt.edits" or name.startswith("ctxopt.edits.")}
+    assert "ctxopt.tokens.count_tokens" in imported  # the one token measure
+
+
+@dataclasses.dataclass(frozen=True)
+class Shout:
+    """An edit defined outside ctxopt.edits: anything with the Edit protocol can be applied."""
+
+    predictor: str
+    op: str = "shout"
+
+    def apply(self, predictors: Mapping[str, PredictorContext], *, step: int, task: str | None) -> dict[str, PredictorContext]:
+        pc = predictors[self.predictor]
+        return {**predictors, self.predictor: dataclasses.replace(pc, instruction=pc.instruction.upper())}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "predictor": self.predictor}
+
+
+def test_any_object_with_the_edit_protocol_can_be_applied_and_others_are_rejected():
+    ctx = make_ctx()
+    assert isinstance(Shout("cls"), Edit) and isinstance(AddItem("cls", "x"), Edit)
+    new = ctx.apply_edits([Shout("cls"), AddItem("cls", "New rule.")], step=2)
+    assert new.render("cls") == "LABEL IT.\n\nRules:\n- New rule." and ctx.predictor("cls").instruction == "Label it."
+    with pytest.raises(EditError, match="edit 2 of 2 rejected, nothing applied: not an edit"):
+        ctx.apply_edits([Shout("cls"), {"op": "add_item", "predictor": "cls", "text": "x"}])
+
+
+def test_task_scopes_are_the_sorted_non_global_scopes_of_items_and_demos():
+    assert make_ctx().predictor("qa").task_scopes() == ("algebra", "physics")
+    assert make_ctx().predictor("cls").task_scopes() == ()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ctxopt.context import Demo, Item, LearnedContext, PredictorContext
+from ctxopt.context import Demo, Edit, Item, LearnedContext, PredictorContext
 from ctxopt.edits import (
+    EDIT_TYPES,
     AddDemo,
     AddItem,
     CountItem,
@@ -14,6 +15,7 @@ from ctxopt.edits import (
     RemoveDemo,
     RewriteInstruction,
     UpdateItem,
+    apply_edit,
     describe,
     edit_from_dict,
     item_id_for,
@@ -25,14 +27,16 @@ DEMO = Demo(inputs={"q": "1+1"}, outputs={"a": "2"})
 
 @pytest.fixture
 def ctx() -> LearnedContext:
-    return LearnedContext({"qa": PredictorContext("Answer.", (Item("r-a", "Be exact.", helpful=2), Item("r-b", "Be brief.", harmful=1)))})
+    items = (Item("r-a", "Be exact.", helpful=2), Item("r-b", "Be brief.", harmful=1))
+    return LearnedContext({"qa": PredictorContext("Answer.", items)})
 
 
 def test_add_item_has_deterministic_id_and_provenance(ctx):
     new = ctx.apply_edits([AddItem("qa", "Cite.", scope="bio", kind="note", rationale="no sources")], step=7, task="bio")
     item = new.items("qa")[-1]
     assert item.id == item_id_for("qa", "Cite.", "bio", "note") and item.id.startswith("n-") and len(item.id) == 10
-    assert (item.scope, item.source_task, item.source_step, item.created_step, item.rationale) == ("bio", "bio", 7, 7, "no sources")
+    provenance = (item.scope, item.source_task, item.source_step, item.created_step, item.rationale)
+    assert provenance == ("bio", "bio", 7, 7, "no sources")
     again = ctx.apply_edits([AddItem("qa", "Cite.", scope="bio", kind="note", rationale="no sources")], step=7, task="bio")
     assert again.hash == new.hash
 
@@ -131,3 +135,24 @@ def test_edit_from_dict_rejects_unknown_ops_and_fields():
         edit_from_dict({"op": "delete_item", "predictor": "qa"})
     with pytest.raises(EditError, match="kind"):
         AddItem("qa", "x", kind="law")
+
+
+@pytest.mark.parametrize("edit", ALL_EDITS, ids=lambda e: e.op)
+def test_every_edit_implements_the_context_edit_protocol(edit, ctx):
+    assert isinstance(edit, Edit) and edit.to_dict()["op"] == edit.op
+    predictors = dict(ctx.predictors)
+    if isinstance(edit, (RemoveDemo, UpdateItem, MergeItems, CountItem, DeleteItem)):
+        predictors = AddDemo("qa", DEMO).apply(predictors, step=0, task=None)
+    after = edit.apply(predictors, step=4, task="t")
+    assert after is not predictors and set(after) == {"qa"} and after["qa"] != predictors["qa"]
+    assert LearnedContext(after) == LearnedContext(predictors).apply_edits([edit], step=4, task="t")
+
+
+def test_every_edit_type_is_covered_and_apply_edit_still_works_for_old_callers(ctx):
+    assert sorted(EDIT_TYPES) == sorted(e.op for e in ALL_EDITS)
+    after = apply_edit(ctx.predictors, AddItem("qa", "Cite."), step=1)
+    assert [it.text for it in after["qa"].items] == ["Be exact.", "Be brief.", "Cite."] and len(ctx.items("qa")) == 2
+    with pytest.raises(EditError, match="not an edit"):
+        apply_edit(ctx.predictors, {"op": "add_item"})  # type: ignore[arg-type]
+    with pytest.raises(EditError, match="add_item: no predictor named 'nope' \\(known: qa\\)"):
+        apply_edit(ctx.predictors, AddItem("nope", "x"))
