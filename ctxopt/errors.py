@@ -12,6 +12,7 @@ its message as one line and exits with status 2, with no traceback::
     ├── StoreError           a store operation failed (not a store, bad ref, …)
     │   └── StoreLockedError another writer holds the store lock
     ├── EditError            an edit is invalid (missing item id, no-op, …)
+    ├── ProgramError         every example of an evaluation failed the same way (broken program or LM)
     └── BudgetExceeded       a hard budget would be exceeded
 """
 
@@ -50,6 +51,10 @@ class StoreLockedError(StoreError):
     """Another process holds the store's write lock."""
 
 
+class ProgramError(CtxoptError):
+    """Every example of an evaluation failed with the same exception: the program or its LM is broken."""
+
+
 class EditError(CtxoptError):
     """An edit cannot be applied; the context is left unchanged."""
 
@@ -69,4 +74,5 @@ __all__ = [
     "StoreLockedError",
     "EditError",
     "BudgetExceeded",
+    "ProgramError",
 ]

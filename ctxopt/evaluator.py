@@ -12,14 +12,28 @@ score 0 with feedback saying what went wrong and ``error`` set; it is counted
 in :attr:`EvalResult.failures` and never stops the run. (A timed-out call
 cannot be killed; its thread is abandoned and its late result ignored.)
 
-**Cache.** Results are keyed by (context hash or ``"none"``, example id,
-:func:`lm_id`), plus the program's own state, the scenario, the task name and
-its metric, so a changed program or metric never reuses stale scores. An
-unchanged version is never re-evaluated. With ``cache_dir`` the cache is a
+**Cache.** Results are keyed by what the model actually sees for the
+example: the program's state *after* the context is applied (each
+predictor's rendered instruction and demos, its fields and config), plus the
+example id, :func:`lm_id`, the scenario, the task name and its metric. Two
+contexts that render the same prompts for a task share its cached results, so
+a change to one task's items never re-runs another task; a changed program or
+metric never reuses stale scores. With ``cache_dir`` the cache is a
 SQLite file ``cache_dir/evals.sqlite`` (each write is one transaction, so it is
 atomic and safe across threads and processes); without it, results are cached
 in memory for the evaluator's lifetime. Failed examples are not cached: a
 transient LM error is retried on the next evaluation.
+
+**A broken program stops the run.** When every example of an evaluation fails
+with the same exception (a program that rejects its inputs, a dead LM
+endpoint), :meth:`Evaluator.evaluate` raises :class:`~ctxopt.errors.ProgramError`
+with one line naming the exception, instead of returning a table of zeros.
+Unparseable replies and timeouts stay bad scores: a poor candidate context can
+cause them.
+
+**Task label.** In a task-aware stream the example carries its task name in
+the ``task`` input; it is passed to the program only if the program's
+``forward`` declares a ``task`` parameter (or ``**kwargs``).
 
 **Test data.** :meth:`Evaluator.evaluate_test` is the only door to a task's
 sealed test split; use it only to fill the accuracy matrix.
@@ -44,6 +58,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import sqlite3
@@ -56,7 +71,7 @@ from typing import Any, Protocol
 
 import dspy
 
-from ctxopt.errors import ConfigError
+from ctxopt.errors import ConfigError, ProgramError
 from ctxopt.metrics import Score
 from ctxopt.tasks import SCENARIOS, TASK_FIELD, Task, _test_split, example_id
 
@@ -174,8 +189,6 @@ class EvalResult:
     def scores(self) -> list[float]:
         return [r.score for r in self.results]
 
-    def by_id(self) -> dict[str, ExampleResult]:
-        return {r.example_id: r for r in self.results}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -419,8 +432,10 @@ class Evaluator:
             context.apply_to(prog, task=task.name if aware else None)
         prog.set_lm(self.lm)
         ctx_hash = str(context.hash) if context is not None else "none"
+        takes_task = aware and _accepts(prog, TASK_FIELD)
+        # Keyed by the rendered view (the applied program's fingerprint), not by the whole context's hash.
         base = json.dumps(
-            [ctx_hash, _program_fingerprint(prog), self.lm_id, scenario, task.name, _metric_name(task)],
+            [_program_fingerprint(prog), self.lm_id, scenario, takes_task, task.name, _metric_name(task)],
             ensure_ascii=False,
         )
 
@@ -439,7 +454,7 @@ class Evaluator:
 
         if todo:
             names = {id(p): n for n, p in prog.named_predictors()}
-            run = _Run(self, prog, task, examples, todo, aware, names)
+            run = _Run(self, prog, task, examples, todo, takes_task, names)
             for i, res in run.execute().items():
                 results[i] = res
                 if res.error is None:
@@ -447,6 +462,7 @@ class Evaluator:
 
         final = tuple(r for r in results if r is not None)
         out = EvalResult(final, task=task.name, context_hash=ctx_hash, lm=self.lm_id, wall_s=time.perf_counter() - start)
+        _raise_if_broken(out, task)
         if out.failures:
             logger.warning("task %s: %d of %d examples failed", task.name, out.failures, len(final))
         logger.debug(
@@ -479,7 +495,7 @@ class Evaluator:
     ) -> ExampleResult:
         eid = example_id(example)
         inputs = dict(example.inputs().items())
-        if aware:
+        if aware:  # the program declares the task label (see Evaluator.evaluate)
             inputs.setdefault(TASK_FIELD, task.name)
         else:
             inputs.pop(TASK_FIELD, None)
@@ -501,6 +517,34 @@ class Evaluator:
                 _prediction_dict(pred), _trace(trace, names), _short_error(exc),
             )
         return ExampleResult(eid, value, score.feedback, _prediction_dict(pred), _trace(trace, names), None)
+
+
+def _accepts(program: dspy.Module, name: str) -> bool:
+    """Whether ``program``'s ``forward`` takes a keyword ``name`` (declared, or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(program.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+_SCORE_ONLY = ("AdapterParseError", "TimeoutError")  # a poor context can cause these: they stay bad scores
+
+
+def _raise_if_broken(result: EvalResult, task: Task) -> None:
+    """Stop with one line when every example failed with the same exception (never a table of zeros).
+
+    One failed example alone is not enough evidence: it may be an odd input.
+    """
+    errors = {r.error for r in result.results}
+    if len(result.results) < 2 or None in errors or len(errors) != 1:
+        return
+    error = errors.pop()
+    if str(error).split(":", 1)[0] in _SCORE_ONLY:
+        return
+    raise ProgramError(
+        f"all {len(result.results)} examples of task {task.name} failed with the same error: {error}; "
+        "fix the program (its forward() must accept the stream's input fields) or the LM it calls, then rerun")
 
 
 def _trace(trace: Sequence[Any], names: Mapping[int, str]) -> list[dict[str, Any]]:

@@ -72,10 +72,6 @@ class Decision:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Decision:
-        return cls(**data)
-
 
 class Gate(Protocol):
     """Decides whether a candidate context lands."""

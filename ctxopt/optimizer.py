@@ -176,8 +176,9 @@ class ContinualOptimizer:
         self._proposers = proposers
         self._extra_proposers = list(extra_proposers)
         self.run_dir: Path | None = Path(run_dir) if run_dir else None
-        if store is not None:
-            self._store = store  # commit into an existing store (e.g. a transfer branch)
+        self._given_store = store  # commit into an existing store (e.g. a transfer branch)
+        self._store: Store | None = store
+        self._evaluator: Evaluator | None = None
         self.ledger = Ledger(self.budget)
         self._seen: list[Task] = []
         self._context: LearnedContext | None = None
@@ -203,9 +204,9 @@ class ContinualOptimizer:
         if self.run_dir is None:
             raise ConfigError("no run directory: pass store=DIR to fit() or run_dir=DIR to ContinualOptimizer")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not hasattr(self, "_store"):
+        if self._store is None:
             self._store = Store.init(self.run_dir / "store")
-        if not hasattr(self, "_evaluator"):
+        if self._evaluator is None:
             self._evaluator = Evaluator(self.task_lm, num_threads=self.num_threads,
                                         cache_dir=self.run_dir / "eval_cache")
         return self.run_dir, self._store, self._evaluator
@@ -262,6 +263,7 @@ class ContinualOptimizer:
                      "done": 0, "r0": None, "R": [], "steps": [], "context_hash": self._context.hash,
                      "rev": st.head().rev, "ledger": self.ledger.to_dict()}
         else:
+            self._check_budget(state_path, state)
             self._context = st.show(state["rev"])
             self.ledger = Ledger.from_dict(state["ledger"])
         self._seen = list(stream.tasks[: state["done"]])
@@ -274,7 +276,7 @@ class ContinualOptimizer:
             if i < state["done"]:
                 continue
             self._step = i + 1
-            outcome = self.step(program, task, _stream=stream)
+            outcome = self.step(program, task, _stream=stream, _keep_clock=True)
             state["done"] = i + 1
             state["R"].append(list(outcome.test_row) if outcome.test_row is not None else None)
             state["steps"].append(outcome.record.to_dict())
@@ -282,6 +284,7 @@ class ContinualOptimizer:
             state["rev"] = st.head().rev
             state["ledger"] = self.ledger.to_dict()
             write_json(state_path, state)
+            StepClock(run_dir / STEP_CLOCK_FILE, i + 1).finish()  # only once the step is saved
         measured = state["r0"] is not None
         result = RunResult(
             method="ctxopt",
@@ -300,7 +303,7 @@ class ContinualOptimizer:
 
     def step(self, program: dspy.Module, task: Task, *, context: LearnedContext | None = None,
              seen: Sequence[Task] | None = None, scenario: str | None = None,
-             _stream: TaskStream | None = None) -> StepOutcome:
+             _stream: TaskStream | None = None, _keep_clock: bool = False) -> StepOutcome:
         """Learn from one newly arrived task and (if a stream is known) measure the test row.
 
         Args:
@@ -340,7 +343,7 @@ class ContinualOptimizer:
                 decision, best, chosen_props, reason = None, base, [], f"budget: {exc}"
                 self.emit("phase", task.name, phase="budget", message=str(exc))
 
-            accepted = bool(decision and decision.accepted) and best.hash != base.hash
+            accepted = bool(decision and decision.accepted)  # _learn returns no decision when best is base
             passes: list[PassResult] = []
             if accepted and over_budget(best, self.budget.max_context_tokens):  # consolidation first, else reject
                 best, accepted, reason, room = self._make_room(program, task, base, best, reason, step)
@@ -348,7 +351,8 @@ class ContinualOptimizer:
             metadata = {
                 "step": step, "task": task.name, "accepted": accepted, "reason": reason,
                 "decision": decision.to_dict() if decision else None,
-                "edits": [{"proposal": p.name, "source": p.source, "edits": [e.to_dict() for e in p.edits]}
+                "edits": [{"proposal": p.name, "source": p.source, "rationale": p.rationale,
+                           "edits": [e.to_dict() for e in p.edits]}
                           for p in chosen_props],
                 "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
                                                "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
@@ -384,7 +388,8 @@ class ContinualOptimizer:
                        "context_hash": self._context.hash, "attempts": clock.attempts,
                        **self._consolidation_figures(passes)},
             )
-        clock.finish()
+        if not _keep_clock:  # fit finishes the clock itself, after it has saved the step
+            clock.finish()
         self.emit("task_end", task.name, accepted=accepted, reason=reason, record=record.to_dict())
         return StepOutcome(step, task.name, accepted, reason, self._context, tuple(p.name for p in chosen_props),
                            decision, test_row, record)
@@ -435,31 +440,42 @@ class ContinualOptimizer:
         cur_mb = self._sample(task.val, self.budget.val_minibatch, "val", task.name)
         replay_mb = {t.name: self._sample(t.val, self.budget.replay_per_task, "replay", t.name) for t in earlier}
         tasks_by_name = {t.name: t for t in earlier}
-        search_cost = n_pred * (len(cur_mb) + sum(len(v) for v in replay_mb.values()))
+        # A candidate is scored on the replay sample of the earlier tasks whose prompts it changes; on the
+        # others it scores exactly as the current context does, so they are neither run nor charged.
+        def changed(ctx: LearnedContext) -> list[str]:
+            return [n for n in replay_mb if self._view(ctx, tasks_by_name[n]) != self._view(base, tasks_by_name[n])]
+
+        def cost(contexts: dict[str, LearnedContext]) -> int:
+            """Calls to score ``contexts`` (the current one among them): the val minibatch for each, the replay
+            sample of each changed task for each context that changes it, and once for the current context."""
+            changes = [changed(c) for h, c in contexts.items() if h != base.hash]
+            replayed = {n for ch in changes for n in ch}
+            return n_pred * (len(cur_mb) * len(contexts) + sum(len(replay_mb[n]) for ch in changes for n in ch)
+                             + sum(len(replay_mb[n]) for n in replayed))
+
         # The search may spend what is left after reserving the gate; it pays once per distinct
         # context, counted from the study itself so a resumed search is charged exactly the same.
         allowance = self.ledger.remaining("task") - reserved
-        evaluated: set[str] = set()
+        evaluated: dict[str, LearnedContext] = {}
 
-        def replay_means(ctx: LearnedContext) -> dict[str, float]:
-            return {name: self._evaluator.evaluate(program, ctx, tasks_by_name[name], exs,
-                                                   scenario=self._scenario).mean
-                    for name, exs in replay_mb.items()}
+        def replay_mean(ctx: LearnedContext, name: str) -> float:
+            return self._evaluator.evaluate(program, ctx, tasks_by_name[name], replay_mb[name],
+                                            scenario=self._scenario).mean
 
         def objective(ctx: LearnedContext) -> float | None:
-            if len(evaluated | {ctx.hash}) * search_cost > allowance:
+            if cost({**evaluated, ctx.hash: ctx}) > allowance:
                 return None
-            evaluated.add(ctx.hash)
+            evaluated[ctx.hash] = ctx
             cur = self._evaluator.evaluate(program, ctx, task, cur_mb, scenario=self._scenario).mean
-            replay_now = replay_means(ctx)
-            penalty = sum(max(0.0, baseline_replay[n] - replay_now[n]) for n in replay_now)
+            penalty = sum(max(0.0, replay_mean(base, n) - replay_mean(ctx, n)) for n in changed(ctx))
             return cur - 2.0 * penalty
 
-        if search_cost > allowance:
+        worst = n_pred * (len(cur_mb) + sum(len(v) for v in replay_mb.values()))
+        if worst > allowance:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: "
-                                 f"{search_cost} + reserved for the gate {reserved} > {self.ledger.remaining('task')} left")
-        baseline_replay = replay_means(base)
-        evaluated.add(base.hash)
+                                 f"{worst} + reserved for the gate {reserved} > {self.ledger.remaining('task')} left")
+        self._evaluator.evaluate(program, base, task, cur_mb, scenario=self._scenario)
+        evaluated[base.hash] = base
 
         def on_trial(rec: TrialRecord) -> None:
             self.emit("trial", task.name, **rec.to_dict())
@@ -467,7 +483,7 @@ class ContinualOptimizer:
         search = EditSearch(EditSearch.sqlite_url(run_dir), seed=self.seed, n_trials=self.budget.n_trials)
         result = search.run(f"step{step:02d}-{task.name}", base, proposals, objective, step=step, task=task.name,
                             on_trial=on_trial, evaluated=evaluated)
-        self.ledger.charge("task", len(evaluated) * search_cost)
+        self.ledger.charge("task", cost(evaluated))
         if result.best.hash == base.hash:
             why = "search found no combination better than the current context"
             if result.stopped_by_budget:
@@ -476,7 +492,7 @@ class ContinualOptimizer:
 
         # 4. gate on full val + replay sets (current C's replay scores come from the cache)
         self.emit("phase", task.name, phase="gate")
-        current, *replay = self._paired(program, task, base, result.best)
+        current, *replay = self._paired(program, task, base, result.best, changed_only=True, keep_current=True)
         decision = self.gate.decide(current, replay)
         self.emit("gate", task.name, **decision.to_dict())
         return decision, result.best, result.best_proposals, decision.reason
@@ -505,10 +521,12 @@ class ContinualOptimizer:
         return n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
     def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext, *,
-                changed_only: bool = False, charge: bool = True) -> list[PairedScores]:
+                changed_only: bool = False, keep_current: bool = False, charge: bool = True
+                ) -> list[PairedScores]:
         """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is ``task`` itself.
 
-        ``changed_only`` keeps only the tasks whose prompts differ (:meth:`LearnedContext.view`): on the
+        ``changed_only`` keeps only the tasks whose prompts differ (:meth:`LearnedContext.view`; with
+        ``keep_current`` the current task is always kept): on the
         others both sides score the same, so they are neither run nor charged. ``charge=False`` is for a
         re-check whose scores were all computed, and paid for, by earlier checks.
         """
@@ -516,10 +534,8 @@ class ContinualOptimizer:
         sets = self._gate_sets(task)
         cost = self._gate_cost(task, n_pred)
         if changed_only:
-            def key(ctx: LearnedContext, t: Task) -> str:
-                return ctx.view(t.name if self._scenario == "task-aware" else None)
-
-            keep = [i for i, (t, _) in enumerate(sets) if key(before, t) != key(after, t)]
+            keep = [i for i, (t, _) in enumerate(sets)
+                    if (i == 0 and keep_current) or self._view(before, t) != self._view(after, t)]
             cost = n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
             sets = [sets[i] for i in keep]
         if charge:
@@ -528,6 +544,10 @@ class ContinualOptimizer:
                                                                             scenario=self._scenario)),
                              self._scores(self._evaluator.evaluate(program, after, t, exs, scenario=self._scenario)))
                 for t, exs in sets]
+
+    def _view(self, ctx: LearnedContext, task: Task) -> str:
+        """What the program sees for ``task`` under ``ctx`` (equal views make equal prompts)."""
+        return ctx.view(task.name if self._scenario == "task-aware" else None)
 
     def _consolidation_check(self, program: dspy.Module, task: Task) -> Callable[..., Decision]:
         """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance).
@@ -638,8 +658,12 @@ class ContinualOptimizer:
 
     def _open_run(self, stream: TaskStream, store: str | Path | None) -> tuple[Path, Store, Path, dict | None]:
         """Bind the run directory, and read its saved state (None for a new run)."""
-        if store is not None:
+        if store is not None and (self.run_dir is None or Path(store) != self.run_dir):
             self.run_dir = Path(store)
+            # A new run directory: its own store and caches, never the previous run's (unless a store was given).
+            self._store, self._evaluator = self._given_store, None
+            self._context, self._seen, self._step = None, [], 0
+            self.ledger = Ledger(self.budget)
         run_dir, st, _ = self._paths()
         self._scenario = stream.scenario
         state_path = run_dir / "state.json"
@@ -656,6 +680,14 @@ class ContinualOptimizer:
             raise ConfigError(f"{path}: this run directory holds a different run (stream {state.get('stream')}, "
                               f"seed {state.get('seed')}); use a new run directory")
         return state
+
+    def _check_budget(self, path: Path, state: dict) -> None:
+        """Refuse to resume a run under another budget: the two budgets' charges would mix."""
+        old, new = state.get("ledger", {}).get("budget", {}), self.budget.to_dict()
+        changed = [f"{k} {old.get(k)} → {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if changed:
+            raise ConfigError(f"{path}: this run was started with another budget ({'; '.join(changed)}); "
+                              "resume it with its original budget or use a new run directory")
 
 
 def measure_row(evaluator: Evaluator, program: dspy.Module, stream: TaskStream,

@@ -105,10 +105,6 @@ class TaskDelta:
         return {"task": self.task, "without": self.without, "with_c": self.with_c, "delta": self.delta,
                 "adapted": self.adapted, "adapted_delta": self.adapted_delta, "final": self.final}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskDelta:
-        return cls(d["task"], d["without"], d["with_c"], d.get("adapted"), d.get("final"))
-
 
 @dataclass(frozen=True)
 class TransferResult:

@@ -68,13 +68,6 @@ class Proposal:
         return {"name": self.name, "source": self.source, "rationale": self.rationale, "group": self.group,
                 "edits": [e.to_dict() for e in self.edits]}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Proposal:
-        from ctxopt.edits import edit_from_dict
-
-        return cls(data["name"], tuple(edit_from_dict(e) for e in data["edits"]), data["source"],
-                   data.get("rationale", ""), data.get("group"))
-
 
 @dataclass(frozen=True)
 class Observation:

@@ -107,10 +107,10 @@ class EditSearch:
 
     def run(self, study_name: str, base: LearnedContext, proposals: Sequence[Proposal], objective: Objective,
             *, step: int, task: str, on_trial: Callable[[TrialRecord], None] | None = None,
-            evaluated: set[str] | None = None) -> SearchResult:
+            evaluated: dict[str, LearnedContext] | None = None) -> SearchResult:
         """Run (or resume) the study ``study_name``; return the best context found.
 
-        ``evaluated``, if given, is filled with the context hashes of trials a
+        ``evaluated``, if given, is filled with the contexts (by hash) of trials a
         previous process already finished, so a caller charging a budget per
         distinct context charges a resumed search exactly like a fresh one.
         """
@@ -134,7 +134,10 @@ class EditSearch:
 
         records: list[TrialRecord] = []
         if evaluated is not None:
-            evaluated.update(h for t in finished() if (h := t.user_attrs.get("context_hash")))
+            for t in finished():
+                ctx = build(t.params)[0] if t.user_attrs.get("context_hash") else None
+                if ctx is not None:
+                    evaluated[ctx.hash] = ctx
 
         def record(number: int, params: dict, value: float | None, ctx: LearnedContext | None,
                    on: list[Proposal]) -> None:
