@@ -79,6 +79,7 @@ from ctxopt.matrix import RunResult, StepRecord
 from ctxopt.optimizer import measure_row
 from ctxopt.store import Store
 from ctxopt.tasks import TaskStream
+from ctxopt.tokens import TOKENIZER
 
 __all__ = ["STATE_VERSION", "TABLE_FILE", "CompareEvent", "compare", "comparison_table"]
 
@@ -164,7 +165,7 @@ class _Run:
         meta = {"stream": self.stream.name, "stream_tasks": list(self.stream.names),
                 "scenario": self.stream.scenario, "seed": self.seed, "budget": self.budget.to_dict(),
                 "lms": self.lms, "joint": bool(getattr(method, "joint", False)),
-                "max_context_tokens": self.max_context_tokens,
+                "max_context_tokens": self.max_context_tokens, "tokenizer": TOKENIZER,
                 "errors": sum(1 for s in state["steps"] if s.get("extra", {}).get("error"))}
         if context is not None:
             meta.update(final_context_hash=context.hash, final_context_tokens=context.token_count())

@@ -67,6 +67,7 @@ from ctxopt.proposer import (
 )
 from ctxopt.search import EditSearch, TrialRecord
 from ctxopt.store import Store
+from ctxopt.tokens import TOKENIZER
 from ctxopt.tasks import Task, TaskStream, example_id
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,8 @@ class ContinualOptimizer:
             steps=[StepRecord.from_dict(s) for s in state["steps"]],
             meta={"stream": stream.name, "stream_tasks": list(stream.names), "scenario": stream.scenario, "seed": self.seed,
                   "budget": self.budget.to_dict(), "lms": self._lms(), "final_context_hash": self._context.hash,
-                  "final_rev": st.head().rev, "final_context_tokens": self._context.token_count()},
+                  "final_rev": st.head().rev, "final_context_tokens": self._context.token_count(),
+                  "tokenizer": TOKENIZER},
         )
         if measured:
             result.save(run_dir)
