@@ -73,6 +73,7 @@ import dspy
 
 from ctxopt.errors import ConfigError, ProgramError
 from ctxopt.metrics import Score
+from ctxopt.selector import ContextSelector, ScopeSelector
 from ctxopt.tasks import SCENARIOS, TASK_FIELD, Task, _test_split, example_id
 
 __all__ = [
@@ -368,6 +369,7 @@ class Evaluator:
         num_threads: Worker threads.
         cache_dir: Folder of the persistent cache; None keeps it in memory.
         timeout_s: Seconds one example may run before it counts as failed.
+        selector: What of the context is rendered for each input (:mod:`ctxopt.selector`); default: all in scope.
 
     Example:
         >>> from dspy.utils.dummies import DummyLM
@@ -382,8 +384,10 @@ class Evaluator:
         num_threads: int = 4,
         cache_dir: str | Path | None = None,
         timeout_s: float = 120.0,
+        selector: ContextSelector | None = None,
     ) -> None:
         self.lm = lm
+        self.selector: ContextSelector = selector or ScopeSelector()
         self.num_threads = max(1, int(num_threads))
         self.timeout_s = float(timeout_s)
         self._cache = _Cache(cache_dir)
@@ -427,23 +431,31 @@ class Evaluator:
             raise ConfigError(f"unknown scenario '{scenario}'; use one of {', '.join(SCENARIOS)}")
         start = time.perf_counter()
         aware = scenario == "task-aware"
-        prog = copy.deepcopy(program)
-        if context is not None:
-            context.apply_to(prog, task=task.name if aware else None)
-        prog.set_lm(self.lm)
+        label = task.name if aware else None
         ctx_hash = str(context.hash) if context is not None else "none"
-        takes_task = aware and _accepts(prog, TASK_FIELD)
-        # Keyed by the rendered view (the applied program's fingerprint), not by the whole context's hash.
-        base = json.dumps(
-            [_program_fingerprint(prog), self.lm_id, scenario, takes_task, task.name, _metric_name(task)],
-            ensure_ascii=False,
-        )
+        takes_task = aware and _accepts(program, TASK_FIELD)
+        # One program copy per distinct selection (the default selector makes one per evaluation).
+        built: dict[str, tuple[dspy.Module, str]] = {}
+        progs: list[dspy.Module] = []
 
         results: list[ExampleResult | None] = [None] * len(examples)
         keys: list[str] = []
         todo: list[int] = []
         for i, ex in enumerate(examples):
             eid = example_id(ex)
+            shown = None if context is None else self.selector.select(context, label, dict(ex.inputs().items()))
+            sel = shown.hash if shown is not None else "none"
+            if sel not in built:
+                prog = copy.deepcopy(program)
+                if shown is not None:
+                    shown.apply_to(prog, task=label)
+                prog.set_lm(self.lm)
+                # Keyed by the rendered view (the applied program's fingerprint), not by the whole context's hash.
+                built[sel] = prog, json.dumps(
+                    [_program_fingerprint(prog), self.lm_id, scenario, takes_task, task.name, _metric_name(task)],
+                    ensure_ascii=False)
+            prog, base = built[sel]
+            progs.append(prog)
             key = hashlib.sha256(f"{base}|{eid}".encode()).hexdigest()
             keys.append(key)
             hit = self._cache.get(key)
@@ -453,8 +465,8 @@ class Evaluator:
                 todo.append(i)
 
         if todo:
-            names = {id(p): n for n, p in prog.named_predictors()}
-            run = _Run(self, prog, task, examples, todo, takes_task, names)
+            names = {id(p): n for prog, _ in built.values() for n, p in prog.named_predictors()}
+            run = _Run(self, progs, task, examples, todo, takes_task, names)
             for i, res in run.execute().items():
                 results[i] = res
                 if res.error is None:
@@ -575,14 +587,14 @@ class _Run:
     def __init__(
         self,
         ev: Evaluator,
-        prog: dspy.Module,
+        progs: Sequence[dspy.Module],
         task: Task,
         examples: Sequence[dspy.Example],
         todo: list[int],
         aware: bool,
         names: Mapping[int, str],
     ) -> None:
-        self.ev, self.prog, self.task, self.examples = ev, prog, task, examples
+        self.ev, self.progs, self.task, self.examples = ev, progs, task, examples
         self.aware, self.names = aware, names
         self.pending = list(reversed(todo))
         self.total = len(todo)
@@ -598,7 +610,7 @@ class _Run:
                 i = self.pending.pop()
                 self.started[i] = time.monotonic()
             try:
-                res = self.ev._run_one(self.prog, self.task, self.examples[i], self.aware, self.names)
+                res = self.ev._run_one(self.progs[i], self.task, self.examples[i], self.aware, self.names)
             except BaseException as exc:  # noqa: BLE001 - never lose an example
                 res = ExampleResult(example_id(self.examples[i]), 0.0, _failure_feedback(exc), {}, [], _short_error(exc))
             with self.cond:

@@ -66,6 +66,7 @@ from ctxopt.proposer import (
     dedupe,
 )
 from ctxopt.search import EditSearch, TrialRecord
+from ctxopt.selector import ContextSelector
 from ctxopt.store import Store
 from ctxopt.tokens import TOKENIZER
 from ctxopt.tasks import Task, TaskStream, example_id
@@ -145,6 +146,10 @@ class ContinualOptimizer:
         consolidator: the :class:`Consolidator` to use, or a similarity name (``auto``, ``embedding``,
             ``lexical``) for the default one on ``reflection_lm``. With ``budget.max_context_tokens``
             set, it also makes room when a step would exceed the budget.
+        selector: What of C the model sees for each input (:mod:`ctxopt.selector`); default: all in scope.
+            It must depend only on the part of C in the input's scope (the gate skips tasks whose scope is unchanged).
+        evaluator: The :class:`Evaluator` to learn and measure with; default: a cached one in the run directory
+            (on ``task_lm``, with ``selector``).
     """
 
     def __init__(
@@ -165,6 +170,8 @@ class ContinualOptimizer:
         store: Store | None = None,
         consolidate: bool = False,
         consolidator: Consolidator | str | None = None,
+        selector: ContextSelector | None = None,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
@@ -179,7 +186,9 @@ class ContinualOptimizer:
         self.run_dir: Path | None = Path(run_dir) if run_dir else None
         self._given_store = store  # commit into an existing store (e.g. a transfer branch)
         self._store: Store | None = store
-        self._evaluator: Evaluator | None = None
+        self._given_evaluator = evaluator  # evaluate with this one instead of a cached one in the run directory
+        self._evaluator: Evaluator | None = evaluator
+        self.selector = selector
         self.ledger = Ledger(self.budget)
         self._seen: list[Task] = []
         self._context: LearnedContext | None = None
@@ -209,7 +218,7 @@ class ContinualOptimizer:
             self._store = Store.init(self.run_dir / "store")
         if self._evaluator is None:
             self._evaluator = Evaluator(self.task_lm, num_threads=self.num_threads,
-                                        cache_dir=self.run_dir / "eval_cache")
+                                        cache_dir=self.run_dir / "eval_cache", selector=self.selector)
         return self.run_dir, self._store, self._evaluator
 
     def _proposer_list(self, charge: Callable[[int], bool]) -> list[Proposer]:
@@ -663,7 +672,7 @@ class ContinualOptimizer:
         if store is not None and (self.run_dir is None or Path(store) != self.run_dir):
             self.run_dir = Path(store)
             # A new run directory: its own store and caches, never the previous run's (unless a store was given).
-            self._store, self._evaluator = self._given_store, None
+            self._store, self._evaluator = self._given_store, self._given_evaluator
             self._context, self._seen, self._step = None, [], 0
             self.ledger = Ledger(self.budget)
         run_dir, st, _ = self._paths()

@@ -1,0 +1,62 @@
+"""The ContextSelector seam: what of C the model sees is chosen per input, and the prompt shows the choice."""
+
+from __future__ import annotations
+
+from ctxopt.budget import get_budget
+from ctxopt.context import Item, LearnedContext, PredictorContext
+from ctxopt.evaluator import Evaluator
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.program import program_for
+from ctxopt.proposer import ReflectionProposer
+from ctxopt.selector import ContextSelector, KeepItems, ScopeSelector
+from tests.fakes import scripted_lm
+from tests.toy import RULES, reflection_lm, task_answer, task_lm, toy_stream
+
+SUFFIX, REVERSE = RULES["suffix"][0], RULES["reverse"][0]
+
+
+def test_a_custom_selectors_choice_is_what_the_prompt_shows():
+    stream = toy_stream("task-agnostic", names=("suffix",))
+    task = stream.tasks[0]
+    prompts: dict[str, str] = {}
+
+    def respond(system: str, user: str) -> str:
+        word = user.rsplit("[[ ## input ## ]]", 1)[-1].split("\n")[1].strip()
+        prompts[word] = system
+        return task_answer(system, user)
+
+    base = LearnedContext.from_program(program_for(stream))
+    pc = base.predictor("predict")
+    ctx = base.with_predictor("predict", PredictorContext(pc.instruction, items=(
+        Item(id="r-suffix01", text=SUFFIX), Item(id="r-revers01", text=REVERSE))))
+    # Words before "m" see only the suffix rule, the others only the reverse rule.
+    selector = KeepItems(lambda item, inputs: (item.text == SUFFIX) == (inputs["input"] < "m"))
+    assert isinstance(selector, ContextSelector)
+    res = Evaluator(scripted_lm(respond, name="scripted/sel"), num_threads=1, selector=selector).evaluate(
+        program_for(stream), ctx, task, task.val, scenario="task-agnostic")
+    for ex, r in zip(task.val, res.results):
+        word = ex.input
+        shown, hidden = (SUFFIX, REVERSE) if word < "m" else (REVERSE, SUFFIX)
+        assert shown in prompts[word] and hidden not in prompts[word]
+        assert (r.score == 1.0) == (word < "m")  # the suffix task is solved exactly where its rule was selected
+
+
+def test_the_default_selector_renders_everything_in_scope():
+    ctx = LearnedContext({"p": PredictorContext("Answer.", items=(Item(id="r-1", text="Be brief."),))})
+    assert ScopeSelector().select(ctx, "t", {"input": "x"}) is ctx
+
+
+def test_the_optimizer_learns_through_its_selector(tmp_path):
+    stream = toy_stream(names=("suffix",))
+    budget = get_budget("light", n_trials=4, train_minibatch=6, val_minibatch=5, replay_per_task=3,
+                        gate_replay_per_task=5)
+
+    def fit(selector, name):
+        opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget, seed=0, num_threads=2,
+                                 proposers=[ReflectionProposer(reflection_lm(), samples=1)], selector=selector)
+        return opt.fit(program_for(stream), stream, store=tmp_path / name)
+
+    assert fit(None, "default").steps[0].accepted is True
+    # A selector that never shows an item makes every learned rule invisible: nothing can pass the gate.
+    blind = fit(KeepItems(lambda item, inputs: False), "blind")
+    assert blind.steps[0].accepted is False and blind.R[0][0] == 0.0
