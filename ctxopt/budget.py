@@ -27,6 +27,8 @@ from typing import Literal
 
 from ctxopt.errors import BudgetExceeded, ConfigError
 
+__all__ = ["PRESETS", "Budget", "Charge", "Kind", "Ledger", "get_budget"]
+
 Kind = Literal["task", "reflection"]
 
 
@@ -87,6 +89,7 @@ class Ledger:
     task: str | None = None
     spent_task: dict[str, int] = field(default_factory=dict)
     spent_reflection: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> "kind:source" -> calls
 
     def start_task(self, task: str) -> None:
         self.task = task
@@ -108,8 +111,8 @@ class Ledger:
     def can_spend(self, kind: Kind, n: int) -> bool:
         return n <= self.remaining(kind)
 
-    def charge(self, kind: Kind, n: int) -> None:
-        """Record ``n`` calls; raise :class:`BudgetExceeded` (charging nothing) if over."""
+    def charge(self, kind: Kind, n: int, source: str | None = None) -> None:
+        """Record ``n`` calls (under ``source``, if named); raise :class:`BudgetExceeded` (charging nothing) if over."""
         if self.task is None:
             raise RuntimeError("Ledger.start_task must be called before charging")
         if not self.can_spend(kind, n):
@@ -117,12 +120,43 @@ class Ledger:
                                  f"{n} calls requested, {self.remaining(kind)} left")
         spent, _, _ = self._limits(kind)
         spent[self.task] = spent.get(self.task, 0) + n
+        if source is not None:
+            mine = self.by_source.setdefault(self.task, {})
+            mine[f"{kind}:{source}"] = mine.get(f"{kind}:{source}", 0) + n
+
+    def handle(self, source: str) -> Charge:
+        """A charge handle that books calls under ``source`` (given to proposers on their ProposalContext)."""
+        return Charge(self, source)
 
     def to_dict(self) -> dict:
         return {"budget": self.budget.to_dict(), "task": self.task,
-                "spent_task": dict(self.spent_task), "spent_reflection": dict(self.spent_reflection)}
+                "spent_task": dict(self.spent_task), "spent_reflection": dict(self.spent_reflection),
+                "by_source": {t: dict(v) for t, v in self.by_source.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> Ledger:
         return cls(Budget.from_dict(data["budget"]), data.get("task"), dict(data["spent_task"]),
-                   dict(data["spent_reflection"]))
+                   dict(data["spent_reflection"]), {t: dict(v) for t, v in data.get("by_source", {}).items()})
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One source's handle on a :class:`Ledger`: ``charge(n)`` books ``n`` reflection calls (or
+    ``charge(n, "task")`` task-LM calls) and says whether the budget allowed them.
+
+    Example:
+        >>> ledger = Ledger(get_budget("light"))
+        >>> ledger.start_task("t")
+        >>> charge = ledger.handle("proposer:Mine")
+        >>> charge(2), charge(5), ledger.by_source["t"]
+        (True, False, {'reflection:proposer:Mine': 2})
+    """
+
+    ledger: Ledger
+    source: str
+
+    def __call__(self, n: int, kind: Kind = "reflection") -> bool:
+        if self.ledger.task is None or not self.ledger.can_spend(kind, n):
+            return False
+        self.ledger.charge(kind, n, self.source)
+        return True

@@ -31,7 +31,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ class ContinualOptimizer:
     def _evaluate(self, program: dspy.Module, ctx: LearnedContext, task: Task,
                   examples: Sequence[dspy.Example], *, charge: bool = True) -> EvalResult:
         if charge:
-            self.ledger.charge("task", len(examples) * len(program.named_predictors()))
+            self.ledger.charge("task", len(examples) * len(program.named_predictors()), "observe")
         return self._evaluator.evaluate(program, ctx, task, list(examples), scenario=self._scenario)
 
     @staticmethod
@@ -394,6 +394,7 @@ class ContinualOptimizer:
                 task_calls=t_used.calls, task_tokens=t_used.tokens, reflection_calls=r_used.calls,
                 reflection_tokens=r_used.tokens, wall_s=round(clock.seconds, 3), accepted=accepted,
                 extra={"reason": reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
+                       "charged_by_source": dict(self.ledger.by_source.get(task.name, {})),
                        "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
                        "items": sum(len(p.items) for _, p in self._context.predictors.items()),
                        "context_hash": self._context.hash, "attempts": clock.attempts,
@@ -429,18 +430,14 @@ class ContinualOptimizer:
         # 2. propose
         self.emit("phase", task.name, phase="propose")
 
-        def charge_reflection(n: int) -> bool:
-            if not self.ledger.can_spend("reflection", n):
-                return False
-            self.ledger.charge("reflection", n)
-            return True
+        charge_reflection = self.ledger.handle("proposer:ReflectionProposer")
 
         pctx = ProposalContext(context=base, task=task.name, scope=scope, predictor=predictor,
                                inputs=tuple(program_inputs(program, predictor)), output=task.output,
                                observations=observations, train=tuple(task.train), seed=self.seed * 100 + step)
         raw: list[Proposal] = []
         for proposer in self._proposer_list(charge_reflection):
-            raw.extend(proposer.propose(pctx))
+            raw.extend(proposer.propose(replace(pctx, charge=self.ledger.handle(f"proposer:{type(proposer).__name__}"))))
         proposals, dropped = dedupe(base, raw, step=step, task=task.name)
         self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
         if not proposals:
@@ -494,7 +491,7 @@ class ContinualOptimizer:
         search = EditSearch(EditSearch.sqlite_url(run_dir), seed=self.seed, n_trials=self.budget.n_trials)
         result = search.run(f"step{step:02d}-{task.name}", base, proposals, objective, step=step, task=task.name,
                             on_trial=on_trial, evaluated=evaluated)
-        self.ledger.charge("task", cost(evaluated))
+        self.ledger.charge("task", cost(evaluated), "search")
         if result.best.hash == base.hash:
             why = "search found no combination better than the current context"
             if result.stopped_by_budget:
@@ -513,7 +510,7 @@ class ContinualOptimizer:
     def _charge_reflection(self, n: int) -> bool:
         if self.ledger.task is None or not self.ledger.can_spend("reflection", n):
             return False
-        self.ledger.charge("reflection", n)
+        self.ledger.charge("reflection", n, "consolidation")
         return True
 
     def _gate_sets(self, task: Task) -> list[tuple[Task, list[dspy.Example]]]:
@@ -532,7 +529,8 @@ class ContinualOptimizer:
         return n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
     def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext, *,
-                changed_only: bool = False, keep_current: bool = False, charge: bool = True
+                changed_only: bool = False, keep_current: bool = False, charge: bool = True,
+                source: str = "gate"
                 ) -> list[PairedScores]:
         """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is ``task`` itself.
 
@@ -550,7 +548,7 @@ class ContinualOptimizer:
             cost = n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
             sets = [sets[i] for i in keep]
         if charge:
-            self.ledger.charge("task", cost)  # raises: nothing run
+            self.ledger.charge("task", cost, source)  # raises: nothing run
         return [PairedScores(t.name, self._scores(self._evaluator.evaluate(program, before, t, exs,
                                                                             scenario=self._scenario)),
                              self._scores(self._evaluator.evaluate(program, after, t, exs, scenario=self._scenario)))
@@ -568,7 +566,7 @@ class ContinualOptimizer:
         gate = tolerance_gate(self.gate)
 
         def check(before: LearnedContext, after: LearnedContext) -> Decision:
-            scores = self._paired(program, task, before, after, changed_only=True)
+            scores = self._paired(program, task, before, after, changed_only=True, source="consolidation")
             if not scores:
                 return Decision(True, "no seen task's prompt changes", 0.0, {})
             return gate.decide(scores[0], scores[1:])

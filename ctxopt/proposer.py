@@ -93,6 +93,10 @@ class ProposalContext:
     observations: tuple[Observation, ...]
     train: tuple[dspy.Example, ...]
     seed: int = 0
+    charge: Callable[..., bool] = lambda n, kind="reflection": True
+    """Book LM calls a proposer makes: ``charge(n)`` for reflection calls, ``charge(n, "task")`` for task-LM
+    calls; False means the budget refuses and the call must not be made. The optimizer gives each proposer
+    its own handle, so its calls appear under its name in the ledger (``Ledger.by_source``)."""
 
     @property
     def failures(self) -> list[Observation]:

@@ -60,3 +60,22 @@ def test_the_optimizer_learns_through_its_selector(tmp_path):
     # A selector that never shows an item makes every learned rule invisible: nothing can pass the gate.
     blind = fit(KeepItems(lambda item, inputs: False), "blind")
     assert blind.steps[0].accepted is False and blind.R[0][0] == 0.0
+
+
+def test_a_custom_proposers_calls_appear_in_the_budget_ledger(tmp_path):
+    from ctxopt.proposer import Proposal
+
+    class Costly:
+        """A proposer that pays for two reflection calls, then proposes nothing."""
+
+        def propose(self, pc):
+            assert pc.charge(2)
+            return list[Proposal]()
+
+    stream = toy_stream(names=("suffix",))
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=2), seed=0,
+                             num_threads=2, extra_proposers=[Costly()])
+    result = opt.fit(program_for(stream), stream, store=tmp_path / "run")
+    by_source = result.steps[0].extra["charged_by_source"]
+    assert by_source["reflection:proposer:Costly"] == 2
+    assert by_source["task:observe"] > 0 and result.steps[0].extra["charged_reflection_calls"] >= 2
