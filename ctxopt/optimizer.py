@@ -65,7 +65,7 @@ from ctxopt.proposer import (
     ReflectionProposer,
     dedupe,
 )
-from ctxopt.search import EditSearch, TrialRecord
+from ctxopt.search import EditSearch, Search, TrialRecord
 from ctxopt.selector import ContextSelector
 from ctxopt.store import Store
 from ctxopt.tokens import TOKENIZER
@@ -148,6 +148,7 @@ class ContinualOptimizer:
             set, it also makes room when a step would exceed the budget.
         selector: What of C the model sees for each input (:mod:`ctxopt.selector`); default: all in scope.
             It must depend only on the part of C in the input's scope (the gate skips tasks whose scope is unchanged).
+        search: The :class:`~ctxopt.search.Search` that combines proposals; default: TPE (``EditSearch``).
         evaluator: The :class:`Evaluator` to learn and measure with; default: a cached one in the run directory
             (on ``task_lm``, with ``selector``).
     """
@@ -172,6 +173,7 @@ class ContinualOptimizer:
         consolidator: Consolidator | str | None = None,
         selector: ContextSelector | None = None,
         evaluator: Evaluator | None = None,
+        search: Search | None = None,
     ) -> None:
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
@@ -189,6 +191,7 @@ class ContinualOptimizer:
         self._given_evaluator = evaluator  # evaluate with this one instead of a cached one in the run directory
         self._evaluator: Evaluator | None = evaluator
         self.selector = selector
+        self.search = search  # default: a seeded TPE study in RUN_DIR/optuna.db (EditSearch)
         self.ledger = Ledger(self.budget)
         self._seen: list[Task] = []
         self._context: LearnedContext | None = None
@@ -488,7 +491,7 @@ class ContinualOptimizer:
         def on_trial(rec: TrialRecord) -> None:
             self.emit("trial", task.name, **rec.to_dict())
 
-        search = EditSearch(EditSearch.sqlite_url(run_dir), seed=self.seed, n_trials=self.budget.n_trials)
+        search = self.search or EditSearch(EditSearch.sqlite_url(run_dir), seed=self.seed, n_trials=self.budget.n_trials)
         result = search.run(f"step{step:02d}-{task.name}", base, proposals, objective, step=step, task=task.name,
                             on_trial=on_trial, evaluated=evaluated)
         self.ledger.charge("task", cost(evaluated), "search")

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -32,6 +33,8 @@ from optuna.trial import TrialState, create_trial
 from ctxopt.context import LearnedContext
 from ctxopt.errors import EditError
 from ctxopt.proposer import Proposal
+
+__all__ = ["FAILED", "NONE", "EditSearch", "Objective", "Search", "SearchResult", "TrialRecord", "chosen", "search_space"]
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -83,6 +86,19 @@ class SearchResult:
 
 
 Objective = Callable[[LearnedContext], "float | None"]  # None: the budget refused the evaluation
+
+
+class Search(Protocol):
+    """Chooses which proposals to combine: scores candidates with ``objective`` and returns the best.
+
+    ``objective(ctx)`` returns a score, or None once the budget refuses; a search must then stop.
+    ``evaluated`` (if given) must end up holding every context it scored, by hash, including those a
+    killed earlier attempt scored, so the caller charges a resumed search like a fresh one.
+    """
+
+    def run(self, study_name: str, base: LearnedContext, proposals: Sequence[Proposal], objective: Objective,
+            *, step: int, task: str, on_trial: Callable[[TrialRecord], None] | None = None,
+            evaluated: dict[str, LearnedContext] | None = None) -> SearchResult: ...
 
 
 @dataclass

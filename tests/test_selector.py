@@ -79,3 +79,24 @@ def test_a_custom_proposers_calls_appear_in_the_budget_ledger(tmp_path):
     by_source = result.steps[0].extra["charged_by_source"]
     assert by_source["reflection:proposer:Costly"] == 2
     assert by_source["task:observe"] > 0 and result.steps[0].extra["charged_reflection_calls"] >= 2
+
+
+def test_a_custom_search_decides_what_reaches_the_gate(tmp_path):
+    from ctxopt.search import Search, SearchResult
+
+    class KeepBase:
+        """Scores only the unedited context, so nothing can be better."""
+
+        def run(self, study_name, base, proposals, objective, *, step, task, on_trial=None, evaluated=None):
+            value = objective(base)
+            if evaluated is not None:
+                evaluated[base.hash] = base
+            return SearchResult(base, value, [])
+
+    search: Search = KeepBase()  # a Protocol: structural, no registration
+    stream = toy_stream(names=("suffix",))
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=2), seed=0,
+                             num_threads=2, search=search)
+    result = opt.fit(program_for(stream), stream, store=tmp_path / "run")
+    assert result.steps[0].accepted is False
+    assert result.steps[0].extra["reason"] == "search found no combination better than the current context"
