@@ -21,7 +21,7 @@ half-finished step costs next to nothing and reproduces the same decisions.
 Example:
     >>> opt = ContinualOptimizer(task_lm="local", reflection_lm="local:qwen2.5-coder-1.5b",
     ...                          budget="light", seed=0)                    # doctest: +SKIP
-    >>> result = opt.fit(program, stream, store="runs/x")                  # doctest: +SKIP
+    >>> result = opt.fit(program, stream, run_dir="runs/x")                  # doctest: +SKIP
     >>> result.summary()["acc"]                                            # doctest: +SKIP
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -140,7 +141,7 @@ class ContinualOptimizer:
         measure_test: fill the accuracy matrix after each task (needs test splits).
         proposers: override the default proposers (reflection, demos, format rules).
         extra_proposers: proposers consulted before the default (or given) ones.
-        run_dir: where caches, the Optuna study and results go (``fit(store=...)`` sets it too).
+        run_dir: where caches, the Optuna study and results go (``fit(run_dir=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
         consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`).
         consolidator: the :class:`Consolidator` to use, or a similarity name (``auto``, ``embedding``,
@@ -252,18 +253,20 @@ class ContinualOptimizer:
 
     # ------------------------------------------------------------------ public API
 
-    def fit(self, program: dspy.Module, stream: TaskStream, store: str | Path | None = None) -> RunResult:
+    def fit(self, program: dspy.Module, stream: TaskStream, run_dir: str | Path | None = None, *,
+            store: str | Path | None = None) -> RunResult:
         """Learn on every task of ``stream`` in order; resume if the run directory holds a partial run.
 
         Args:
             program: any ``dspy.Module``; its initial instructions/demos are C₀.
             stream: the tasks, in order.
-            store: the run directory (holds the git store, caches, the Optuna study and results).
+            run_dir: the run directory (holds the git store, caches, the Optuna study and results).
+            store: deprecated alias of ``run_dir`` (kept for one release).
 
         Returns:
             The run's :class:`RunResult`: accuracy matrix R, row R₀, per-step records.
         """
-        run_dir, st, state_path, state = self._open_run(stream, store)
+        run_dir, st, state_path, state = self._open_run(stream, _run_dir_arg(run_dir, store, "fit"))
         if state is None:
             self._context = st.current() or LearnedContext.from_program(program)
             if st.head() is None:
@@ -620,7 +623,8 @@ class ContinualOptimizer:
         self.emit("sleep", task.name, **result.counts(), summary=result.summary())
         return result
 
-    def sleep(self, program: dspy.Module, stream: TaskStream, store: str | Path | None = None) -> PassResult:
+    def sleep(self, program: dspy.Module, stream: TaskStream, run_dir: str | Path | None = None, *,
+              store: str | Path | None = None) -> PassResult:
         """One gated consolidation pass over the tasks of ``stream`` learned so far (``ctxopt sleep``).
 
         Reads the run's ``state.json`` when there is one (else the tasks named in
@@ -628,7 +632,7 @@ class ContinualOptimizer:
         commits what lands, records rollbacks, and updates the run state so a
         resumed ``fit`` carries the consolidated context forward.
         """
-        run_dir, st, state_path, state = self._open_run(stream, store)
+        run_dir, st, state_path, state = self._open_run(stream, _run_dir_arg(run_dir, store, "sleep"))
         if state is not None:
             self._context, done = st.show(state["rev"]), state["done"]
             self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
@@ -700,6 +704,17 @@ class ContinualOptimizer:
         if changed:
             raise ConfigError(f"{path}: this run was started with another budget ({'; '.join(changed)}); "
                               "resume it with its original budget or use a new run directory")
+
+
+def _run_dir_arg(run_dir: str | Path | None, store: str | Path | None, method: str) -> str | Path | None:
+    """``run_dir``, or the deprecated ``store=`` alias (with a DeprecationWarning)."""
+    if store is not None:
+        warnings.warn(f"ContinualOptimizer.{method}(store=...) is deprecated; pass run_dir=...", DeprecationWarning,
+                      stacklevel=3)
+        if run_dir is not None and Path(run_dir) != Path(store):
+            raise ConfigError(f"{method}: run_dir={run_dir} and store={store} disagree; pass run_dir only")
+        return store
+    return run_dir
 
 
 def measure_row(evaluator: Evaluator, program: dspy.Module, stream: TaskStream,

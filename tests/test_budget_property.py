@@ -132,7 +132,7 @@ def test_optimizer_never_commits_a_version_over_budget(seed, size, budget, sleep
         opt = ContinualOptimizer(task_lm(), None, budget=limits, seed=seed, num_threads=2, measure_test=False,
                                  proposers=[RandomProposer(seed, size)], consolidate=sleep,
                                  consolidator=Consolidator(similarity="lexical"))
-        result = opt.fit(program_for(stream), stream, store=tmp)
+        result = opt.fit(program_for(stream), stream, run_dir=tmp)
         store = Store.open(f"{tmp}/store")
         for v in store.log():
             assert not over_budget(store.show(v.rev), budget), v.subject

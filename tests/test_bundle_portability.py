@@ -58,7 +58,7 @@ def test_bundle_round_trip_into_a_fresh_store_on_another_machine(tmp_path):
     stream = toy_stream()
     run = tmp_path / "here" / "run"
     ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", **SMALL), seed=0, num_threads=2,
-                       measure_test=False).fit(program_for(stream), stream, store=run)
+                       measure_test=False).fit(program_for(stream), stream, run_dir=run)
     store = Store.open(run / "store")
     moved = transfer(store, scripted_lm(contrarian_answer, name="scripted/contrarian"), stream=stream,
                      work_dir=tmp_path / "here" / "work")

@@ -50,7 +50,7 @@ def test_a_change_to_another_tasks_items_reuses_the_cached_results():
 
 def test_task_aware_steps_do_not_pay_to_replay_tasks_whose_prompts_did_not_change(tmp_path):
     stream = toy_stream()
-    result = _opt().fit(program_for(stream), stream, store=tmp_path / "run")
+    result = _opt().fit(program_for(stream), stream, run_dir=tmp_path / "run")
     charged = [s.extra["charged_task_calls"] for s in result.steps]
     # Edits are scoped to their task, so no earlier task's prompt changes: the gate replays nothing and
     # every step costs what the first one did (before the fix each step paid for a growing replay set).
@@ -63,9 +63,9 @@ def test_task_aware_steps_do_not_pay_to_replay_tasks_whose_prompts_did_not_chang
 def test_refit_into_another_run_directory_commits_into_that_store(tmp_path):
     stream = toy_stream(names=("suffix",))
     opt = _opt()
-    opt.fit(program_for(stream), stream, store=tmp_path / "a")
+    opt.fit(program_for(stream), stream, run_dir=tmp_path / "a")
     first_log = [v.rev for v in Store.open(tmp_path / "a" / "store").log()]
-    opt.fit(program_for(stream), stream, store=tmp_path / "b")
+    opt.fit(program_for(stream), stream, run_dir=tmp_path / "b")
     assert [v.rev for v in Store.open(tmp_path / "a" / "store").log()] == first_log
     assert len(Store.open(tmp_path / "b" / "store").log()) == len(first_log)
 
@@ -74,13 +74,13 @@ def test_refit_into_another_run_directory_commits_into_that_store(tmp_path):
 
 def test_resume_with_a_changed_budget_is_refused(tmp_path):
     stream = toy_stream(names=("suffix", "reverse"))
-    _opt().fit(program_for(stream), stream, store=tmp_path / "run")
+    _opt().fit(program_for(stream), stream, run_dir=tmp_path / "run")
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     state["done"] = 1  # as if killed after step 1
     (tmp_path / "run" / "state.json").write_text(json.dumps(state))
     other = get_budget("light", **{**SMALL, "n_trials": 6})
     with pytest.raises(ConfigError, match=r"another budget \(n_trials 4 → 6\)"):
-        _opt(budget=other).fit(program_for(stream), stream, store=tmp_path / "run")
+        _opt(budget=other).fit(program_for(stream), stream, run_dir=tmp_path / "run")
 
 
 # -- defect 5: the step clock is kept until fit has saved the step -----------------------------------------
@@ -95,7 +95,7 @@ def test_step_clock_survives_a_failure_to_save_the_step(tmp_path):
             (run / "state.json").mkdir()
 
     with pytest.raises(OSError):
-        _opt(callbacks=[break_state]).fit(program_for(stream), stream, store=run)
+        _opt(callbacks=[break_state]).fit(program_for(stream), stream, run_dir=run)
     clock = json.loads((run / STEP_CLOCK_FILE).read_text())
     assert clock["step"] == 1 and clock["seconds"] > 0
 
@@ -136,7 +136,7 @@ tasks:
 
 def test_a_user_program_without_a_task_parameter_learns_on_a_task_aware_stream(tmp_path):
     stream = toy_stream(names=("suffix", "reverse"))
-    result = _opt().fit(QA(), stream, store=tmp_path / "run")
+    result = _opt().fit(QA(), stream, run_dir=tmp_path / "run")
     assert result.r0 == [0.0, 0.0] and [result.R[i][i] for i in range(2)] == [1.0, 1.0]
 
 
@@ -152,7 +152,7 @@ class Broken(dspy.Module):
 def test_every_example_failing_the_same_way_stops_with_one_line(tmp_path):
     stream = toy_stream(names=("suffix",))
     with pytest.raises(ProgramError, match=r"failed with the same error: TypeError: Broken.forward\(\) is broken"):
-        _opt().fit(Broken(), stream, store=tmp_path / "run")
+        _opt().fit(Broken(), stream, run_dir=tmp_path / "run")
 
 
 def test_a_user_program_runs_on_a_task_aware_yaml_stream(tmp_path):
@@ -166,3 +166,10 @@ def test_a_user_program_runs_on_a_task_aware_yaml_stream(tmp_path):
     ev = Evaluator(task_lm(), num_threads=1)
     res = ev.evaluate(QA(), None, stream.tasks[0], stream.tasks[0].val, scenario="task-aware")
     assert res.failures == 0
+
+
+def test_fit_store_is_a_deprecated_alias_of_run_dir(tmp_path):
+    stream = toy_stream(names=("suffix",))
+    with pytest.warns(DeprecationWarning, match=r"fit\(store=...\) is deprecated; pass run_dir"):
+        _opt().fit(program_for(stream), stream, store=tmp_path / "run")
+    assert (tmp_path / "run" / "state.json").is_file()

@@ -66,7 +66,7 @@ def store(tmp_path_factory):
     stream = toy_stream()
     run = tmp_path_factory.mktemp("distill") / "run"
     ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", **SMALL), seed=0, num_threads=2,
-                       measure_test=False).fit(program_for(stream), stream, store=run)
+                       measure_test=False).fit(program_for(stream), stream, run_dir=run)
     return Store.open(run / "store")
 
 

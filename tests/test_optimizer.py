@@ -27,7 +27,7 @@ def make_opt(tmp_path, name="run", scenario="task-aware", callbacks=(), budget=N
 def test_helpful_edit_is_accepted_committed_and_measured(tmp_path):
     stream = toy_stream()
     opt, run = make_opt(tmp_path)
-    result = opt.fit(program_for(stream), stream, store=run)
+    result = opt.fit(program_for(stream), stream, run_dir=run)
     # Before learning nothing is solved; after, each task's rule is in C and its test score is 1.
     assert result.r0 == [0.0, 0.0, 0.0]
     assert [result.R[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
@@ -47,7 +47,7 @@ def test_edit_that_breaks_an_earlier_task_is_rolled_back_with_reason(tmp_path):
     budget = get_budget("light", **{**SMALL, "replay_per_task": 0})  # only the gate sees the replay set
     opt, run = make_opt(tmp_path, scenario="task-agnostic", budget=budget,
                         proposers=[ReflectionProposer(reflection_lm(), samples=1)])
-    result = opt.fit(program_for(stream), stream, store=run)
+    result = opt.fit(program_for(stream), stream, run_dir=run)
     assert result.steps[0].accepted is True
     assert result.steps[1].accepted is False
     store = Store.open(run / "store")
@@ -64,7 +64,7 @@ def test_budgets_are_never_exceeded(tmp_path):
     stream = toy_stream()
     budget = get_budget("light", **{**SMALL, "task_calls_per_task": 40, "reflection_calls_per_task": 1})
     opt, run = make_opt(tmp_path, budget=budget, measure_test=False)
-    opt.fit(program_for(stream), stream, store=run)
+    opt.fit(program_for(stream), stream, run_dir=run)
     for name in stream.names:
         assert opt.ledger.spent_task[name] <= 40
         assert opt.ledger.spent_reflection[name] <= 1
@@ -77,7 +77,7 @@ def test_tiny_budget_stops_with_a_reason_and_never_overspends(tmp_path):
     stream = toy_stream(names=("suffix",))
     budget = get_budget("light", **{**SMALL, "task_calls_per_task": 8})
     opt, run = make_opt(tmp_path, budget=budget, measure_test=False)
-    result = opt.fit(program_for(stream), stream, store=run)
+    result = opt.fit(program_for(stream), stream, run_dir=run)
     assert opt.ledger.spent_task["suffix"] <= 8
     assert result.steps[0].accepted is False and "budget" in result.steps[0].extra["reason"]
 
@@ -89,7 +89,7 @@ class _Interrupt(Exception):
 def test_killed_run_resumes_to_the_same_final_context(tmp_path):
     stream = toy_stream()
     full, run_a = make_opt(tmp_path, "a")
-    expected = full.fit(program_for(stream), stream, store=run_a).meta["final_context_hash"]
+    expected = full.fit(program_for(stream), stream, run_dir=run_a).meta["final_context_hash"]
 
     seen = {"trials": 0}
 
@@ -101,16 +101,16 @@ def test_killed_run_resumes_to_the_same_final_context(tmp_path):
 
     first, run_b = make_opt(tmp_path, "b", callbacks=[kill_mid_step])
     with pytest.raises(_Interrupt):
-        first.fit(program_for(stream), stream, store=run_b)
+        first.fit(program_for(stream), stream, run_dir=run_b)
     killed_step = list(stream.names).index("reverse") + 1
     assert (run_b / optimizer_module.STEP_CLOCK_FILE).exists()  # the killed step's seconds so far
     resumed, _ = make_opt(tmp_path, "b")
-    result = resumed.fit(program_for(stream), stream, store=run_b)
+    result = resumed.fit(program_for(stream), stream, run_dir=run_b)
     assert result.meta["final_context_hash"] == expected
     # the redone step counts both attempts; the others took one; no clock is left once all are saved
     assert [s.extra["attempts"] for s in result.steps] == [2 if s.step == killed_step else 1 for s in result.steps]
     assert not (run_b / optimizer_module.STEP_CLOCK_FILE).exists()
-    assert len(result.R) == 3 and result.R == full.fit(program_for(stream), stream, store=run_a).R
+    assert len(result.R) == 3 and result.R == full.fit(program_for(stream), stream, run_dir=run_a).R
 
 
 def test_test_data_never_reaches_reflection_or_search(tmp_path, monkeypatch):
@@ -136,7 +136,7 @@ def test_test_data_never_reaches_reflection_or_search(tmp_path, monkeypatch):
     monkeypatch.setattr(optimizer_module, "Evaluator", Recording)
     refl = reflection_lm()
     opt = ContinualOptimizer(task_lm(), refl, budget=get_budget("light", **SMALL), seed=0, num_threads=1)
-    opt.fit(program_for(stream), stream, store=tmp_path / "run")
+    opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
     assert seen_by_search and not (seen_by_search & test_ids)
     assert seen_by_measure == test_ids  # only the measurement touched test data
     prompts = " ".join(user for _, user in refl.engine.requests)
@@ -180,7 +180,7 @@ class _TwoStep(dspy.Module):
 def test_works_on_any_module(tmp_path, make_program, target):
     stream = toy_stream(names=("suffix", "reverse"))
     opt, run = make_opt(tmp_path)
-    result = opt.fit(make_program(), stream, store=run)
+    result = opt.fit(make_program(), stream, run_dir=run)
     assert [result.R[i][i] for i in range(2)] == [1.0, 1.0]
     ctx = Store.open(run / "store").current()
     assert {it.text for it in ctx.items(target)} >= {RULES["suffix"][0], RULES["reverse"][0]}

@@ -54,7 +54,7 @@ def test_the_optimizer_learns_through_its_selector(tmp_path):
     def fit(selector, name):
         opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget, seed=0, num_threads=2,
                                  proposers=[ReflectionProposer(reflection_lm(), samples=1)], selector=selector)
-        return opt.fit(program_for(stream), stream, store=tmp_path / name)
+        return opt.fit(program_for(stream), stream, run_dir=tmp_path / name)
 
     assert fit(None, "default").steps[0].accepted is True
     # A selector that never shows an item makes every learned rule invisible: nothing can pass the gate.
@@ -75,7 +75,7 @@ def test_a_custom_proposers_calls_appear_in_the_budget_ledger(tmp_path):
     stream = toy_stream(names=("suffix",))
     opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=2), seed=0,
                              num_threads=2, extra_proposers=[Costly()])
-    result = opt.fit(program_for(stream), stream, store=tmp_path / "run")
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
     by_source = result.steps[0].extra["charged_by_source"]
     assert by_source["reflection:proposer:Costly"] == 2
     assert by_source["task:observe"] > 0 and result.steps[0].extra["charged_reflection_calls"] >= 2
@@ -97,6 +97,6 @@ def test_a_custom_search_decides_what_reaches_the_gate(tmp_path):
     stream = toy_stream(names=("suffix",))
     opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=2), seed=0,
                              num_threads=2, search=search)
-    result = opt.fit(program_for(stream), stream, store=tmp_path / "run")
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
     assert result.steps[0].accepted is False
     assert result.steps[0].extra["reason"] == "search found no combination better than the current context"

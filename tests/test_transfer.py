@@ -54,7 +54,7 @@ def learned(tmp_path_factory):
     run = tmp_path_factory.mktemp("learned") / "run"
     opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", **SMALL), seed=0,
                              num_threads=2, measure_test=False)
-    opt.fit(program_for(stream), stream, store=run)
+    opt.fit(program_for(stream), stream, run_dir=run)
     return run
 
 

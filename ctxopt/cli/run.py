@@ -37,7 +37,7 @@ def execute(config: Any, *, console: Any = None) -> Any:
                                  epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
                                  callbacks=[progress.on_event], consolidate=config.consolidate,
                                  consolidator=config.similarity)
-        result = opt.fit(program, stream, store=config.run_dir)
+        result = opt.fit(program, stream, run_dir=config.run_dir)
     console.print(matrix_table(result))
     console.print(summary_line(result, task_lm, reflection_lm, time.perf_counter() - started))
     report = write_report(config.run_dir)
