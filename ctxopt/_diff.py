@@ -11,14 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ctxopt._text import shorten
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext
 
 _EMPTY = PredictorContext(instruction="")
 
-
-def _short(text: str, width: int = 70) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -121,14 +118,14 @@ class ContextDiff:
         for p in self.predictors:
             lines.append(f"predictor {p.name}" + ("" if p.status == "changed" else f" ({p.status})") + ":")
             if p.instruction:
-                lines.append(f"  instruction: {_short(p.instruction[0])!r}")
-                lines.append(f"            -> {_short(p.instruction[1])!r}")
+                lines.append(f"  instruction: {shorten(p.instruction[0], 70)!r}")
+                lines.append(f"            -> {shorten(p.instruction[1], 70)!r}")
             for it in p.items_added:
-                lines.append(f"  + {it.id} [{it.kind}, {it.scope}] {_short(it.text)}")
+                lines.append(f"  + {it.id} [{it.kind}, {it.scope}] {shorten(it.text, 70)}")
             for it in p.items_removed:
-                lines.append(f"  - {it.id} [{it.kind}, {it.scope}] {_short(it.text)}")
+                lines.append(f"  - {it.id} [{it.kind}, {it.scope}] {shorten(it.text, 70)}")
             for c in p.items_changed:
-                detail = f"{_short(c.old.text, 40)!r} -> {_short(c.new.text, 40)!r}" if "text" in c.fields else ""
+                detail = f"{shorten(c.old.text, 40)!r} -> {shorten(c.new.text, 40)!r}" if "text" in c.fields else ""
                 lines.append(f"  ~ {c.new.id} ({', '.join(c.fields)}) {detail}".rstrip())
             if p.items_reordered:
                 lines.append("  ~ item order changed")

@@ -76,8 +76,22 @@ from ctxopt.errors import DataError
 from ctxopt.metrics import get_metric
 from ctxopt.tasks import Task, TaskStream, make_example
 
+__all__ = [
+    "BABI10",
+    "BABI_TASKS",
+    "DEFAULT_SIZES",
+    "II8",
+    "II_METRICS",
+    "II_TASKS",
+    "TEST_SEED",
+    "babi_stream",
+    "data_dir",
+    "ii_stream",
+    "seeded_rng",
+]
+
 DEFAULT_SIZES: tuple[int, int, int] = (40, 30, 50)
-_TEST_SEED = "ctxopt-test-v1"  # the test subset does not depend on the run's seed
+TEST_SEED = "ctxopt-test-v1"  # the test subset does not depend on the run's seed
 
 II_METRICS: dict[str, str] = {
     "active_to_passive": "exact_match",
@@ -146,7 +160,7 @@ def data_dir() -> Path:
     return Path(str(resources.files("ctxopt") / "data"))
 
 
-def _rng(*parts: Any) -> random.Random:
+def seeded_rng(*parts: Any) -> random.Random:
     return random.Random(":".join(str(p) for p in parts))
 
 
@@ -208,7 +222,7 @@ def _ii_rows(task: str, part: str) -> tuple[_Row, ...]:
         records = json.loads(path.read_text(encoding="utf-8"))["examples"]
     except FileNotFoundError:
         raise DataError(f"{path}: missing packaged data file; reinstall ctxopt") from None
-    rng = _rng("ii-order", task, part)  # cause_and_effect's sentence order: fixed, not per run
+    rng = seeded_rng("ii-order", task, part)  # cause_and_effect's sentence order: fixed, not per run
     rows: dict[str, _Row] = {}
     for key in sorted(records, key=lambda k: int(k) if str(k).isdigit() else 0):
         row = _ii_row(task, records[key], rng)
@@ -221,8 +235,8 @@ def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool) 
     execute = list(_ii_rows(name, "execute"))
     test_inputs = {r.input.strip().lower() for r in execute}
     pool = [r for r in _ii_rows(name, "induce") if r.input.strip().lower() not in test_inputs]
-    train, val = _split_pool(pool, n_train, n_val, _rng("ii", name, seed))
-    test = _sample(execute, n_test, _rng(_TEST_SEED, "ii", name))
+    train, val = _split_pool(pool, n_train, n_val, seeded_rng("ii", name, seed))
+    test = _sample(execute, n_test, seeded_rng(TEST_SEED, "ii", name))
     task_name = name if aware else None
 
     def ex(r: _Row) -> dspy.Example:
@@ -240,7 +254,7 @@ def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool) 
     )
 
 
-def _ii_stream(
+def ii_stream(
     spec: str, names: Sequence[str], *, seed: int, sizes: tuple[int, int, int], scenario: str
 ) -> TaskStream:
     aware = scenario == "task-aware"
@@ -295,8 +309,8 @@ def _babi_rows(number: int, part: str) -> tuple[_Row, ...]:
 def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bool) -> Task:
     n_train, n_val, n_test = sizes
     name = BABI_TASKS[number]
-    train, val = _split_pool(list(_babi_rows(number, "train")), n_train, n_val, _rng("babi", number, seed))
-    test = _sample(list(_babi_rows(number, "test")), n_test, _rng(_TEST_SEED, "babi", number))
+    train, val = _split_pool(list(_babi_rows(number, "train")), n_train, n_val, seeded_rng("babi", number, seed))
+    test = _sample(list(_babi_rows(number, "test")), n_test, seeded_rng(TEST_SEED, "babi", number))
     metric_name = "set_equal" if number == 8 else "exact_match"
     task_name = name if aware else None
 
@@ -316,7 +330,7 @@ def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bo
     )
 
 
-def _babi_stream(
+def babi_stream(
     spec: str, numbers: Sequence[int], *, seed: int, sizes: tuple[int, int, int], scenario: str
 ) -> TaskStream:
     aware = scenario == "task-aware"

@@ -74,7 +74,7 @@ from ctxopt.budget import Budget, get_budget
 from ctxopt.context import LearnedContext
 from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator
-from ctxopt.lm import UsageSnapshot, usage_of
+from ctxopt.lm import UsageSnapshot, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
 from ctxopt.optimizer import measure_row
 from ctxopt.store import Store
@@ -110,9 +110,6 @@ class CompareEvent:
 Callback = Callable[[CompareEvent], None]
 
 
-def _lm_name(lm: Any) -> str:
-    return str(getattr(lm, "spec", None) or getattr(lm, "model", None) or type(lm).__name__)
-
 
 def _usage(task_lm: Any, reflection_lm: Any) -> tuple[UsageSnapshot, UsageSnapshot]:
     return usage_of(task_lm), usage_of(reflection_lm)
@@ -133,7 +130,7 @@ class _Run:
         # per method, so no method's call count depends on which methods ran before it.
         self.evaluator = Evaluator(task_lm, num_threads=num_threads, cache_dir=run_dir / "eval_cache")
         self._learn_evaluators: dict[Path, Evaluator] = {}
-        self.lms = {"task_lm": _lm_name(task_lm), "reflection_lm": _lm_name(reflection_lm)}
+        self.lms = {"task_lm": lm_name(task_lm), "reflection_lm": lm_name(reflection_lm)}
 
     def emit(self, kind: str, method: str, step: int = 0, task: str = "", **data: Any) -> None:
         event = CompareEvent(kind, method, step, task, data)

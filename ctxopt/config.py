@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ctxopt.budget import Budget, get_budget
 from ctxopt.errors import ConfigError
 
+__all__ = ["RunConfig", "build_program", "load_config", "resolve_budget"]
+
 
 class RunConfig(BaseModel):
     """Everything a run needs; see the module docstring for the YAML form."""

@@ -65,9 +65,9 @@ from ctxopt._atomic import write_json, write_text
 from ctxopt.context import LearnedContext
 from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator, ExampleResult
-from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm
+from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm, lm_name
 from ctxopt.metrics import Score, normalize
-from ctxopt.optimizer import _lm_name, target_predictor
+from ctxopt.optimizer import target_predictor
 from ctxopt.portability import resolve_stream, source_lms
 from ctxopt.store import Store
 from ctxopt.tasks import TASK_FIELD, Task, TaskStream, example_id, make_example
@@ -571,8 +571,8 @@ def distill(
     task_stats = tuple(TaskStats(t.name, **stats[t.name], student_agreement=agreement[t.name]) for t in seen)
     filters = {"min_score": min_score, "synthesize": synthesize, "samples": samples, "agree": agree,
                "temperature": temperature, "holdout": holdout, "shots": shots, "seed": seed,
-               "reflection_lm": _lm_name(refl) if refl is not None else None}
-    result = DistillResult(str(out), version.rev, version.context_hash, _lm_name(teacher), _lm_name(student),
+               "reflection_lm": lm_name(refl) if refl is not None else None}
+    result = DistillResult(str(out), version.rev, version.context_hash, lm_name(teacher), lm_name(student),
                            loaded.name, len(records), held_total, task_stats,
                            round(agreed / held_total, 6) if held_total else None, filters)
     write_text(out / "README.md", _card(result, st, loaded))

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Union
 
+from ctxopt._text import shorten
 from ctxopt.context import GLOBAL, KINDS, Demo, Item, PredictorContext, replace_item
 from ctxopt.errors import EditError
 
@@ -39,10 +40,6 @@ def item_id_for(predictor: str, text: str, scope: str = GLOBAL, kind: str = "rul
     digest = hashlib.sha256("\x00".join((predictor, scope, text)).encode("utf-8")).hexdigest()[:8]
     return f"{kind[:1] or 'r'}-{digest}"
 
-
-def _short(text: str, width: int = 60) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _scope_note(scope: str | None) -> str:
@@ -365,15 +362,15 @@ def describe(edit: Edit) -> str:
     """One human-readable line describing ``edit``."""
     p = edit.predictor
     if isinstance(edit, AddItem):
-        return f"{p}: add {edit.kind} {edit.item_id}{_scope_note(edit.scope)}: {_short(edit.text)!r}"
+        return f"{p}: add {edit.kind} {edit.item_id}{_scope_note(edit.scope)}: {shorten(edit.text, 60)!r}"
     if isinstance(edit, UpdateItem):
-        return f"{p}: update item {edit.item_id}: {_short(edit.text)!r}"
+        return f"{p}: update item {edit.item_id}: {shorten(edit.text, 60)!r}"
     if isinstance(edit, DeleteItem):
         return f"{p}: delete item {edit.item_id}"
     if isinstance(edit, MergeItems):
-        return f"{p}: merge items {', '.join(edit.item_ids)}{_scope_note(edit.scope)}: {_short(edit.text)!r}"
+        return f"{p}: merge items {', '.join(edit.item_ids)}{_scope_note(edit.scope)}: {shorten(edit.text, 60)!r}"
     if isinstance(edit, RewriteInstruction):
-        return f"{p}: rewrite instruction: {_short(edit.text)!r}"
+        return f"{p}: rewrite instruction: {shorten(edit.text, 60)!r}"
     if isinstance(edit, AddDemo):
         return f"{p}: add demo {edit.demo.id}{_scope_note(edit.demo.scope)}"
     if isinstance(edit, RemoveDemo):

@@ -74,7 +74,7 @@ import dspy
 from ctxopt.errors import ConfigError, ProgramError
 from ctxopt.metrics import Score
 from ctxopt.selector import ContextSelector, ScopeSelector
-from ctxopt.tasks import SCENARIOS, TASK_FIELD, Task, _test_split, example_id
+from ctxopt.tasks import SCENARIOS, TASK_FIELD, Task, example_id, sealed_test_split
 
 __all__ = [
     "ExampleResult",
@@ -494,7 +494,7 @@ class Evaluator:
 
         Use it only to fill the accuracy matrix, never to choose or gate edits.
         """
-        return self.evaluate(program, context, task, _test_split(task), scenario=scenario)
+        return self.evaluate(program, context, task, sealed_test_split(task), scenario=scenario)
 
     # -- one example ------------------------------------------------------------
     def _run_one(

@@ -29,6 +29,8 @@ from typing import Protocol
 
 from ctxopt.errors import ConfigError
 
+__all__ = ["GATES", "BootstrapGate", "Decision", "Gate", "PairedScores", "StrictGate", "get_gate", "paired_bootstrap_p"]
+
 
 @dataclass(frozen=True)
 class PairedScores:

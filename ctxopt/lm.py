@@ -38,6 +38,23 @@ import dspy
 from ctxopt.errors import ConfigError, LMError, MissingDependencyError
 from ctxopt.models import MODELS, model_path
 
+__all__ = [
+    "ACCEPTED_FORMS",
+    "DEFAULT_REFLECTION_LM",
+    "DEFAULT_REFLECTION_MODEL",
+    "DEFAULT_TASK_LM",
+    "DEFAULT_TASK_MODEL",
+    "LocalEngine",
+    "TrackedLM",
+    "Usage",
+    "UsageSnapshot",
+    "available_cores",
+    "get_lm",
+    "lm_name",
+    "resolve_local",
+    "usage_of",
+]
+
 DEFAULT_TASK_MODEL = "qwen2.5-coder-0.5b"
 DEFAULT_REFLECTION_MODEL = "qwen2.5-coder-1.5b"
 DEFAULT_TASK_LM = "local"
@@ -347,6 +364,17 @@ def get_lm(
     if "/" not in spec or spec.startswith("/") or spec.endswith("/"):
         raise ConfigError(f"unknown LM spec {spec!r}; accepted LM specs: {ACCEPTED_FORMS}")
     return TrackedLM(spec, spec=spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+
+
+def lm_name(lm: Any) -> str:
+    """How runs and commits name an LM: its ctxopt spec, else its model string, else its class.
+
+    Example:
+        >>> from dspy.utils.dummies import DummyLM
+        >>> lm_name(DummyLM([]))
+        'dummy'
+    """
+    return str(getattr(lm, "spec", None) or getattr(lm, "model", None) or type(lm).__name__)
 
 
 def usage_of(lm: Any) -> UsageSnapshot:

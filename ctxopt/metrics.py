@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ctxopt._text import shorten
 from ctxopt.errors import ConfigError
 
 __all__ = [
@@ -132,11 +133,6 @@ def _alnum(text: str) -> str:
     return "".join(ch for ch in text if ch.isalnum())
 
 
-def _short(text: Any, limit: int = 80) -> str:
-    s = "" if text is None else str(text).strip()
-    s = _WS.sub(" ", s)
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
 
 def gold_answers(example: Any, output_field: str) -> list[str]:
     """All acceptable answers of an example: ``_answers`` if present, else the output field."""
@@ -205,10 +201,10 @@ def _set_score(pred: str, gold: str) -> float:
 
 
 def _expected(golds: Sequence[str]) -> str:
-    first = f"'{_short(golds[0])}'"
+    first = f"'{shorten(golds[0], 80)}'"
     if len(golds) == 1:
         return first
-    others = ", ".join(f"'{_short(g, 30)}'" for g in golds[1:6])
+    others = ", ".join(f"'{shorten(g, 30)}'" for g in golds[1:6])
     more = ", …" if len(golds) > 6 else ""
     return f"{first} (also accepted: {others}{more})"
 
@@ -238,8 +234,8 @@ def exact_match(pred: str, golds: Sequence[str]) -> Score:
     if not golds:
         return Score(0.0, "the example has no gold answer")
     if any(_em_score(pred, g) for g in golds):
-        return Score(1.0, f"correct: '{_short(pred)}'")
-    fb = f"expected {_expected(golds)}, got '{_short(pred)}'"
+        return Score(1.0, f"correct: '{shorten(pred, 80)}'")
+    fb = f"expected {_expected(golds)}, got '{shorten(pred, 80)}'"
     hint = _miss_hint(pred, golds)
     return Score(0.0, f"{fb}; {hint}" if hint else fb)
 
@@ -254,10 +250,10 @@ def contains(pred: str, golds: Sequence[str]) -> Score:
     if not golds:
         return Score(0.0, "the example has no gold answer")
     if any(_contains_score(pred, g) for g in golds):
-        return Score(1.0, f"correct: the answer contains '{_short(golds[0])}'")
+        return Score(1.0, f"correct: the answer contains '{shorten(golds[0], 80)}'")
     if not normalize(pred):
         return Score(0.0, f"the answer was empty; expected it to contain {_expected(golds)}")
-    return Score(0.0, f"expected the answer to contain {_expected(golds)}, got '{_short(pred)}'")
+    return Score(0.0, f"expected the answer to contain {_expected(golds)}, got '{shorten(pred, 80)}'")
 
 
 def token_f1(pred: str, golds: Sequence[str]) -> Score:
@@ -271,11 +267,11 @@ def token_f1(pred: str, golds: Sequence[str]) -> Score:
         return Score(0.0, "the example has no gold answer")
     best, gold = max(((_f1_score(pred, g), g) for g in golds), key=lambda t: t[0])
     if best >= 1.0:
-        return Score(1.0, f"correct: '{_short(pred)}'")
+        return Score(1.0, f"correct: '{shorten(pred, 80)}'")
     p, g = Counter(_tokens(pred)), Counter(_tokens(gold))
     missing = sorted((g - p).keys())[:8]
     extra = sorted((p - g).keys())[:8]
-    parts = [f"token F1 {best:.2f} against '{_short(gold)}'"]
+    parts = [f"token F1 {best:.2f} against '{shorten(gold, 80)}'"]
     if missing:
         parts.append("missing words: " + ", ".join(missing))
     if extra:
@@ -296,11 +292,11 @@ def set_equal(pred: str, golds: Sequence[str]) -> Score:
     if not golds:
         return Score(0.0, "the example has no gold answer")
     if any(_set_score(pred, g) for g in golds):
-        return Score(1.0, f"correct: '{_short(pred)}'")
+        return Score(1.0, f"correct: '{shorten(pred, 80)}'")
     gold = golds[0]
     as_words = "," not in gold
     p, g = _items(pred, as_words=as_words), _items(gold, as_words=as_words)
-    parts = [f"expected the items {_expected(golds)}, got '{_short(pred)}'"]
+    parts = [f"expected the items {_expected(golds)}, got '{shorten(pred, 80)}'"]
     if g - p:
         parts.append("missing: " + ", ".join(sorted(g - p)[:8]))
     if p - g:

@@ -31,6 +31,8 @@ from pathlib import Path
 from ctxopt._atomic import write_text
 from ctxopt.errors import MissingDependencyError, ModelIntegrityError
 
+__all__ = ["MODELS", "ModelSpec", "home", "model_path", "part_files", "sha256_file", "verify"]
+
 _CHUNK = 1 << 22
 
 

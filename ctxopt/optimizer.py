@@ -54,7 +54,7 @@ from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import EvalResult, Evaluator
 from ctxopt.gate import Decision, Gate, PairedScores, get_gate
-from ctxopt.lm import get_lm, usage_of
+from ctxopt.lm import get_lm, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
 from ctxopt.proposer import (
     DemoProposer,
@@ -69,8 +69,21 @@ from ctxopt.proposer import (
 from ctxopt.search import EditSearch, Search, TrialRecord
 from ctxopt.selector import ContextSelector
 from ctxopt.store import Store
-from ctxopt.tokens import TOKENIZER
 from ctxopt.tasks import Task, TaskStream, example_id
+from ctxopt.tokens import TOKENIZER
+
+__all__ = [
+    "Callback",
+    "ContinualOptimizer",
+    "Event",
+    "ROOM_SCOPES",
+    "STATE_VERSION",
+    "STEP_CLOCK_FILE",
+    "StepOutcome",
+    "measure_row",
+    "program_inputs",
+    "target_predictor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +123,6 @@ class StepOutcome:
 def _as_lm(lm: Any) -> Any:
     return get_lm(lm) if isinstance(lm, str) else lm
 
-
-def _lm_name(lm: Any) -> str:
-    return str(getattr(lm, "spec", None) or getattr(lm, "model", type(lm).__name__))
 
 
 def target_predictor(program: dspy.Module, output: str) -> str:
@@ -670,7 +680,7 @@ class ContinualOptimizer:
         return row
 
     def _lms(self) -> dict[str, str]:
-        return {"task_lm": _lm_name(self.task_lm), "reflection_lm": _lm_name(self.reflection_lm)}
+        return {"task_lm": lm_name(self.task_lm), "reflection_lm": lm_name(self.reflection_lm)}
 
     def _open_run(self, stream: TaskStream, store: str | Path | None) -> tuple[Path, Store, Path, dict | None]:
         """Bind the run directory, and read its saved state (None for a new run)."""

@@ -56,8 +56,8 @@ from ctxopt.edits import DeleteItem, RemoveDemo
 from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator
 from ctxopt.gate import Gate
-from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm
-from ctxopt.optimizer import ContinualOptimizer, Event, _lm_name, measure_row
+from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm, lm_name
+from ctxopt.optimizer import ContinualOptimizer, Event, measure_row
 from ctxopt.proposer import Proposal, ProposalContext
 from ctxopt.store import Store, validate_ref_name
 from ctxopt.tasks import Task, TaskStream
@@ -383,7 +383,7 @@ def transfer(
     loaded, seen, seed = resolve_stream(st, source.rev, stream=stream, seed=seed, sizes=sizes, tasks=tasks)
     program = program if program is not None else program_for(loaded)
     new_lm = get_lm(to_lm) if isinstance(to_lm, str) else to_lm
-    to_name = to_lm if isinstance(to_lm, str) else _lm_name(to_lm)
+    to_name = to_lm if isinstance(to_lm, str) else lm_name(to_lm)
     branch = validate_ref_name(branch, "branch") if branch else branch_for(to_name)
     budget_obj = get_budget(budget)
     baseline = LearnedContext.from_program(program)
@@ -406,7 +406,7 @@ def transfer(
               "val": {t.name: {"without": without[t.name], "with": with_c[t.name],
                                "delta": round(with_c[t.name] - without[t.name], 6)} for t in seen}}
     refl_spec = reflection_lm or lms.get("reflection_lm") or DEFAULT_REFLECTION_LM
-    refl_name = refl_spec if isinstance(refl_spec, str) else _lm_name(refl_spec)
+    refl_name = refl_spec if isinstance(refl_spec, str) else lm_name(refl_spec)
     commit_lms = {"task_lm": to_name, "reflection_lm": refl_name}
 
     contexts: dict[str, LearnedContext] = {"none": baseline, "transferred": source_ctx}

@@ -47,6 +47,19 @@ from ctxopt.edits import (
 )
 from ctxopt.errors import EditError
 
+__all__ = [
+    "DemoProposer",
+    "FormatRuleProposer",
+    "Observation",
+    "Proposal",
+    "ProposalContext",
+    "Proposer",
+    "REFLECTION_PROMPT",
+    "ReflectionProposer",
+    "dedupe",
+    "parse_reflection",
+]
+
 log = logging.getLogger(__name__)
 
 

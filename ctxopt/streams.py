@@ -65,17 +65,17 @@ from typing import Any
 import dspy
 
 from ctxopt.benchmarks import (
-    _TEST_SEED,
     BABI10,
     BABI_TASKS,
     DEFAULT_SIZES,
     II8,
     II_METRICS,
     II_TASKS,
-    _babi_stream,
-    _ii_stream,
-    _rng,
+    TEST_SEED,
+    babi_stream,
     data_dir,
+    ii_stream,
+    seeded_rng,
 )
 from ctxopt.errors import ConfigError, DataError
 from ctxopt.metrics import get_metric
@@ -149,7 +149,7 @@ def load_stream(
     head, _, rest = text.partition(":")
     if text in ("ii-8", "ii") or (head == "ii" and rest):
         names = II8 if text == "ii-8" else II_TASKS if text == "ii" else _pick(rest, II_TASKS, "ii")
-        return _ii_stream(text, names, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
+        return ii_stream(text, names, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
     if text in ("babi-10", "babi") or (head == "babi" and rest):
         if text == "babi-10":
             numbers = BABI10
@@ -157,7 +157,7 @@ def load_stream(
             numbers = tuple(BABI_TASKS)
         else:
             numbers = _pick_babi(rest)
-        return _babi_stream(text, numbers, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
+        return babi_stream(text, numbers, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
     path = Path(text).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") or path_exists(path):
         return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
@@ -452,7 +452,7 @@ def _yaml_task(
             fracs = []
         if len(fracs) != 3 or any(f <= 0 for f in fracs):
             raise ConfigError(f"{where}: 'split' must be three positive fractions, got {split_fracs!r}")
-        rng = _rng("yaml", tname, seed)
+        rng = seeded_rng("yaml", tname, seed)
         examples = list(examples)
         rng.shuffle(examples)
         total = sum(fracs)
@@ -474,12 +474,12 @@ def _yaml_task(
             if len(train) < 2:
                 raise DataError(f"{where}: no 'val' given and train has {len(train)} example(s); cannot carve a val split")
             shuffled = list(train)
-            _rng("yaml-val", tname, seed).shuffle(shuffled)
+            seeded_rng("yaml-val", tname, seed).shuffle(shuffled)
             cut = max(1, len(shuffled) // 4)
             val, train = shuffled[:cut], shuffled[cut:]
-        train = _shuffled(train, _rng("yaml-train", tname, seed))
-        val = _shuffled(val, _rng("yaml-val2", tname, seed))
-        test = _shuffled(test, _rng(_TEST_SEED, "yaml", tname))
+        train = _shuffled(train, seeded_rng("yaml-train", tname, seed))
+        val = _shuffled(val, seeded_rng("yaml-val2", tname, seed))
+        test = _shuffled(test, seeded_rng(TEST_SEED, "yaml", tname))
     if sizes:
         train, val, test = train[: sizes[0]], val[: sizes[1]], test[: sizes[2]]
     return Task.from_splits(

@@ -5,7 +5,7 @@ three splits. ``train`` and ``val`` are public tuples of ``dspy.Example``; the
 **test split is sealed**: it is not an attribute of the task, and no public
 function returns it. Only :mod:`ctxopt.evaluator` (``Evaluator.evaluate_test``,
 which fills the accuracy matrix) opens it, through the module-private
-:func:`_test_split`. Code handed a task (an optimizer, a proposer) therefore sees
+:func:`sealed_test_split`. Code handed a task (an optimizer, a proposer) therefore sees
 train and val only.
 
 A :class:`TaskStream` is an ordered tuple of tasks that share their input and
@@ -161,7 +161,7 @@ class _SealedSplit:
         return id(self)
 
 
-def _test_split(task: Task) -> tuple[dspy.Example, ...]:
+def sealed_test_split(task: Task) -> tuple[dspy.Example, ...]:
     """Open a task's sealed test split. For ``ctxopt.evaluator`` only."""
     return _SEALED.get(task._test, ())
 

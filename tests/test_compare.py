@@ -20,7 +20,7 @@ from ctxopt.compare import compare
 from ctxopt.errors import ConfigError
 from ctxopt.matrix import load_results
 from ctxopt.program import program_for
-from ctxopt.tasks import _test_split
+from ctxopt.tasks import sealed_test_split
 from tests.test_baselines import BUDGET, _quiet_optimizers, reflector, toy_annotations  # noqa: F401
 from tests.toy import task_lm, toy_stream
 
@@ -75,7 +75,7 @@ def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_t
         steps = [v.metadata.get("step") for v in reversed(Store.open(run / n / "store").log())]
         assert steps == [0, 1, 2, 3]
     # No test example reaches a learner: not the task LM while learning, not the reflection LM ever.
-    test_words = {e.input for t in stream.tasks for e in _test_split(t)}
+    test_words = {e.input for t in stream.tasks for e in sealed_test_split(t)}
     assert seen_by_learning
     prompts = seen_by_learning + [s + u for s, u in rl.engine.requests]
     assert not {w for w in test_words for p in prompts if w in p}

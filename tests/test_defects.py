@@ -157,7 +157,8 @@ def test_every_example_failing_the_same_way_stops_with_one_line(tmp_path):
 
 def test_a_user_program_runs_on_a_task_aware_yaml_stream(tmp_path):
     # The YAML user path of the issue: a plain module on a task-aware YAML stream file.
-    rows = [{"input": w, "output": w + "zz"} for w in ("apple", "bread", "chair", "delta", "eagle", "flame", "grape", "house", "igloo", "joker")]
+    words = ("apple", "bread", "chair", "delta", "eagle", "flame", "grape", "house", "igloo", "joker")
+    rows = [{"input": w, "output": w + "zz"} for w in words]
     data = tmp_path / "suffix.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     path = tmp_path / "stream.yaml"

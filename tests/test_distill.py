@@ -17,7 +17,7 @@ from ctxopt.distill import _parse_inputs, distill
 from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import DEFAULT_INSTRUCTION, program_for
 from ctxopt.store import Store
-from ctxopt.tasks import _test_split
+from ctxopt.tasks import sealed_test_split
 from tests.fakes import chat_fields, scripted_lm
 from tests.toy import RULES, _field, reflection_lm, task_answer, task_lm, toy_stream
 
@@ -155,7 +155,7 @@ def test_headroom_is_the_students_agreement_on_held_out_rows(made):
 
 def test_no_test_example_reaches_the_set(made):
     _, out = made
-    test_words = {e.input for t in toy_stream().tasks for e in _test_split(t)}
+    test_words = {e.input for t in toy_stream().tasks for e in sealed_test_split(t)}
     assert not any(json.loads(r["inputs"])["input"] in test_words for r in _rows(out))
 
 

@@ -14,7 +14,7 @@ from ctxopt.errors import ConfigError
 from ctxopt.evaluator import EvalResult, Evaluator, lm_id
 from ctxopt.metrics import get_metric
 from ctxopt.program import TaskProgram
-from ctxopt.tasks import Task, _test_split, example_id, make_example
+from ctxopt.tasks import Task, example_id, make_example, sealed_test_split
 
 ANTONYMS = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "early": "late", "open": "closed"}
 
@@ -95,7 +95,7 @@ def test_results_carry_score_feedback_prediction_and_trace():
     task = Task.from_splits(
         task.name, task.inputs, task.output, task.metric,
         task.train + (make_example({"input": "fast", "output": "quick"}, ["input"], task="antonyms"),),
-        task.val, _test_split(task),
+        task.val, sealed_test_split(task),
     )
     res = Evaluator(lm, num_threads=2).evaluate(program(), FakeContext("Write the antonym."), task, task.train)
     assert [r.example_id for r in res.results] == [example_id(e) for e in task.train]  # order kept
@@ -199,7 +199,7 @@ def test_evaluate_test_is_the_door_to_the_sealed_split():
     lm, _ = scripted_lm()
     task = make_task(["hot"], test=["early", "open", "fast"])
     res = Evaluator(lm).evaluate_test(program(), None, task)
-    assert [r.example_id for r in res.results] == [example_id(e) for e in _test_split(task)]
+    assert [r.example_id for r in res.results] == [example_id(e) for e in sealed_test_split(task)]
     assert res.mean == 1.0
 
 

@@ -12,7 +12,7 @@ from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
 from ctxopt.proposer import ReflectionProposer
 from ctxopt.store import Store
-from ctxopt.tasks import _test_split, example_id
+from ctxopt.tasks import example_id, sealed_test_split
 from tests.toy import RULES, reflection_lm, task_lm, toy_stream
 
 SMALL = dict(n_trials=4, train_minibatch=6, val_minibatch=5, replay_per_task=3, gate_replay_per_task=5)
@@ -115,8 +115,8 @@ def test_killed_run_resumes_to_the_same_final_context(tmp_path):
 
 def test_test_data_never_reaches_reflection_or_search(tmp_path, monkeypatch):
     stream = toy_stream()
-    test_ids = {example_id(e) for t in stream.tasks for e in _test_split(t)}
-    test_words = {e.input for t in stream.tasks for e in _test_split(t)}
+    test_ids = {example_id(e) for t in stream.tasks for e in sealed_test_split(t)}
+    test_words = {e.input for t in stream.tasks for e in sealed_test_split(t)}
     seen_by_search: set[str] = set()
     seen_by_measure: set[str] = set()
 

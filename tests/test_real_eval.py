@@ -13,7 +13,7 @@ pytest.importorskip("ctxopt.lm", reason="ctxopt.lm (the LM layer) is not availab
 from ctxopt.evaluator import Evaluator  # noqa: E402
 from ctxopt.program import program_for  # noqa: E402
 from ctxopt.streams import load_stream  # noqa: E402
-from ctxopt.tasks import _test_split, example_id  # noqa: E402
+from ctxopt.tasks import example_id, sealed_test_split  # noqa: E402
 
 N_TEST = 6
 
@@ -27,13 +27,13 @@ def test_static_program_on_one_ii8_task(real_lm, tmp_path):
 
     res = evaluator.evaluate_test(program_for(stream), None, task, scenario=stream.scenario)
 
-    assert [r.example_id for r in res.results] == [example_id(e) for e in _test_split(task)]
+    assert [r.example_id for r in res.results] == [example_id(e) for e in sealed_test_split(task)]
     assert res.failures == 0, [r.error for r in res.results if r.error]
     for r in res.results:
         assert isinstance(r.prediction.get("output"), str) and r.feedback
         assert r.trace and r.trace[0]["predictor"] == "predict"
         assert r.trace[0]["inputs"]["task"] == "first_word_letter"
-    examples = {example_id(e): e for e in _test_split(task)}
+    examples = {example_id(e): e for e in sealed_test_split(task)}
     for r in res.results:  # each score is the task metric applied to the real prediction
         assert r.score == task.metric(examples[r.example_id], r.prediction).score
     # The static 0.5B model gets about half of these right; zero means the prompt or parsing broke.

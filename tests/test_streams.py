@@ -14,7 +14,7 @@ import pytest
 from ctxopt.errors import ConfigError, DataError
 from ctxopt.program import program_for
 from ctxopt.streams import BABI10, II8, II_TASKS, builtin_streams, load_stream
-from ctxopt.tasks import Task, TaskStream, _test_split, example_id
+from ctxopt.tasks import Task, TaskStream, example_id, sealed_test_split
 
 DATA = Path(__file__).parent / "data"
 SMALL = (6, 4, 5)
@@ -44,7 +44,7 @@ def test_yaml_stream_loads_all_file_kinds_relative_to_the_yaml_folder(monkeypatc
     plurals = s["plurals"]  # no val given: a quarter of train is carved out
     assert (len(plurals.train), len(plurals.val), plurals.test_size) == (4, 1, 3)
     assert plurals.metric_name == "contains"
-    assert {e.input for e in _test_split(plurals)} == {"child", "ox", "bus"}  # CSV, quoted fields
+    assert {e.input for e in sealed_test_split(plurals)} == {"child", "ox", "bus"}  # CSV, quoted fields
 
     caps = s["capitals"]  # one file split 0.5/0.2/0.3 by seed
     assert (len(caps.train), len(caps.val), caps.test_size) == (5, 2, 3)
@@ -257,13 +257,13 @@ def test_splits_disjoint_and_deterministic():
     b = load_stream("ii-8", seed=1)
     c = load_stream("ii-8", seed=2)
     for ta, tb, tc in zip(a, b, c, strict=True):
-        tr, va, te = ids(ta.train), ids(ta.val), ids(_test_split(ta))
+        tr, va, te = ids(ta.train), ids(ta.val), ids(sealed_test_split(ta))
         assert not (tr & va) and not (tr & te) and not (va & te)
         inputs = lambda xs: {e.input.strip().lower() for e in xs}  # noqa: E731
-        assert not (inputs(ta.train) | inputs(ta.val)) & inputs(_test_split(ta))  # no test input leaks
+        assert not (inputs(ta.train) | inputs(ta.val)) & inputs(sealed_test_split(ta))  # no test input leaks
         assert [example_id(e) for e in ta.train] == [example_id(e) for e in tb.train]
         assert ids(ta.train) != ids(tc.train)  # the seed changes the draw
-        assert te == ids(_test_split(tc))  # the test subset does not depend on the seed
+        assert te == ids(sealed_test_split(tc))  # the test subset does not depend on the seed
     s = load_stream("babi:1", seed=3)[0]
     assert not ids(s.train) & ids(s.val)
 
@@ -305,7 +305,7 @@ def _reachable(obj, depth: int = 0, seen: set[int] | None = None):
 def test_test_split_unreachable_from_the_public_api():
     s = load_stream("ii:antonyms,sum", sizes=SMALL)
     for task in s:
-        test_ids = ids(_test_split(task))
+        test_ids = ids(sealed_test_split(task))
         assert len(test_ids) == SMALL[2]
         assert not hasattr(task, "test")
         public_fields = [f.name for f in dataclasses.fields(Task) if not f.name.startswith("_")]

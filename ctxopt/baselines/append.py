@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ctxopt._text import shorten
 from ctxopt.baselines.base import LearnContext, Outcome, sample
 from ctxopt.context import Item, LearnedContext, count_tokens
 from ctxopt.edits import AddItem, DeleteItem
@@ -47,10 +48,6 @@ Notes:
 
 Reply ONLY with the rules, one per line."""
 
-
-def _short(value: Any, limit: int) -> str:
-    text = " ".join(str(value if value is not None else "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_summary(text: str, max_lines: int = 12) -> list[str]:
@@ -91,10 +88,10 @@ class Append:
             r = by_id[example_id(ex)]
             if r.score >= 1.0:
                 continue
-            shown = "; ".join(f"{k}: {_short(ex.get(k), self.max_field_chars)}" for k in task.inputs)
-            got = _short(r.prediction.get(task.output, ""), self.max_field_chars) or "(no answer)"
-            notes.append(f"{shown} -> expected: {_short(ex.get(task.output), self.max_field_chars)}; "
-                         f"model answered: {got}; feedback: {_short(r.feedback, self.max_field_chars)}")
+            shown = "; ".join(f"{k}: {shorten(ex.get(k), self.max_field_chars)}" for k in task.inputs)
+            got = shorten(r.prediction.get(task.output, ""), self.max_field_chars) or "(no answer)"
+            notes.append(f"{shown} -> expected: {shorten(ex.get(task.output), self.max_field_chars)}; "
+                         f"model answered: {got}; feedback: {shorten(r.feedback, self.max_field_chars)}")
         return notes, {"observed": len(batch), "train_score": round(result.mean, 4), "failures": len(notes)}
 
     @staticmethod
