@@ -13,6 +13,10 @@ Two gates ship, resolved by name through :func:`get_gate`:
 * ``bootstrap``: like ``strict``, but the gain on the current task must also be
   significant under a paired bootstrap (one-sided p < ``alpha``).
 
+Consolidation (:mod:`ctxopt.consolidate`) uses the run's gate as a tolerance,
+:func:`tolerance_gate`: a :class:`ToleranceGate` needs no gain, only that no
+task, the current one included, falls by more than ``epsilon``.
+
 Example:
     >>> gate = StrictGate(min_gain=0.01, epsilon=0.02)
     >>> d = gate.decide(PairedScores("t2", {"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 0.0}), [])
@@ -29,7 +33,8 @@ from typing import Protocol
 
 from ctxopt.errors import ConfigError
 
-__all__ = ["GATES", "BootstrapGate", "Decision", "Gate", "PairedScores", "StrictGate", "get_gate", "paired_bootstrap_p"]
+__all__ = ["GATES", "BootstrapGate", "Decision", "Gate", "PairedScores", "StrictGate", "ToleranceGate", "get_gate",
+           "paired_bootstrap_p", "tolerance_gate"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +151,38 @@ def get_gate(gate: str | Gate, **options: float) -> Gate:
     if gate not in GATES:
         raise ConfigError(f"unknown gate {gate!r}; valid gates: {', '.join(sorted(GATES))}")
     return GATES[gate](**options)
+
+
+@dataclass(frozen=True)
+class ToleranceGate(StrictGate):
+    """:class:`StrictGate` for consolidations: no gain needed, and the current task is held to ε too.
+
+    Example:
+        >>> ToleranceGate(epsilon=0.1).decide(PairedScores("t2", {"a": 1.0}, {"a": 0.0}), []).reason
+        't2 drops 1.000 → 0.000 (-1.000 < -ε=0.1)'
+    """
+
+    def decide(self, current: PairedScores, replay: Sequence[PairedScores]) -> Decision:
+        every = [current, *replay]
+        deltas = {r.task: round(r.delta, 6) for r in every}
+        worst = min(every, key=lambda r: r.delta)
+        if worst.delta < -self.epsilon:
+            return Decision(False, f"{worst.task} drops {worst.mean_before:.3f} → {worst.mean_after:.3f} "
+                                   f"({worst.delta:+.3f} < -ε={self.epsilon})", current.delta, deltas)
+        return Decision(True, f"no seen task drops more than ε={self.epsilon} "
+                              f"(worst: {worst.task} {worst.delta:+.3f})", current.delta, deltas)
+
+
+def tolerance_gate(gate: Gate, epsilon: float | None = None) -> Gate:
+    """The run's gate for consolidations, as a tolerance: :class:`ToleranceGate` with the gate's ε.
+
+    A consolidation need not improve anything; it lands when no seen task —
+    the newest included — falls by more than ε on its held-out val examples.
+    ε is the run gate's own (``epsilon`` overrides it).
+
+    Example:
+        >>> tolerance_gate(StrictGate(epsilon=0.05))
+        ToleranceGate(min_gain=-0.05, epsilon=0.05)
+    """
+    eps = epsilon if epsilon is not None else getattr(gate, "epsilon", 0.02)
+    return ToleranceGate(min_gain=-eps, epsilon=eps)

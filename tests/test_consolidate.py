@@ -7,24 +7,16 @@ import re
 import pytest
 
 from ctxopt.budget import get_budget
-from ctxopt.consolidate import (
-    Consolidation,
-    Consolidator,
-    LexicalSimilarity,
-    get_similarity,
-    lexical_contradiction,
-    over_budget,
-    rendered_tokens,
-    run_pass,
-    tolerance_gate,
-)
+from ctxopt.consolidate import Consolidation, Consolidator, lexical_contradiction, run_pass
 from ctxopt.context import GLOBAL, LearnedContext, PredictorContext
 from ctxopt.edits import AddItem, DeleteItem, MergeItems
-from ctxopt.gate import Decision, StrictGate
+from ctxopt.gate import Decision, StrictGate, tolerance_gate
 from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
 from ctxopt.proposer import Proposal, ProposalContext
+from ctxopt.similarity import LexicalSimilarity, get_similarity
 from ctxopt.store import Store
+from ctxopt.tokens import over_budget, rendered_tokens
 from tests.fakes import scripted_lm
 from tests.toy import RULES, task_lm, toy_stream
 
@@ -119,6 +111,44 @@ def test_lm_merge_and_abstraction():
     assert item.text == "Answer with the transformed word only." and item.scope == GLOBAL
 
 
+def test_a_refused_lm_call_falls_back_to_keeping_one_text_instead_of_skipping_the_merge():
+    prompts = []
+
+    def lm(prompt):
+        prompts.append(prompt)
+        return ["SAME: Answer in one lowercase word."]
+
+    ctx = ctx_with(("Answer with one word in lowercase.", "t1", 1), ("Reply using a single lowercase word.", "t1", 2))
+    sim = LexicalSimilarity(dedupe=0.99, merge=0.2, related=0.1)
+    [merge] = Consolidator(lm, similarity=sim, kinds=("merge",), charge=lambda n: False).propose(ctx)
+    assert prompts == []  # the budget refused every call
+    assert merge.kind == "merge" and isinstance(merge.edits[0], MergeItems)
+    assert merge.edits[0].text == "Reply using a single lowercase word."  # the longer text
+    assert "no reflection LM call left" in merge.rationale
+    # Near-duplicates need no LM at all.
+    dupes = ctx_with(("Answer with a single word only.", "t1", 1), ("Answer with a single word only!", "t1", 2))
+    assert [c.kind for c in Consolidator(lm, similarity="lexical", charge=lambda n: False).propose(dupes)] == ["dedupe"]
+
+
+def test_an_exhausted_allowance_falls_back_too_and_the_pass_needs_at_most_max_lm_calls():
+    prompts = []
+
+    def lm(prompt):
+        prompts.append(prompt)
+        return ["SAME: Answer in one lowercase word."]
+
+    ctx = ctx_with(("Answer with one word in lowercase.", "t1", 1), ("Reply using a single lowercase word.", "t1", 2),
+                   ("Answer with one word in uppercase letters.", "t2", 3),
+                   ("Reply using a single uppercase word.", "t2", 4))
+    sim = LexicalSimilarity(dedupe=0.99, merge=0.2, related=0.1)
+    cons = Consolidator(lm, similarity=sim, kinds=("merge",), max_lm_calls=1)
+    assert cons.lm_calls_per_pass == 1
+    merges = cons.propose(ctx)
+    assert len(prompts) == 1 and [c.kind for c in merges] == ["merge", "merge"]
+    assert sum("no reflection LM call left" in c.rationale for c in merges) == 1
+    assert Consolidator(None).lm_calls_per_pass == 0 and Consolidator(lm, kinds=("dedupe",)).lm_calls_per_pass == 0
+
+
 def test_compression_alternatives_fit_the_budget_and_keep_protected_items():
     ctx = ctx_with(*[(f"Rule number {i} says something long about topic {i} " + "word " * i, f"t{i % 3}", i)
                      for i in range(1, 10)])
@@ -180,7 +210,7 @@ def run_opt(tmp_path, stream, proposer, *, consolidate=True, budget=None, consol
     opt = ContinualOptimizer(task_lm(), None, budget=budget or get_budget("light", **SMALL), seed=0, num_threads=2,
                              measure_test=False, proposers=[proposer], consolidate=consolidate,
                              consolidator=consolidator or Consolidator(similarity="lexical"))
-    result = opt.fit(program_for(stream), stream, store=tmp_path / name)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / name)
     return opt, result, Store.open(tmp_path / name / "store")
 
 

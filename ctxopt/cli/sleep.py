@@ -76,11 +76,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sleep(args: argparse.Namespace) -> int:
     from ctxopt.budget import get_budget
     from ctxopt.config import build_program
-    from ctxopt.consolidate import Consolidator, rendered_tokens
+    from ctxopt.consolidate import Consolidator
     from ctxopt.lm import get_lm
     from ctxopt.optimizer import ContinualOptimizer
     from ctxopt.store import Store
     from ctxopt.streams import load_stream
+    from ctxopt.tokens import rendered_tokens
 
     s = _settings(args)
     store = Store.open(s["store"])
