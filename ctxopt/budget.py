@@ -124,9 +124,12 @@ class Ledger:
             mine = self.by_source.setdefault(self.task, {})
             mine[f"{kind}:{source}"] = mine.get(f"{kind}:{source}", 0) + n
 
-    def handle(self, source: str) -> Charge:
-        """A charge handle that books calls under ``source`` (given to proposers on their ProposalContext)."""
-        return Charge(self, source)
+    def handle(self, source: str, keep: int = 0) -> Charge:
+        """A charge handle that books calls under ``source`` (given to proposers on their ProposalContext).
+
+        ``keep`` calls stay out of its reach: reserved for what runs after it (the gate, consolidation).
+        """
+        return Charge(self, source, keep)
 
     def to_dict(self) -> dict:
         return {"budget": self.budget.to_dict(), "task": self.task,
@@ -142,7 +145,8 @@ class Ledger:
 @dataclass(frozen=True)
 class Charge:
     """One source's handle on a :class:`Ledger`: ``charge(n)`` books ``n`` reflection calls (or
-    ``charge(n, "task")`` task-LM calls) and says whether the budget allowed them.
+    ``charge(n, "task")`` task-LM calls) and says whether the budget allowed them. It never spends
+    the last ``keep`` calls of either kind: they are reserved for what runs after its owner.
 
     Example:
         >>> ledger = Ledger(get_budget("light"))
@@ -150,13 +154,16 @@ class Charge:
         >>> charge = ledger.handle("proposer:Mine")
         >>> charge(2), charge(5), ledger.by_source["t"]
         (True, False, {'reflection:proposer:Mine': 2})
+        >>> ledger.handle("proposer:Other", keep=1)(1)  # one call left, and it is kept for later
+        False
     """
 
     ledger: Ledger
     source: str
+    keep: int = 0
 
     def __call__(self, n: int, kind: Kind = "reflection") -> bool:
-        if self.ledger.task is None or not self.ledger.can_spend(kind, n):
+        if self.ledger.task is None or not self.ledger.can_spend(kind, n + self.keep):
             return False
         self.ledger.charge(kind, n, self.source)
         return True

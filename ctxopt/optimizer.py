@@ -1,21 +1,27 @@
 """The continual optimizer: propose, search, gate, commit — one task at a time.
 
-For each task of a stream, :class:`ContinualOptimizer`:
+For each task of a stream, :class:`ContinualOptimizer` runs one step, a
+pipeline of typed stages (:mod:`ctxopt.stages`):
 
-1. **observes** the current context C on a minibatch of the task's *train* split;
-2. **proposes** edits: reflection on the failures, labeled demo sets, format rules;
-3. **searches** (Optuna TPE) for the best combination, scoring each candidate on
+1. **observe** the current context C on a minibatch of the task's *train* split;
+2. **propose** edits: reflection on the failures, labeled demo sets, format rules;
+3. **search** (Optuna TPE) for the best combination, scoring each candidate on
    a val minibatch of the current task plus a replay sample of earlier tasks' val;
-4. **gates** the best candidate on the full val of the current task and the
+4. **gate** the best candidate on the full val of the current task and the
    replay set of every earlier task; it lands only if the current task improves
    and no earlier task drops by more than ε, otherwise C stays as it was;
-5. **commits** the outcome to the git-backed store (accepted: the new C;
-   rejected: an empty commit recording the reason);
-6. **measures** the test row of the accuracy matrix — the only step that
-   touches test data.
+   with ``max_context_tokens``, an accepted C that is too large is consolidated
+   (**make room**) and must pass the same gate again;
+5. **commit** the outcome to the git-backed store (accepted: the new C;
+   rejected: an empty commit recording the reason), and credit the items the
+   accepted edits added with the gate's paired outcome (their evidence).
 
-State is saved after every step, so a killed run resumes from its last finished
-step; evaluations, LM calls and Optuna trials are all cached, so redoing a
+:meth:`ContinualOptimizer.fit` runs the steps through the run engine
+(:class:`ctxopt.engine.Engine`), the same loop ``ctxopt compare`` runs every
+method through: it owns ``state.json``, C₀, resume, the step clock and the
+test-row measurement, the only thing that touches test data. State is saved
+after every step, so a killed run resumes from its last finished step;
+evaluations, LM calls and Optuna trials are all cached, so redoing a
 half-finished step costs next to nothing and reproduces the same decisions.
 
 Example:
@@ -27,9 +33,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,21 +44,24 @@ from typing import Any
 
 import dspy
 
-from ctxopt._atomic import write_json
-from ctxopt._clock import StepClock
 from ctxopt.budget import Budget, Ledger, get_budget
 from ctxopt.consolidate import (
+    ConsolidationProposer,
     Consolidator,
     PassResult,
+    RejectionMemory,
     Tried,
+    changed_item_ids,
+    credit,
     over_budget,
     rendered_tokens,
     run_pass,
     tolerance_gate,
 )
 from ctxopt.context import GLOBAL, LearnedContext
+from ctxopt.engine import Engine, RunEvent, measure_row
 from ctxopt.errors import BudgetExceeded, ConfigError
-from ctxopt.evaluator import EvalResult, Evaluator
+from ctxopt.evaluator import Evaluator
 from ctxopt.gate import Decision, Gate, PairedScores, get_gate
 from ctxopt.lm import get_lm, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
@@ -60,25 +69,23 @@ from ctxopt.proposer import (
     DemoProposer,
     FormatRuleProposer,
     Observation,
-    Proposal,
     ProposalContext,
     Proposer,
     ReflectionProposer,
     dedupe,
 )
+from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord
 from ctxopt.selector import ContextSelector
+from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup
 from ctxopt.store import Store
 from ctxopt.tasks import Task, TaskStream, example_id
-from ctxopt.tokens import TOKENIZER
 
 __all__ = [
     "Callback",
     "ContinualOptimizer",
     "Event",
     "ROOM_SCOPES",
-    "STATE_VERSION",
-    "STEP_CLOCK_FILE",
     "StepOutcome",
     "measure_row",
     "program_inputs",
@@ -87,9 +94,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-STEP_CLOCK_FILE = "step_clock.json"  # seconds spent on the step in progress (kept across kills)
 ROOM_SCOPES = 5  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
+REJECTIONS_FILE = "consolidation_rejections.json"
 
 
 @dataclass(frozen=True)
@@ -116,13 +122,11 @@ class StepOutcome:
     context: LearnedContext
     proposals: tuple[str, ...]
     decision: Decision | None
-    test_row: tuple[float, ...] | None
     record: StepRecord
 
 
 def _as_lm(lm: Any) -> Any:
     return get_lm(lm) if isinstance(lm, str) else lm
-
 
 
 def target_predictor(program: dspy.Module, output: str) -> str:
@@ -154,9 +158,10 @@ class ContinualOptimizer:
         run_dir: where caches, the Optuna study and results go (``fit(run_dir=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
         consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`).
-        consolidator: the :class:`Consolidator` to use, or a similarity name (``auto``, ``embedding``,
-            ``lexical``) for the default one on ``reflection_lm``. With ``budget.max_context_tokens``
-            set, it also makes room when a step would exceed the budget.
+        consolidator: a :class:`~ctxopt.consolidate.ConsolidationProposer`, or a similarity name (``auto``,
+            ``embedding``, ``lexical``) for the default :class:`Consolidator` on ``reflection_lm``. With
+            ``budget.max_context_tokens`` set, it also makes room when a step would exceed the budget. When
+            consolidation can run, its share of the reflection calls is kept from the proposers.
         selector: What of C the model sees for each input (:mod:`ctxopt.selector`); default: all in scope.
             It must depend only on the part of C in the input's scope (the gate skips tasks whose scope is unchanged).
         search: The :class:`~ctxopt.search.Search` that combines proposals; default: TPE (``EditSearch``).
@@ -181,7 +186,7 @@ class ContinualOptimizer:
         run_dir: str | Path | None = None,
         store: Store | None = None,
         consolidate: bool = False,
-        consolidator: Consolidator | str | None = None,
+        consolidator: ConsolidationProposer | str | None = None,
         selector: ContextSelector | None = None,
         evaluator: Evaluator | None = None,
         search: Search | None = None,
@@ -196,23 +201,56 @@ class ContinualOptimizer:
         self.measure_test = measure_test
         self._proposers = proposers
         self._extra_proposers = list(extra_proposers)
-        self.run_dir: Path | None = Path(run_dir) if run_dir else None
         self._given_store = store  # commit into an existing store (e.g. a transfer branch)
-        self._store: Store | None = store
         self._given_evaluator = evaluator  # evaluate with this one instead of a cached one in the run directory
-        self._evaluator: Evaluator | None = evaluator
         self.selector = selector
         self.search = search  # default: a seeded TPE study in RUN_DIR/optuna.db (EditSearch)
-        self.ledger = Ledger(self.budget)
-        self._seen: list[Task] = []
-        self._context: LearnedContext | None = None
-        self._scenario = "task-aware"
-        self._step = 0
         self.consolidate = consolidate
-        self.consolidator = consolidator if isinstance(consolidator, Consolidator) else Consolidator(
-            self.reflection_lm, similarity=consolidator or "auto", charge=self._charge_reflection)
+        self.consolidator: ConsolidationProposer = (
+            Consolidator(self.reflection_lm, similarity=consolidator or "auto",
+                         charge=self._charge_consolidation)
+            if consolidator is None or isinstance(consolidator, str) else consolidator)
+        self._run: RunDir | None = None
+        self._evaluator: Evaluator | None = None
+        self._rejections: RejectionMemory | None = None
+        self._reset()
+        if run_dir is not None:
+            self._bind(run_dir)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _reset(self) -> None:
+        """Forget the run: a new ledger, no current context, no tasks seen."""
+        self.ledger = Ledger(self.budget)
+        self._context: LearnedContext | None = None
+        self._seen: list[Task] = []
+        self._scenario = "task-aware"
+        self._step = 0
+
+    def _bind(self, run_dir: str | Path) -> RunDir:
+        """Use ``run_dir`` from now on; a different folder from before starts a new run (store, caches, ledger)."""
+        path = Path(run_dir)
+        if self._run is not None and self._run.path == path:
+            return self._run
+        if self._run is not None:
+            if self._evaluator is not None and self._evaluator is not self._given_evaluator:
+                self._evaluator.close()
+            self._reset()
+        self._run = RunDir(path, self._given_store)
+        self._evaluator = self._given_evaluator or Evaluator(
+            self.task_lm, num_threads=self.num_threads, cache_dir=path / "eval_cache", selector=self.selector)
+        self._rejections = RejectionMemory(path / REJECTIONS_FILE)
+        return self._run
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory, once bound."""
+        return self._run.path if self._run is not None else None
+
+    def _require_run(self) -> tuple[RunDir, Store, Evaluator]:
+        if self._run is None or self._evaluator is None:
+            raise ConfigError("no run directory: pass run_dir=DIR to fit() or to ContinualOptimizer")
+        return self._run, self._run.store, self._evaluator
 
     def emit(self, kind: str, task: str = "", **data: Any) -> None:
         event = Event(kind, self._step, task, data)
@@ -224,20 +262,19 @@ class ContinualOptimizer:
         """The current learned context."""
         return self._context
 
-    def _paths(self) -> tuple[Path, Store, Evaluator]:
-        if self.run_dir is None:
-            raise ConfigError("no run directory: pass store=DIR to fit() or run_dir=DIR to ContinualOptimizer")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self._store is None:
-            self._store = Store.init(self.run_dir / "store")
-        if self._evaluator is None:
-            self._evaluator = Evaluator(self.task_lm, num_threads=self.num_threads,
-                                        cache_dir=self.run_dir / "eval_cache", selector=self.selector)
-        return self.run_dir, self._store, self._evaluator
+    def _consolidation_on(self) -> bool:
+        return self.consolidate or self.budget.max_context_tokens is not None
 
-    def _proposer_list(self, charge: Callable[[int], bool]) -> list[Proposer]:
+    def _consolidation_reserve(self) -> int:
+        """Reflection calls kept from the proposers for consolidation: its per-pass need, at most a third."""
+        if not self._consolidation_on():
+            return 0
+        return min(self.consolidator.lm_calls_per_pass, max(1, self.budget.reflection_calls_per_task // 3))
+
+    def _proposer_list(self) -> list[Proposer]:
         if self._proposers is not None:
             return [*self._extra_proposers, *self._proposers]
+        charge = self.ledger.handle("proposer:ReflectionProposer", keep=self._consolidation_reserve())
         return [
             *self._extra_proposers,
             FormatRuleProposer(),
@@ -246,13 +283,11 @@ class ContinualOptimizer:
         ]
 
     def _evaluate(self, program: dspy.Module, ctx: LearnedContext, task: Task,
-                  examples: Sequence[dspy.Example], *, charge: bool = True) -> EvalResult:
-        if charge:
-            self.ledger.charge("task", len(examples) * len(program.named_predictors()), "observe")
-        return self._evaluator.evaluate(program, ctx, task, list(examples), scenario=self._scenario)
+                  examples: Sequence[dspy.Example]) -> float:
+        return self._evaluator.evaluate(program, ctx, task, list(examples), scenario=self._scenario).mean
 
     @staticmethod
-    def _scores(result: EvalResult) -> dict[str, float]:
+    def _scores(result: Any) -> dict[str, float]:
         return {r.example_id: r.score for r in result.results}
 
     def _sample(self, examples: Sequence[dspy.Example], n: int, *salt: Any) -> list[dspy.Example]:
@@ -260,6 +295,9 @@ class ContinualOptimizer:
         pool = sorted(examples, key=example_id)
         rng.shuffle(pool)
         return pool[:n]
+
+    def _lms(self) -> dict[str, str]:
+        return {"task_lm": lm_name(self.task_lm), "reflection_lm": lm_name(self.reflection_lm)}
 
     # ------------------------------------------------------------------ public API
 
@@ -276,305 +314,281 @@ class ContinualOptimizer:
         Returns:
             The run's :class:`RunResult`: accuracy matrix R, row R₀, per-step records.
         """
-        run_dir, st, state_path, state = self._open_run(stream, _run_dir_arg(run_dir, store, "fit"))
-        if state is None:
-            self._context = st.current() or LearnedContext.from_program(program)
-            if st.head() is None:
-                st.commit(self._context, "initial context C0", {"step": 0, "task": None, "stream": stream.name,
-                                                                  "scenario": stream.scenario,
-                                                                  "stream_meta": dict(stream.meta),
-                                                                  "lms": self._lms()})
-            state = {"version": STATE_VERSION, "stream": stream.name, "tasks": list(stream.names), "seed": self.seed,
-                     "scenario": stream.scenario, "stream_meta": dict(stream.meta),
-                     "done": 0, "r0": None, "R": [], "steps": [], "context_hash": self._context.hash,
-                     "rev": st.head().rev, "ledger": self.ledger.to_dict()}
-        else:
-            self._check_budget(state_path, state)
-            self._context = st.show(state["rev"])
-            self.ledger = Ledger.from_dict(state["ledger"])
-        self._seen = list(stream.tasks[: state["done"]])
-        self.emit("run_start", stream=stream.name, tasks=list(stream.names), resumed_at=state["done"])
-        if self.measure_test and state["r0"] is None:
-            self._step = 0
-            state["r0"] = list(self._measure(program, stream, self._context))
-            write_json(state_path, state)
-        for i, task in enumerate(stream.tasks):
-            if i < state["done"]:
-                continue
-            self._step = i + 1
-            outcome = self.step(program, task, _stream=stream, _keep_clock=True)
-            state["done"] = i + 1
-            state["R"].append(list(outcome.test_row) if outcome.test_row is not None else None)
-            state["steps"].append(outcome.record.to_dict())
-            state["context_hash"] = self._context.hash
-            state["rev"] = st.head().rev
-            state["ledger"] = self.ledger.to_dict()
-            write_json(state_path, state)
-            StepClock(run_dir / STEP_CLOCK_FILE, i + 1).finish()  # only once the step is saved
-        measured = state["r0"] is not None
-        result = RunResult(
-            method="ctxopt",
-            tasks=list(stream.names) if measured else [],  # without measurement there is no matrix
-            r0=state["r0"] or [],
-            R=[row for row in state["R"] if row is not None],
-            steps=[StepRecord.from_dict(s) for s in state["steps"]],
-            meta={"stream": stream.name, "stream_tasks": list(stream.names), "scenario": stream.scenario, "seed": self.seed,
-                  "budget": self.budget.to_dict(), "lms": self._lms(), "final_context_hash": self._context.hash,
-                  "final_rev": st.head().rev, "final_context_tokens": self._context.token_count(),
-                  "tokenizer": TOKENIZER},
-        )
-        if measured:
-            result.save(run_dir)
-        self.emit("run_end", summary=result.summary() if result.R else {})
-        return result
+        arg = _run_dir_arg(run_dir, store, "fit")
+        if arg is not None:
+            self._bind(arg)
+        run, _, evaluator = self._require_run()
+        self._scenario = stream.scenario
+        engine = Engine(program, stream, self.task_lm, self.reflection_lm, self.budget, self.seed,
+                        evaluator if self.measure_test else None, num_threads=self.num_threads,
+                        max_context_tokens=self.budget.max_context_tokens or 0, catch_errors=False,
+                        callbacks=[self._relay(stream)])
+        from ctxopt.baselines.continual import CtxoptMethod
+
+        return engine.run(CtxoptMethod(optimizer=self), run, evaluator)
+
+    def _relay(self, stream: TaskStream) -> Callable[[RunEvent], None]:
+        """The engine's events, as this optimizer's :class:`Event` s (``run_start``, ``measure``, ``run_end``)."""
+        def relay(event: RunEvent) -> None:
+            self._step = event.step
+            if event.kind == "method_start":
+                self.emit("run_start", stream=stream.name, tasks=list(stream.names), resumed_at=event.data["resumed_at"])
+            elif event.kind == "measure":
+                self.emit("measure", row=event.data["row"], tasks=list(stream.names))
+            elif event.kind == "method_end":
+                self.emit("run_end", summary=event.data["summary"])
+        return relay
+
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumed run needs from this optimizer (the engine keeps it in ``state.json``)."""
+        return {"ledger": self.ledger.to_dict()}
+
+    def restore(self, state: dict[str, Any], seen: Sequence[Task] = ()) -> None:
+        """Continue from :meth:`resume_state` output, with ``seen`` the tasks learned so far."""
+        if state.get("ledger"):
+            self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
+        self._seen = list(seen)
 
     def step(self, program: dspy.Module, task: Task, *, context: LearnedContext | None = None,
-             seen: Sequence[Task] | None = None, scenario: str | None = None,
-             _stream: TaskStream | None = None, _keep_clock: bool = False) -> StepOutcome:
-        """Learn from one newly arrived task and (if a stream is known) measure the test row.
+             seen: Sequence[Task] | None = None, scenario: str | None = None) -> StepOutcome:
+        """Learn from one newly arrived task (its train and val splits only); commit the outcome.
 
         Args:
             program: the program being taught.
-            task: the new task (its train and val splits only are used).
+            task: the new task.
             context: start from this context instead of the optimizer's current one (or the store's HEAD).
             seen: the tasks met before, for the replay check; default: those this optimizer has stepped through.
-            scenario: ``task-aware`` (default) or ``task-agnostic``.
+            scenario: ``task-aware`` or ``task-agnostic``; default: the last one used (``task-aware`` at first).
         """
-        if context is not None:
-            self._context = context
-        if seen is not None:
-            self._seen = [t for t in seen if t.name != task.name]
-            self._step = len(self._seen) + 1
+        _, st, _ = self._require_run()
         if scenario is not None:
             self._scenario = scenario
-        run_dir, st, _ = self._paths()
-        if self._context is None:
-            self._context = st.current() or LearnedContext.from_program(program)
-            if st.head() is None:
-                st.commit(self._context, "initial context C0", {"step": 0, "lms": self._lms()})
-        if self._step == 0 or (self._seen and self._step <= len(self._seen)):
-            self._step = len(self._seen) + 1
-        step, base = self._step, self._context
-        with StepClock(run_dir / STEP_CLOCK_FILE, step) as clock:  # a resumed step keeps earlier attempts' time
-            t_usage, r_usage = usage_of(self.task_lm), usage_of(self.reflection_lm)
-            self.ledger.start_task(task.name)
-            self.emit("task_start", task.name, index=step, budget=self.budget.to_dict())
-            scope = task.name if self._scenario == "task-aware" else GLOBAL
-            predictor = target_predictor(program, task.output)
-            n_pred = len(program.named_predictors())
+        earlier = [t for t in (self._seen if seen is None else seen) if t.name != task.name]
+        base = context or self._context or st.current()
+        if base is None:
+            base = LearnedContext.from_program(program)
+            st.commit(base, "initial context C0", {"step": 0, "lms": self._lms()})
+        self._step = len(earlier) + 1
+        setup = StepSetup(step=self._step, task=task, base=base, earlier=tuple(earlier), scenario=self._scenario,
+                          scope=task.name if self._scenario == "task-aware" else GLOBAL,
+                          predictor=target_predictor(program, task.output), n_pred=len(program.named_predictors()))
+        started = time.perf_counter()
+        t_usage, r_usage = usage_of(self.task_lm), usage_of(self.reflection_lm)
+        self.ledger.start_task(task.name)
+        self.emit("task_start", task.name, index=setup.step, budget=self.budget.to_dict())
 
-            try:
-                decision, best, chosen_props, reason = self._learn(program, task, base, step, scope, predictor, n_pred,
-                                                                   run_dir)
-            except BudgetExceeded as exc:
-                decision, best, chosen_props, reason = None, base, [], f"budget: {exc}"
-                self.emit("phase", task.name, phase="budget", message=str(exc))
+        try:
+            gated = self._learn(program, setup)
+        except BudgetExceeded as exc:
+            gated = Gated.rolled_back(base, f"budget: {exc}")
+            self.emit("phase", task.name, phase="budget", message=str(exc))
+        self._commit(setup, gated)
+        self._context, self._seen = (gated.context if gated.accepted else base), [*earlier, task]
+        passes = [gated.room] if gated.room is not None else []
+        if self.consolidate:
+            passes.append(self._sleep(program, task, setup.step))
 
-            accepted = bool(decision and decision.accepted)  # _learn returns no decision when best is base
-            passes: list[PassResult] = []
-            if accepted and over_budget(best, self.budget.max_context_tokens):  # consolidation first, else reject
-                best, accepted, reason, room = self._make_room(program, task, base, best, reason, step)
-                passes.append(room)
-            metadata = {
-                "step": step, "task": task.name, "accepted": accepted, "reason": reason,
-                "decision": decision.to_dict() if decision else None,
-                "edits": [{"proposal": p.name, "source": p.source, "rationale": p.rationale,
-                           "edits": [e.to_dict() for e in p.edits]}
-                          for p in chosen_props],
-                "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
-                                               "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
-            }
-            if passes:
-                metadata["consolidation"] = passes[0].to_dict()
-            if accepted:
-                self._context = best
-                version = st.commit(best, f"step {step} {task.name}: accept {len(chosen_props)} proposal(s) — {reason}",
-                                    metadata)
-                self.emit("commit", task.name, rev=version.rev, reason=reason, proposals=[p.name for p in chosen_props])
-            else:
-                head_meta = st.metadata("HEAD") if st.head() else {}
-                if not (head_meta.get("step") == step and head_meta.get("task") == task.name):
-                    st.commit(base, f"step {step} {task.name}: roll back — {reason}", metadata, allow_empty=True)
-                self.emit("rollback", task.name, reason=reason, proposals=[p.name for p in chosen_props])
-            if task not in self._seen:
-                self._seen.append(task)
-            if self.consolidate:
-                passes.append(self._sleep(program, task, step))
+        t_used, r_used = usage_of(self.task_lm) - t_usage, usage_of(self.reflection_lm) - r_usage
+        record = StepRecord(
+            step=setup.step, task=task.name, context_tokens=self._context.token_count(),
+            task_calls=t_used.calls, task_tokens=t_used.tokens, reflection_calls=r_used.calls,
+            reflection_tokens=r_used.tokens, wall_s=round(time.perf_counter() - started, 3), accepted=gated.accepted,
+            extra={"reason": gated.reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
+                   "charged_by_source": dict(self.ledger.by_source.get(task.name, {})),
+                   "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
+                   "items": sum(len(p.items) for _, p in self._context.predictors.items()),
+                   "context_hash": self._context.hash, **self._consolidation_figures(passes)},
+        )
+        self.emit("task_end", task.name, accepted=gated.accepted, reason=gated.reason, record=record.to_dict())
+        return StepOutcome(setup.step, task.name, gated.accepted, gated.reason, self._context,
+                           tuple(p.name for p in gated.proposals), gated.decision, record)
 
-            test_row = None
-            if self.measure_test and _stream is not None:
-                test_row = tuple(self._measure(program, _stream, self._context))
-            t_used, r_used = usage_of(self.task_lm) - t_usage, usage_of(self.reflection_lm) - r_usage
-            record = StepRecord(
-                step=step, task=task.name, context_tokens=self._context.token_count(),
-                task_calls=t_used.calls, task_tokens=t_used.tokens, reflection_calls=r_used.calls,
-                reflection_tokens=r_used.tokens, wall_s=round(clock.seconds, 3), accepted=accepted,
-                extra={"reason": reason, "charged_task_calls": self.ledger.spent_task.get(task.name, 0),
-                       "charged_by_source": dict(self.ledger.by_source.get(task.name, {})),
-                       "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
-                       "items": sum(len(p.items) for _, p in self._context.predictors.items()),
-                       "context_hash": self._context.hash, "attempts": clock.attempts,
-                       **self._consolidation_figures(passes)},
-            )
-        if not _keep_clock:  # fit finishes the clock itself, after it has saved the step
-            clock.finish()
-        self.emit("task_end", task.name, accepted=accepted, reason=reason, record=record.to_dict())
-        return StepOutcome(step, task.name, accepted, reason, self._context, tuple(p.name for p in chosen_props),
-                           decision, test_row, record)
+    # ------------------------------------------------------------------ the stages of a step
 
-    # ------------------------------------------------------------------ the learning step
+    def _learn(self, program: dspy.Module, setup: StepSetup) -> Gated:
+        observed = self._observe(program, setup)
+        proposed = self._propose(program, setup, observed)
+        if not proposed.proposals:
+            return Gated.rolled_back(setup.base, "no usable proposals")
+        searched = self._search(program, setup, proposed)
+        if searched.best.hash == setup.base.hash:
+            why = "search found no combination better than the current context"
+            if searched.stopped_by_budget:
+                why += " before the budget ran out"
+            return Gated.rolled_back(setup.base, why)
+        gated = self._gate(program, setup, searched)
+        if gated.accepted and over_budget(gated.context, self.budget.max_context_tokens):
+            gated = self._make_room(program, setup, gated)
+        return gated
 
-    def _learn(self, program, task, base, step, scope, predictor, n_pred, run_dir
-               ) -> tuple[Decision | None, LearnedContext, list[Proposal], str]:
-        earlier = [t for t in self._seen if t.name != task.name]
-        # Reserve the gate's cost up front so the search can never starve it; with a context budget, also
-        # room for one consolidation check over a few task scopes, should the step need to make room.
-        reserved = self._gate_cost(task, n_pred)
+    def _reserved(self, setup: StepSetup) -> int:
+        """Task-LM calls kept from the search: the gate's cost and, with a context budget, one
+        consolidation check over a few task scopes, should the step need to make room."""
+        reserved = self._gate_cost(setup)
         if self.budget.max_context_tokens is not None:
-            reserved += n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
+            reserved += setup.n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
+        return reserved
 
-        # 1. observe on a train minibatch
+    def _observe(self, program: dspy.Module, setup: StepSetup) -> Observed:
+        """Score C on a train minibatch: the failures and feedback the proposers read."""
+        task = setup.task
         self.emit("phase", task.name, phase="observe")
-        minibatch = self._sample(task.train, self.budget.train_minibatch, "train", step, task.name)
-        observed = self._evaluate(program, base, task, minibatch)
+        minibatch = self._sample(task.train, self.budget.train_minibatch, "train", setup.step, task.name)
+        self.ledger.charge("task", len(minibatch) * setup.n_pred, "observe")
+        result = self._evaluator.evaluate(program, setup.base, task, minibatch, scenario=self._scenario)
         by_id = {example_id(e): e for e in minibatch}
         observations = tuple(Observation(by_id[r.example_id], r.score, r.feedback, dict(r.prediction),
-                                         list(r.trace)) for r in observed.results)
-        self.emit("observe", task.name, score=observed.mean, n=len(minibatch),
+                                         list(r.trace)) for r in result.results)
+        self.emit("observe", task.name, score=result.mean, n=len(minibatch),
                   failures=sum(o.score < 1 for o in observations))
+        return Observed(result.mean, observations)
 
-        # 2. propose
+    def _propose(self, program: dspy.Module, setup: StepSetup, observed: Observed) -> Proposed:
+        """Every proposer's edits for C, each proposer charged under its own name; duplicates dropped."""
+        task = setup.task
         self.emit("phase", task.name, phase="propose")
-
-        charge_reflection = self.ledger.handle("proposer:ReflectionProposer")
-
-        pctx = ProposalContext(context=base, task=task.name, scope=scope, predictor=predictor,
-                               inputs=tuple(program_inputs(program, predictor)), output=task.output,
-                               observations=observations, train=tuple(task.train), seed=self.seed * 100 + step)
-        raw: list[Proposal] = []
-        for proposer in self._proposer_list(charge_reflection):
-            raw.extend(proposer.propose(replace(pctx, charge=self.ledger.handle(f"proposer:{type(proposer).__name__}"))))
-        proposals, dropped = dedupe(base, raw, step=step, task=task.name)
+        pctx = ProposalContext(context=setup.base, task=task.name, scope=setup.scope, predictor=setup.predictor,
+                               inputs=tuple(program_inputs(program, setup.predictor)), output=task.output,
+                               observations=observed.observations, train=tuple(task.train),
+                               seed=self.seed * 100 + setup.step)
+        keep = self._consolidation_reserve()
+        raw = [p for proposer in self._proposer_list()
+               for p in proposer.propose(replace(pctx, charge=self.ledger.handle(
+                   f"proposer:{type(proposer).__name__}", keep=keep)))]
+        proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)
         self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
-        if not proposals:
-            return None, base, [], "no usable proposals"
+        return Proposed(tuple(proposals), tuple(dropped))
 
-        # 3. search on val minibatch + replay sample
+    def _search(self, program: dspy.Module, setup: StepSetup, proposed: Proposed) -> Searched:
+        """The best combination of proposals on a val minibatch plus replay samples (charged as it scores)."""
+        task, run = setup.task, self._run
         self.emit("phase", task.name, phase="search")
-        cur_mb = self._sample(task.val, self.budget.val_minibatch, "val", task.name)
-        replay_mb = {t.name: self._sample(t.val, self.budget.replay_per_task, "replay", t.name) for t in earlier}
-        tasks_by_name = {t.name: t for t in earlier}
-        # A candidate is scored on the replay sample of the earlier tasks whose prompts it changes; on the
-        # others it scores exactly as the current context does, so they are neither run nor charged.
-        def changed(ctx: LearnedContext) -> list[str]:
-            return [n for n in replay_mb if self._view(ctx, tasks_by_name[n]) != self._view(base, tasks_by_name[n])]
-
-        def cost(contexts: dict[str, LearnedContext]) -> int:
-            """Calls to score ``contexts`` (the current one among them): the val minibatch for each, the replay
-            sample of each changed task for each context that changes it, and once for the current context."""
-            changes = [changed(c) for h, c in contexts.items() if h != base.hash]
-            replayed = {n for ch in changes for n in ch}
-            return n_pred * (len(cur_mb) * len(contexts) + sum(len(replay_mb[n]) for ch in changes for n in ch)
-                             + sum(len(replay_mb[n]) for n in replayed))
-
-        # The search may spend what is left after reserving the gate; it pays once per distinct
-        # context, counted from the study itself so a resumed search is charged exactly the same.
-        allowance = self.ledger.remaining("task") - reserved
-        evaluated: dict[str, LearnedContext] = {}
-
-        def replay_mean(ctx: LearnedContext, name: str) -> float:
-            return self._evaluator.evaluate(program, ctx, tasks_by_name[name], replay_mb[name],
-                                            scenario=self._scenario).mean
-
-        def objective(ctx: LearnedContext) -> float | None:
-            if cost({**evaluated, ctx.hash: ctx}) > allowance:
-                return None
-            evaluated[ctx.hash] = ctx
-            cur = self._evaluator.evaluate(program, ctx, task, cur_mb, scenario=self._scenario).mean
-            penalty = sum(max(0.0, replay_mean(base, n) - replay_mean(ctx, n)) for n in changed(ctx))
-            return cur - 2.0 * penalty
-
-        worst = n_pred * (len(cur_mb) + sum(len(v) for v in replay_mb.values()))
-        if worst > allowance:
-            raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: "
-                                 f"{worst} + reserved for the gate {reserved} > {self.ledger.remaining('task')} left")
-        self._evaluator.evaluate(program, base, task, cur_mb, scenario=self._scenario)
-        evaluated[base.hash] = base
+        reserved = self._reserved(setup)
+        objective = SearchObjective(
+            setup, lambda ctx, t, exs: self._evaluate(program, ctx, t, exs),
+            val=self._sample(task.val, self.budget.val_minibatch, "val", task.name),
+            replay={t.name: self._sample(t.val, self.budget.replay_per_task, "replay", t.name)
+                    for t in setup.earlier},
+            charge=self.ledger.handle("search", keep=reserved))
+        if objective.least() > self.ledger.remaining("task") - reserved:
+            raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
+                                 f"reserved for the gate {reserved} > {self.ledger.remaining('task')} left")
+        objective(setup.base)  # the current context's val score: the bar to beat
 
         def on_trial(rec: TrialRecord) -> None:
             self.emit("trial", task.name, **rec.to_dict())
 
-        search = self.search or EditSearch(EditSearch.sqlite_url(run_dir), seed=self.seed, n_trials=self.budget.n_trials)
-        result = search.run(f"step{step:02d}-{task.name}", base, proposals, objective, step=step, task=task.name,
-                            on_trial=on_trial, evaluated=evaluated)
-        self.ledger.charge("task", cost(evaluated), "search")
-        if result.best.hash == base.hash:
-            why = "search found no combination better than the current context"
-            if result.stopped_by_budget:
-                why += " before the budget ran out"
-            return None, base, [], why
+        search = self.search or EditSearch(EditSearch.sqlite_url(run.path), seed=self.seed,
+                                           n_trials=self.budget.n_trials)
+        result = search.run(f"step{setup.step:02d}-{task.name}", setup.base, list(proposed.proposals), objective,
+                            step=setup.step, task=task.name, on_trial=on_trial, on_resumed=objective.resumed)
+        return Searched(result.best, tuple(result.best_proposals), result.stopped_by_budget)
 
-        # 4. gate on full val + replay sets (current C's replay scores come from the cache)
-        self.emit("phase", task.name, phase="gate")
-        current, *replay = self._paired(program, task, base, result.best, changed_only=True, keep_current=True)
+    def _gate(self, program: dspy.Module, setup: StepSetup, searched: Searched) -> Gated:
+        """Full val of the task and the replay set of every earlier task whose view changes."""
+        self.emit("phase", setup.task.name, phase="gate")
+        current, *replay = self._paired(program, setup, setup.base, searched.best, changed_only=True,
+                                        keep_current=True)
         decision = self.gate.decide(current, replay)
-        self.emit("gate", task.name, **decision.to_dict())
-        return decision, result.best, result.best_proposals, decision.reason
+        self.emit("gate", setup.task.name, **decision.to_dict())
+        if not decision.accepted:
+            return Gated.rolled_back(setup.base, decision.reason, searched.proposals, decision)
+        # The gate's paired outcome is the evidence for the items these proposals added or changed.
+        best = credit(searched.best, changed_item_ids(setup.base, searched.best), [current, *replay])
+        return Gated(True, best, decision.reason, searched.proposals, decision)
 
-    # ------------------------------------------------------------------ consolidation (ctxopt.consolidate)
+    def _make_room(self, program: dspy.Module, setup: StepSetup, gated: Gated) -> Gated:
+        """Consolidate an over-budget accepted C; it lands only if it then fits and passes the same gate."""
+        task, base, best, limit = setup.task, setup.base, gated.context, self.budget.max_context_tokens
+        too_big = ", ".join(f"{n} {t} tokens" for n, t in over_budget(best, limit).items())
+        self.emit("phase", task.name, phase="consolidate", why=f"{too_big} > max_context_tokens={limit}")
+        pb, pa = base.predictors, best.predictors
+        protect = {x.id for n, pc in pa.items() for x in (*pc.items, *pc.demos)
+                   if n not in pb or x not in (*pb[n].items, *pb[n].demos)}  # what this step learned
+        room = run_pass(best, self.consolidator, self._check(program, setup, "consolidation"), max_tokens=limit,
+                        protect=protect, step=setup.step, task=task.name, on_candidate=self._on_candidate(task),
+                        memory=self._rejections)
+        if not room.fits:
+            return Gated.rolled_back(base, f"rendered context would be {too_big} > max_context_tokens={limit} and "
+                                           f"consolidation could not make room ({room.summary()})",
+                                     gated.proposals, gated.decision, room)
+        # The same examples as the gate: every score was computed by the gate (base) or by the consolidation
+        # checks (the tasks whose prompts changed), so this re-check runs nothing new and is not charged again.
+        scores = self._paired(program, setup, base, room.context, charge=False)
+        decision = self.gate.decide(scores[0], scores[1:])
+        if not decision.accepted:
+            return Gated.rolled_back(base, f"after consolidating to fit max_context_tokens={limit} "
+                                           f"({room.summary()}) the step no longer passes the gate: {decision.reason}",
+                                     gated.proposals, decision, room)
+        return Gated(True, room.context, f"{gated.reason}; consolidated to fit max_context_tokens={limit}: "
+                                         f"{room.summary()}", gated.proposals, gated.decision, room)
 
-    def _charge_reflection(self, n: int) -> bool:
-        if self.ledger.task is None or not self.ledger.can_spend("reflection", n):
-            return False
-        self.ledger.charge("reflection", n, "consolidation")
-        return True
+    def _commit(self, setup: StepSetup, gated: Gated) -> None:
+        """The store's record of the step: the new C if accepted, else an empty commit saying why."""
+        st, task = self._run.store, setup.task
+        metadata = {
+            "step": setup.step, "task": task.name, "accepted": gated.accepted, "reason": gated.reason,
+            "decision": gated.decision.to_dict() if gated.decision else None,
+            "edits": [{"proposal": p.name, "source": p.source, "rationale": p.rationale,
+                       "edits": [e.to_dict() for e in p.edits]} for p in gated.proposals],
+            "lms": self._lms(), "ledger": {"task_calls": self.ledger.spent_task.get(task.name, 0),
+                                           "reflection_calls": self.ledger.spent_reflection.get(task.name, 0)},
+        }
+        if gated.room is not None:
+            metadata["consolidation"] = gated.room.to_dict()
+        names = [p.name for p in gated.proposals]
+        if gated.accepted:
+            version = st.commit(gated.context, f"step {setup.step} {task.name}: accept {len(names)} proposal(s) — "
+                                               f"{gated.reason}", metadata)
+            self.emit("commit", task.name, rev=version.rev, reason=gated.reason, proposals=names)
+            return
+        head_meta = st.metadata("HEAD") if st.head() else {}
+        if not (head_meta.get("step") == setup.step and head_meta.get("task") == task.name):
+            st.commit(setup.base, f"step {setup.step} {task.name}: roll back — {gated.reason}", metadata,
+                      allow_empty=True)
+        self.emit("rollback", task.name, reason=gated.reason, proposals=names)
 
-    def _gate_sets(self, task: Task) -> list[tuple[Task, list[dspy.Example]]]:
-        """The learning gate's examples: full val of ``task``, the gate replay sample of every other seen task."""
-        others = [t for t in self._seen if t.name != task.name]
+    # ------------------------------------------------------------------ paired scores (gate, consolidation)
+
+    def _gate_sets(self, task: Task, earlier: Sequence[Task]) -> list[tuple[Task, list[dspy.Example]]]:
+        """The gate's examples: full val of ``task``, the gate replay sample of every earlier task."""
+        others = [t for t in earlier if t.name != task.name]
         return [(task, list(task.val))] + [
             (t, self._sample(t.val, self.budget.gate_replay_per_task, "gate", t.name)) for t in others]
 
-    def _gate_cost(self, task: Task, n_pred: int) -> int:
+    def _gate_cost(self, setup: StepSetup) -> int:
         """Calls charged for one gate check: both sides on the current task's val, the candidate side on replay.
 
         The current context's replay scores are not charged again: the replay samples are fixed per task,
         so the current context was scored on them when it passed its own gate (they come from the caches).
         """
-        current, *replay = self._gate_sets(task)
-        return n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
+        current, *replay = self._gate_sets(setup.task, setup.earlier)
+        return setup.n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
-    def _paired(self, program: dspy.Module, task: Task, before: LearnedContext, after: LearnedContext, *,
+    def _paired(self, program: dspy.Module, setup: StepSetup, before: LearnedContext, after: LearnedContext, *,
                 changed_only: bool = False, keep_current: bool = False, charge: bool = True,
-                source: str = "gate"
-                ) -> list[PairedScores]:
-        """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is ``task`` itself.
+                source: str = "gate") -> list[PairedScores]:
+        """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is the step's task.
 
-        ``changed_only`` keeps only the tasks whose prompts differ (:meth:`LearnedContext.view`; with
-        ``keep_current`` the current task is always kept): on the
-        others both sides score the same, so they are neither run nor charged. ``charge=False`` is for a
-        re-check whose scores were all computed, and paid for, by earlier checks.
+        ``changed_only`` keeps only the tasks whose prompts differ (with ``keep_current`` the current task
+        is always kept): on the others both sides score the same, so they are neither run nor charged.
+        ``charge=False`` is for a re-check whose scores were all computed, and paid for, by earlier checks.
         """
-        n_pred = len(program.named_predictors())
-        sets = self._gate_sets(task)
-        cost = self._gate_cost(task, n_pred)
+        sets = self._gate_sets(setup.task, setup.earlier)
+        cost = self._gate_cost(setup)
         if changed_only:
             keep = [i for i, (t, _) in enumerate(sets)
-                    if (i == 0 and keep_current) or self._view(before, t) != self._view(after, t)]
-            cost = n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
+                    if (i == 0 and keep_current) or setup.view(before, t) != setup.view(after, t)]
+            cost = setup.n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
             sets = [sets[i] for i in keep]
         if charge:
             self.ledger.charge("task", cost, source)  # raises: nothing run
-        return [PairedScores(t.name, self._scores(self._evaluator.evaluate(program, before, t, exs,
-                                                                            scenario=self._scenario)),
-                             self._scores(self._evaluator.evaluate(program, after, t, exs, scenario=self._scenario)))
+        ev, scenario = self._evaluator, self._scenario
+        return [PairedScores(t.name, self._scores(ev.evaluate(program, before, t, exs, scenario=scenario)),
+                             self._scores(ev.evaluate(program, after, t, exs, scenario=scenario)))
                 for t, exs in sets]
 
-    def _view(self, ctx: LearnedContext, task: Task) -> str:
-        """What the program sees for ``task`` under ``ctx`` (equal views make equal prompts)."""
-        return ctx.view(task.name if self._scenario == "task-aware" else None)
-
-    def _consolidation_check(self, program: dspy.Module, task: Task) -> Callable[..., Decision]:
+    def _check(self, program: dspy.Module, setup: StepSetup, source: str) -> Callable[..., Decision]:
         """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance).
 
         Only the tasks whose prompts the consolidation changes are scored (and charged); the rest cannot move.
@@ -582,46 +596,38 @@ class ContinualOptimizer:
         gate = tolerance_gate(self.gate)
 
         def check(before: LearnedContext, after: LearnedContext) -> Decision:
-            scores = self._paired(program, task, before, after, changed_only=True, source="consolidation")
+            scores = self._paired(program, setup, before, after, changed_only=True, source=source)
             if not scores:
                 return Decision(True, "no seen task's prompt changes", 0.0, {})
             return gate.decide(scores[0], scores[1:])
 
         return check
 
+    def _consolidation_check(self, program: dspy.Module, task: Task) -> Callable[..., Decision]:
+        """:meth:`_check` for a sleep pass after ``task``, over every task seen so far."""
+        setup = StepSetup(step=self._step, task=task, base=self._context, earlier=tuple(self._seen),
+                          scenario=self._scenario, scope=GLOBAL, predictor="", n_pred=len(program.named_predictors()))
+        return self._check(program, setup, "consolidation")
+
+    # ------------------------------------------------------------------ sleep-time consolidation
+
+    def _charge_consolidation(self, n: int) -> bool:
+        if self.ledger.task is None or not self.ledger.can_spend("reflection", n):
+            return False
+        self.ledger.charge("reflection", n, "consolidation")
+        return True
+
     def _on_candidate(self, task: Task) -> Callable[[Tried], None]:
         return lambda t: self.emit("consolidation", task.name, consolidation=t.consolidation.kind, outcome=t.outcome,
                                    reason=t.reason, rationale=t.consolidation.rationale)
 
-    def _make_room(self, program: dspy.Module, task: Task, base: LearnedContext, best: LearnedContext, reason: str,
-                   step: int) -> tuple[LearnedContext, bool, str, PassResult]:
-        """Consolidate an over-budget candidate; it lands only if it then fits and still passes the gate."""
-        limit = self.budget.max_context_tokens
-        too_big = ", ".join(f"{n} {t} tokens" for n, t in over_budget(best, limit).items())
-        self.emit("phase", task.name, phase="consolidate", why=f"{too_big} > max_context_tokens={limit}")
-        pb, pa = base.predictors, best.predictors
-        protect = {x.id for n, pc in pa.items() for x in (*pc.items, *pc.demos)
-                   if n not in pb or x not in (*pb[n].items, *pb[n].demos)}  # what this step learned
-        room = run_pass(best, self.consolidator, self._consolidation_check(program, task), max_tokens=limit,
-                        protect=protect, step=step, task=task.name, on_candidate=self._on_candidate(task))
-        if not room.fits:
-            return base, False, (f"rendered context would be {too_big} > max_context_tokens={limit} and "
-                                 f"consolidation could not make room ({room.summary()})"), room
-        # The same examples as the gate: every score was computed by the gate (base) or by the consolidation
-        # checks (the tasks whose prompts changed), so this re-check runs nothing new and is not charged again.
-        scores = self._paired(program, task, base, room.context, charge=False)
-        decision = self.gate.decide(scores[0], scores[1:])
-        if not decision.accepted:
-            return base, False, (f"after consolidating to fit max_context_tokens={limit} ({room.summary()}) "
-                                 f"the step no longer passes the gate: {decision.reason}"), room
-        return room.context, True, f"{reason}; consolidated to fit max_context_tokens={limit}: {room.summary()}", room
-
     def _sleep(self, program: dspy.Module, task: Task, step: int) -> PassResult:
         """The sleep-time pass between tasks: gated consolidation of C, committed if anything lands."""
         self.emit("phase", task.name, phase="sleep")
-        st, limit = self._store, self.budget.max_context_tokens
+        st, limit = self._run.store, self.budget.max_context_tokens
         result = run_pass(self._context, self.consolidator, self._consolidation_check(program, task),
-                          max_tokens=limit, step=step, task=task.name, on_candidate=self._on_candidate(task))
+                          max_tokens=limit, step=step, task=task.name, on_candidate=self._on_candidate(task),
+                          memory=self._rejections)
         meta = {"step": step, "task": task.name, "sleep": True, "consolidation": result.to_dict(), "lms": self._lms()}
         if result.accepted:
             self._context = result.context
@@ -642,10 +648,19 @@ class ContinualOptimizer:
         commits what lands, records rollbacks, and updates the run state so a
         resumed ``fit`` carries the consolidated context forward.
         """
-        run_dir, st, state_path, state = self._open_run(stream, _run_dir_arg(run_dir, store, "sleep"))
+        arg = _run_dir_arg(run_dir, store, "sleep")
+        if arg is not None:
+            self._bind(arg)
+        run, st, _ = self._require_run()
+        self._scenario = stream.scenario
+        state = run.read_state()
         if state is not None:
+            identity = state.get("identity") or {}
+            if identity.get("tasks") not in (None, list(stream.names)) or identity.get("seed") not in (None, self.seed):
+                raise ConfigError(f"{run.state_path}: this run directory holds a different run (stream "
+                                  f"{identity.get('stream')}, seed {identity.get('seed')}); use a new run directory")
             self._context, done = st.show(state["rev"]), state["done"]
-            self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
+            self.restore(state.get("method_state") or {})
         else:
             self._context = st.current()
             named = {v.metadata.get("task") for v in st.log()}
@@ -656,9 +671,9 @@ class ContinualOptimizer:
         self.ledger.start_task(f"sleep@{done}")
         result = self._sleep(program, self._seen[-1], done)
         if state is not None:
-            state.update(rev=st.head().rev, context_hash=self._context.hash, ledger=self.ledger.to_dict())
+            state.update(rev=st.head().rev, method_state=self.resume_state())
             state.setdefault("sleeps", []).append({"after_step": done, **result.counts()})
-            write_json(state_path, state)
+            run.save(state)
         return result
 
     def _consolidation_figures(self, passes: Sequence[PassResult]) -> dict[str, Any]:
@@ -671,50 +686,6 @@ class ContinualOptimizer:
                 "predictor_tokens": {n: rendered_tokens(ctx, n) for n in ctx.predictors},
                 "max_context_tokens": self.budget.max_context_tokens}
 
-    # ------------------------------------------------------------------ measurement (test only)
-
-    def _measure(self, program: dspy.Module, stream: TaskStream, ctx: LearnedContext) -> list[float]:
-        self.emit("phase", "", phase="measure")
-        row = measure_row(self._evaluator, program, stream, ctx)
-        self.emit("measure", "", row=row, tasks=list(stream.names))
-        return row
-
-    def _lms(self) -> dict[str, str]:
-        return {"task_lm": lm_name(self.task_lm), "reflection_lm": lm_name(self.reflection_lm)}
-
-    def _open_run(self, stream: TaskStream, store: str | Path | None) -> tuple[Path, Store, Path, dict | None]:
-        """Bind the run directory, and read its saved state (None for a new run)."""
-        if store is not None and (self.run_dir is None or Path(store) != self.run_dir):
-            self.run_dir = Path(store)
-            # A new run directory: its own store and caches, never the previous run's (unless a store was given).
-            self._store, self._evaluator = self._given_store, self._given_evaluator
-            self._context, self._seen, self._step = None, [], 0
-            self.ledger = Ledger(self.budget)
-        run_dir, st, _ = self._paths()
-        self._scenario = stream.scenario
-        state_path = run_dir / "state.json"
-        return run_dir, st, state_path, self._load_state(state_path, stream)
-
-    def _load_state(self, path: Path, stream: TaskStream) -> dict | None:
-        if not path.exists():
-            return None
-        state = json.loads(path.read_text())
-        if state.get("version") != STATE_VERSION:
-            raise ConfigError(f"{path}: run state version {state.get('version')} is not {STATE_VERSION}; "
-                              "use a new run directory")
-        if state.get("tasks") != list(stream.names) or state.get("seed") != self.seed:
-            raise ConfigError(f"{path}: this run directory holds a different run (stream {state.get('stream')}, "
-                              f"seed {state.get('seed')}); use a new run directory")
-        return state
-
-    def _check_budget(self, path: Path, state: dict) -> None:
-        """Refuse to resume a run under another budget: the two budgets' charges would mix."""
-        old, new = state.get("ledger", {}).get("budget", {}), self.budget.to_dict()
-        changed = [f"{k} {old.get(k)} → {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        if changed:
-            raise ConfigError(f"{path}: this run was started with another budget ({'; '.join(changed)}); "
-                              "resume it with its original budget or use a new run directory")
-
 
 def _run_dir_arg(run_dir: str | Path | None, store: str | Path | None, method: str) -> str | Path | None:
     """``run_dir``, or the deprecated ``store=`` alias (with a DeprecationWarning)."""
@@ -725,17 +696,6 @@ def _run_dir_arg(run_dir: str | Path | None, store: str | Path | None, method: s
             raise ConfigError(f"{method}: run_dir={run_dir} and store={store} disagree; pass run_dir only")
         return store
     return run_dir
-
-
-def measure_row(evaluator: Evaluator, program: dspy.Module, stream: TaskStream,
-                context: LearnedContext | None) -> list[float]:
-    """One row of the accuracy matrix: the test score of ``context`` on every task of ``stream``.
-
-    This is the only place learning code reaches test splits, through
-    :meth:`Evaluator.evaluate_test`; every method in a comparison measures with it.
-    """
-    return [round(evaluator.evaluate_test(program, context, task, scenario=stream.scenario).mean, 6)
-            for task in stream.tasks]
 
 
 def program_inputs(program: dspy.Module, predictor: str) -> list[str]:

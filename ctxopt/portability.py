@@ -57,7 +57,9 @@ from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator
 from ctxopt.gate import Gate
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm, lm_name
-from ctxopt.optimizer import ContinualOptimizer, Event, measure_row
+from ctxopt.engine import measure_row
+from ctxopt.optimizer import ContinualOptimizer, Event
+from ctxopt.rundir import RunDir
 from ctxopt.proposer import Proposal, ProposalContext
 from ctxopt.store import Store, validate_ref_name
 from ctxopt.tasks import Task, TaskStream
@@ -224,14 +226,13 @@ def branch_for(lm_spec: str) -> str:
 
 
 def _run_state(store: Store) -> dict[str, Any] | None:
-    path = store.path.parent / "state.json"
-    if not path.is_file():
-        return None
+    """The identity of the run that holds ``store`` (stream, seed, tasks) and how far it got, if known."""
+    run = RunDir.of_store(store)
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not readable run state ({exc}); pass --stream and --seed") from None
-    return state if isinstance(state, dict) else None
+        state = run.read_state()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; pass --stream and --seed") from None
+    return None if state is None else {**(state.get("identity") or {}), "done": state.get("done")}
 
 
 def _history_meta(store: Store, rev: str) -> list[dict[str, Any]]:
@@ -291,7 +292,7 @@ def resolve_stream(
             raise ConfigError(f"cannot load stream {name!r} of store {store.path} ({exc}); "
                               "pass --stream with its name or YAML path") from None
         if state is not None and state.get("stream") == name and state.get("tasks") not in (None, list(loaded.names)):
-            raise ConfigError(f"{store.path.parent / 'state.json'} lists tasks {state['tasks']}, but stream "
+            raise ConfigError(f"{RunDir.of_store(store).state_path} lists tasks {state['tasks']}, but stream "
                               f"{name!r} has {list(loaded.names)}; pass --stream/--seed/--sizes as in the run")
     if tasks:
         missing = [t for t in tasks if t not in loaded.names]
@@ -328,7 +329,7 @@ def _work_key(*parts: Any) -> str:
 
 
 def _default_work_dir(store: Store) -> Path:
-    if (store.path.parent / "state.json").is_file():
+    if RunDir.of_store(store).state_path.is_file():
         return store.path.parent / "transfers"
     return store.path.parent / f"{store.path.name}.transfers"
 
@@ -486,7 +487,7 @@ def measure_test(
     """Test-split accuracy of each compared context on the seen tasks, for reporting only.
 
     Call it after :func:`transfer` has made and committed every decision; nothing
-    here feeds back into learning. Uses :func:`ctxopt.optimizer.measure_row`.
+    here feeds back into learning. Uses :func:`ctxopt.engine.measure_row`.
 
     Returns:
         ``{"none"|"transferred"|"adapted"|"final": {"row": [...], "acc": mean}}``.

@@ -92,13 +92,13 @@ class Search(Protocol):
     """Chooses which proposals to combine: scores candidates with ``objective`` and returns the best.
 
     ``objective(ctx)`` returns a score, or None once the budget refuses; a search must then stop.
-    ``evaluated`` (if given) must end up holding every context it scored, by hash, including those a
-    killed earlier attempt scored, so the caller charges a resumed search like a fresh one.
+    A search that resumes the work of a killed earlier attempt passes each context that attempt
+    scored to ``on_resumed``, so the caller charges a resumed search like a fresh one.
     """
 
     def run(self, study_name: str, base: LearnedContext, proposals: Sequence[Proposal], objective: Objective,
             *, step: int, task: str, on_trial: Callable[[TrialRecord], None] | None = None,
-            evaluated: dict[str, LearnedContext] | None = None) -> SearchResult: ...
+            on_resumed: Callable[[LearnedContext], None] | None = None) -> SearchResult: ...
 
 
 @dataclass
@@ -123,12 +123,12 @@ class EditSearch:
 
     def run(self, study_name: str, base: LearnedContext, proposals: Sequence[Proposal], objective: Objective,
             *, step: int, task: str, on_trial: Callable[[TrialRecord], None] | None = None,
-            evaluated: dict[str, LearnedContext] | None = None) -> SearchResult:
+            on_resumed: Callable[[LearnedContext], None] | None = None) -> SearchResult:
         """Run (or resume) the study ``study_name``; return the best context found.
 
-        ``evaluated``, if given, is filled with the contexts (by hash) of trials a
-        previous process already finished, so a caller charging a budget per
-        distinct context charges a resumed search exactly like a fresh one.
+        ``on_resumed``, if given, receives the context of every trial a previous
+        process already finished, so a caller charging a budget per distinct
+        context charges a resumed search exactly like a fresh one.
         """
         space = search_space(proposals)
         study = optuna.create_study(study_name=study_name, storage=self.storage, direction="maximize",
@@ -149,11 +149,11 @@ class EditSearch:
             return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
         records: list[TrialRecord] = []
-        if evaluated is not None:
+        if on_resumed is not None:
             for t in finished():
                 ctx = build(t.params)[0] if t.user_attrs.get("context_hash") else None
                 if ctx is not None:
-                    evaluated[ctx.hash] = ctx
+                    on_resumed(ctx)
 
         def record(number: int, params: dict, value: float | None, ctx: LearnedContext | None,
                    on: list[Proposal]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ctxopt.rundir import CLOCK_FILE
 from ctxopt import _clock as clock_module
 from ctxopt import compare as compare_module
 from ctxopt.baselines.base import Outcome
@@ -58,14 +59,24 @@ def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_t
     assert set(stored) == set(names)
     assert all(r.complete and r.r0 == results[0].r0 for r in stored.values())
     table = (run / "comparison.md").read_text()
-    assert ("| method | ACC | BWT | FWT | task-LM calls | reflection calls | final context tokens | wall time |"
-            in table)
+    assert ("| method | ACC | BWT | FWT | task-model calls | charged calls | task prompt tokens | "
+            "task completion tokens | reflection calls | final context tokens | wall time |" in table)
     for r in results:
         row = next(line for line in table.splitlines() if line.startswith(f"| {r.method} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[4] == str(sum(s.task_calls for s in r.steps))
-        assert cells[5] == str(sum(s.reflection_calls for s in r.steps))
-        assert cells[6] == str(r.meta["final_context_tokens"])
+        # the same cost columns for every method, from the LMs' own counters (a cold run: all reached the model)
+        assert cells[4] == str(sum(s.extra["task_model_calls"] for s in r.steps))
+        assert cells[4] == str(sum(s.task_calls - s.extra["task_cache_hits"] for s in r.steps))
+        assert cells[5] == str(sum(s.extra["charged_task_calls"] for s in r.steps))
+        assert int(cells[6]) + int(cells[7]) == sum(s.task_tokens for s in r.steps)
+        assert cells[8] == str(sum(s.reflection_calls for s in r.steps))
+        assert cells[9] == str(r.meta["final_context_tokens"])
+    # ctxopt's charged calls are its ledger's; a method without a ledger is charged its requests
+    charged = {r.method: [s.extra["charged_task_calls"] for s in r.steps] for r in results}
+    assert charged["static"] == [0, 0, 0]
+    by_name = {r.method: r for r in results}
+    assert charged["append"] == [s.task_calls for s in by_name["append"].steps]
+    assert all(s.extra["charged_task_calls"] >= s.extra["task_model_calls"] for s in by_name["ctxopt"].steps)
     html = (run / "report.html").read_text()
     assert all(f"accuracy matrix heatmap of {n}" in html for n in names)
     # every method has its own store with one version per step after C0
@@ -140,19 +151,19 @@ def test_a_step_cut_off_mid_learning_keeps_the_seconds_its_killed_attempt_spent(
     method = _Slow()
     with pytest.raises(_Hard):
         run_all(tmp_path, [method])
-    clock = json.loads((tmp_path / "run" / "slow" / compare_module.CLOCK_FILE).read_text())  # left by the kill
+    clock = json.loads((tmp_path / "run" / "slow" / CLOCK_FILE).read_text())  # left by the kill
     assert clock["step"] == 2 and clock["attempts"] == 1 and clock["seconds"] >= 0.3
     [result], _, _ = run_all(tmp_path, [method])
     first, second, third = result.steps
     assert [s.extra["learn_attempts"] for s in result.steps] == [1, 2, 1]
     assert second.wall_s >= 0.6 and second.wall_s > first.wall_s + 0.25  # both attempts counted
     assert 0.3 <= third.wall_s < second.wall_s
-    assert not (tmp_path / "run" / "slow" / compare_module.CLOCK_FILE).exists()  # saved steps leave no clock
+    assert not (tmp_path / "run" / "slow" / CLOCK_FILE).exists()  # saved steps leave no clock
 
 
 def test_a_run_dir_of_another_run_is_refused(tmp_path):
     run_all(tmp_path, ["static"])
-    with pytest.raises(ConfigError, match="holds a different run"):
+    with pytest.raises(ConfigError, match="holds another run"):
         run_all(tmp_path, ["static"], budget=get_budget(BUDGET, task_calls_per_task=61))
 
 

@@ -18,7 +18,8 @@ from ctxopt.budget import get_budget
 from ctxopt.context import Item, LearnedContext, PredictorContext
 from ctxopt.errors import ConfigError, ProgramError
 from ctxopt.evaluator import Evaluator
-from ctxopt.optimizer import STEP_CLOCK_FILE, ContinualOptimizer
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.rundir import CLOCK_FILE
 from ctxopt.program import program_for
 from ctxopt.store import Store
 from ctxopt.streams import load_stream
@@ -79,7 +80,7 @@ def test_resume_with_a_changed_budget_is_refused(tmp_path):
     state["done"] = 1  # as if killed after step 1
     (tmp_path / "run" / "state.json").write_text(json.dumps(state))
     other = get_budget("light", **{**SMALL, "n_trials": 6})
-    with pytest.raises(ConfigError, match=r"another budget \(n_trials 4 → 6\)"):
+    with pytest.raises(ConfigError, match=r"holds another run \(budget.n_trials 4 → 6\)"):
         _opt(budget=other).fit(program_for(stream), stream, run_dir=tmp_path / "run")
 
 
@@ -96,7 +97,7 @@ def test_step_clock_survives_a_failure_to_save_the_step(tmp_path):
 
     with pytest.raises(OSError):
         _opt(callbacks=[break_state]).fit(program_for(stream), stream, run_dir=run)
-    clock = json.loads((run / STEP_CLOCK_FILE).read_text())
+    clock = json.loads((run / CLOCK_FILE).read_text())
     assert clock["step"] == 1 and clock["seconds"] > 0
 
 

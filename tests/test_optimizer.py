@@ -6,6 +6,7 @@ import dspy
 import pytest
 
 import ctxopt.optimizer as optimizer_module
+from ctxopt.rundir import CLOCK_FILE
 from ctxopt.budget import get_budget
 from ctxopt.evaluator import Evaluator
 from ctxopt.optimizer import ContinualOptimizer
@@ -103,13 +104,13 @@ def test_killed_run_resumes_to_the_same_final_context(tmp_path):
     with pytest.raises(_Interrupt):
         first.fit(program_for(stream), stream, run_dir=run_b)
     killed_step = list(stream.names).index("reverse") + 1
-    assert (run_b / optimizer_module.STEP_CLOCK_FILE).exists()  # the killed step's seconds so far
+    assert (run_b / CLOCK_FILE).exists()  # the killed step's seconds so far
     resumed, _ = make_opt(tmp_path, "b")
     result = resumed.fit(program_for(stream), stream, run_dir=run_b)
     assert result.meta["final_context_hash"] == expected
     # the redone step counts both attempts; the others took one; no clock is left once all are saved
-    assert [s.extra["attempts"] for s in result.steps] == [2 if s.step == killed_step else 1 for s in result.steps]
-    assert not (run_b / optimizer_module.STEP_CLOCK_FILE).exists()
+    assert [s.extra["learn_attempts"] for s in result.steps] == [2 if s.step == killed_step else 1 for s in result.steps]
+    assert not (run_b / CLOCK_FILE).exists()
     assert len(result.R) == 3 and result.R == full.fit(program_for(stream), stream, run_dir=run_a).R
 
 

@@ -49,6 +49,7 @@ def test_search_is_deterministic_and_resumes_to_the_same_answer(tmp_path):
     partial = b.run("s", BASE, _props(), stop_after_three, step=1, task="t")
     assert partial.stopped_by_budget
     evaluated: dict = {}
-    resumed = b.run("s", BASE, _props(), _objective([]), step=1, task="t", evaluated=evaluated)
+    resumed = b.run("s", BASE, _props(), _objective([]), step=1, task="t",
+                    on_resumed=lambda ctx: evaluated.setdefault(ctx.hash, ctx))
     assert resumed.best.hash == first.best.hash
     assert len(evaluated) >= 3  # the finished contexts of the first process are reported for charging

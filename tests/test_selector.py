@@ -87,10 +87,8 @@ def test_a_custom_search_decides_what_reaches_the_gate(tmp_path):
     class KeepBase:
         """Scores only the unedited context, so nothing can be better."""
 
-        def run(self, study_name, base, proposals, objective, *, step, task, on_trial=None, evaluated=None):
+        def run(self, study_name, base, proposals, objective, *, step, task, on_trial=None, on_resumed=None):
             value = objective(base)
-            if evaluated is not None:
-                evaluated[base.hash] = base
             return SearchResult(base, value, [])
 
     search: Search = KeepBase()  # a Protocol: structural, no registration

@@ -1,11 +1,13 @@
-"""``ctxopt``: the continual optimizer, run one task at a time by the comparison harness.
+"""``ctxopt``: the continual optimizer as a method of the run engine.
 
-Each step builds a :class:`~ctxopt.optimizer.ContinualOptimizer` on the
-method's store and folder, hands it the current context and the tasks met so
-far, and calls :meth:`~ctxopt.optimizer.ContinualOptimizer.step` without a
-stream, so it learns (observe, propose, search, gate, commit) but does not
-measure: the harness measures every method the same way. The optimizer
-commits its own version (accepted or rolled back) to the store.
+``ctxopt run`` (:meth:`~ctxopt.optimizer.ContinualOptimizer.fit`) and
+``ctxopt compare`` both run the optimizer through this adapter: each step
+calls :meth:`~ctxopt.optimizer.ContinualOptimizer.step` with the current
+context and the tasks met so far, so it learns (observe, propose, search,
+gate, commit) but does not measure: the engine measures every method the
+same way. The optimizer commits its own version (accepted or rolled back) to
+the store, and its budget ledger travels in the run state, so a resumed run
+charges exactly like an uninterrupted one.
 
 Example:
     >>> CtxoptMethod(gate="strict").name
@@ -15,43 +17,63 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctxopt.baselines.base import LearnContext, Outcome
 from ctxopt.context import LearnedContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctxopt.optimizer import ContinualOptimizer
 
 __all__ = ["CtxoptMethod"]
 
 
 class CtxoptMethod:
-    """The continual optimizer as a comparison method.
+    """The continual optimizer as a run-engine method.
 
     Args:
         gate: ``strict``, ``bootstrap`` or a Gate object.
         epsilon: Tolerated drop of an earlier task's score.
         proposers: Override the default proposers (tests).
         callbacks: Receive the optimizer's own events (trials, gate decisions…).
+        optimizer: Drive this optimizer (``fit``); by default one is built on the engine's LMs, budget,
+            seed, store and evaluator at the first step.
     """
 
     name = "ctxopt"
     joint = False
 
     def __init__(self, gate: Any = "strict", epsilon: float = 0.02, proposers: Sequence[Any] | None = None,
-                 callbacks: Sequence[Callable[[Any], None]] = ()) -> None:
+                 callbacks: Sequence[Callable[[Any], None]] = (), optimizer: ContinualOptimizer | None = None) -> None:
         self.gate, self.epsilon = gate, epsilon
         self.proposers = proposers
         self.callbacks = list(callbacks)
+        self.optimizer = optimizer
+        self._saved: dict[str, Any] = {}
+
+    def _optimizer(self, ctx: LearnContext) -> ContinualOptimizer:
+        if self.optimizer is None:
+            from ctxopt.optimizer import ContinualOptimizer
+
+            self.optimizer = ContinualOptimizer(
+                ctx.task_lm, ctx.reflection_lm, budget=ctx.budget, gate=self.gate, epsilon=self.epsilon,
+                seed=ctx.seed, num_threads=ctx.num_threads, callbacks=self.callbacks, measure_test=False,
+                proposers=self.proposers, run_dir=ctx.work_dir, store=ctx.store, evaluator=ctx.evaluator)
+            self.optimizer.restore(self._saved)
+        return self.optimizer
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs (the budget ledger)."""
+        return self.optimizer.resume_state() if self.optimizer is not None else dict(self._saved)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` output saved by an earlier process."""
+        self._saved = dict(state)
+        if self.optimizer is not None:
+            self.optimizer.restore(self._saved)
 
     def learn(self, program: Any, context: LearnedContext, tasks: Sequence[Any], ctx: LearnContext) -> Outcome:
-        from ctxopt.optimizer import ContinualOptimizer
-
-        opt = ContinualOptimizer(ctx.task_lm, ctx.reflection_lm, budget=ctx.budget, gate=self.gate,
-                                 epsilon=self.epsilon, seed=ctx.seed, num_threads=ctx.num_threads,
-                                 callbacks=self.callbacks, measure_test=False, proposers=self.proposers,
-                                 run_dir=ctx.work_dir, store=ctx.store)
-        out = opt.step(program, tasks[-1], context=context, seen=tasks[:-1], scenario=ctx.scenario)
-        extra = {k: out.record.extra[k] for k in ("charged_task_calls", "charged_reflection_calls")
-                 if k in out.record.extra}
-        extra["proposals"] = list(out.proposals)
+        out = self._optimizer(ctx).step(program, tasks[-1], context=context, seen=tasks[:-1], scenario=ctx.scenario)
+        extra = {**out.record.extra, "proposals": list(out.proposals)}
         return Outcome(out.context, note=f"ctxopt: {'accept' if out.accepted else 'roll back'} — {out.reason}",
                        accepted=out.accepted, extra=extra)

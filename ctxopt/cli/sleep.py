@@ -46,16 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve every setting from flags, then the config, then state.json, then defaults."""
     from ctxopt.config import load_config
+    from ctxopt.rundir import RunDir
 
     config = load_config(args.config) if args.config else None
     store = Path(args.store)
     run_dir = Path(args.run_dir or (config.run_dir if config else store.resolve().parent))
-    state_path = run_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    saved = RunDir(run_dir)
+    state = saved.identity()
     stream = args.stream or (config.stream if config else None) or state.get("stream")
     if not stream:
         raise ConfigError(f"no stream known for {store}: pass --stream SPEC or --config CONFIG.yaml "
-                          f"(no {state_path} to read it from)")
+                          f"(no {saved.state_path} to read it from)")
     budget = config.budget_obj() if config else None
     return {
         "store": store, "run_dir": run_dir, "config": config, "stream": stream,
