@@ -56,6 +56,7 @@ _EXPORTS = {
     "SearchResult": "ctxopt.search",
     "ContextSelector": "ctxopt.selector",
     "ScopeSelector": "ctxopt.selector",
+    "RetrievalSelector": "ctxopt.retrieval",
     "Evaluator": "ctxopt.evaluator",
     "Budget": "ctxopt.budget",
     "Ledger": "ctxopt.budget",
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     from ctxopt.optimizer import ContinualOptimizer, Event
     from ctxopt.portability import transfer
     from ctxopt.proposer import Observation, Proposal, ProposalContext, Proposer
+    from ctxopt.retrieval import RetrievalSelector
     from ctxopt.search import Search, SearchResult
     from ctxopt.selector import ContextSelector, ScopeSelector
     from ctxopt.store import Store
@@ -90,7 +92,7 @@ _SUBMODULES = {
     "lm", "models", "errors", "context", "edits", "store", "tasks", "streams", "benchmarks",
     "metrics", "matrix", "evaluator", "report", "program", "optimizer", "gate", "proposer",
     "search", "budget", "config", "compare", "baselines", "consolidate", "portability", "distill", "cli",
-    "selector", "tokens", "store_format", "changelog", "dspy_export",
+    "selector", "tokens", "store_format", "changelog", "dspy_export", "retrieval", "prompt",
 }
 
 __all__ = [
@@ -120,6 +122,7 @@ __all__ = [
     "ProposalContext",
     "Proposer",
     "RemoveDemo",
+    "RetrievalSelector",
     "RewriteInstruction",
     "RunResult",
     "ScopeSelector",

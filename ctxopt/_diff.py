@@ -145,7 +145,7 @@ def diff_predictor(name: str, old: PredictorContext, new: PredictorContext, stat
         prev = old_items.get(it.id)
         if prev is not None and prev != it:
             a, b = prev.to_dict(), it.to_dict()
-            changed.append(ItemChange(prev, it, tuple(k for k in a if a[k] != b[k])))
+            changed.append(ItemChange(prev, it, tuple(k for k in {**a, **b} if a.get(k) != b.get(k))))
     common_old = [i for i in old_items if i in new_items]
     common_new = [i for i in new_items if i in old_items]
     old_demos = {d.id for d in old.demos}

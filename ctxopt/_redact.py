@@ -23,6 +23,7 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _SECRET_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])"  # a key starts a word: "task-agnostic" holds no "sk-agnostic" key
     r"(sk-[A-Za-z0-9_\-]{8,}"  # OpenAI / Anthropic style
     r"|hf_[A-Za-z0-9]{16,}"  # Hugging Face
     r"|gh[pousr]_[A-Za-z0-9]{16,}"  # GitHub

@@ -91,11 +91,21 @@ class Item:
         updated_step: Step of the last change.
         helpful: How often the item was judged helpful.
         harmful: How often the item was judged harmful.
+        pinned: Core memory: a per-input selector always keeps it
+            (:class:`~ctxopt.retrieval.RetrievalSelector`).
+        keys: Retrieval keys of archival memory: an "applies when …" text and
+            the inputs that produced the item; none means its text is its key.
+
+    ``pinned`` and ``keys`` are serialized only when set, so a context without
+    them keeps the dict, YAML and :attr:`LearnedContext.hash` it always had.
 
     Example:
         >>> item = Item(id="r-00000001", text="Show units.", scope="physics")
-        >>> Item.from_dict(item.to_dict()) == item
-        True
+        >>> Item.from_dict(item.to_dict()) == item, "keys" in item.to_dict()
+        (True, False)
+        >>> keyed = Item(id="r-00000002", text="Show units.", keys=["applies when a quantity is asked"], pinned=True)
+        >>> Item.from_dict(keyed.to_dict()) == keyed, keyed.to_dict()["keys"]
+        (True, ['applies when a quantity is asked'])
     """
 
     id: str
@@ -109,6 +119,8 @@ class Item:
     updated_step: int = 0
     helpful: int = 0
     harmful: int = 0
+    pinned: bool = False
+    keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_str(self.id, "item id")
@@ -127,10 +139,17 @@ class Item:
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise EditError(f"item {self.id}: {name} must be an integer, got {value!r}")
+        if not isinstance(self.pinned, bool):
+            raise EditError(f"item {self.id}: pinned must be true or false, got {self.pinned!r}")
+        if isinstance(self.keys, str) or not isinstance(self.keys, Iterable):
+            raise EditError(f"item {self.id}: keys must be a list of strings, got {self.keys!r}")
+        object.__setattr__(self, "keys", tuple(self.keys))
+        for key in self.keys:
+            _check_str(key, f"a key of item {self.id}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-compatible dict; :meth:`from_dict` inverts it."""
-        return {
+        """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``pinned`` and ``keys`` only when set)."""
+        d: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "scope": self.scope,
@@ -143,6 +162,11 @@ class Item:
             "helpful": self.helpful,
             "harmful": self.harmful,
         }
+        if self.pinned:
+            d["pinned"] = True
+        if self.keys:
+            d["keys"] = list(self.keys)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Item:

@@ -182,7 +182,8 @@ class MergeItems(_EditBase):
     """Replace two or more items by one new item at the position of the first.
 
     The new item's scope is ``scope`` if given, else the common scope of the
-    merged items (global if they differ). Its counters are the sums.
+    merged items (global if they differ). Its counters are the sums; it keeps
+    the retrieval keys of all merged items and is pinned if any of them was.
 
     Example:
         >>> MergeItems("qa", ("r-1", "r-2"), "Be exact and cite.").op
@@ -220,6 +221,8 @@ class MergeItems(_EditBase):
             updated_step=step,
             helpful=sum(it.helpful for it in olds),
             harmful=sum(it.harmful for it in olds),
+            pinned=any(it.pinned for it in olds),
+            keys=tuple(dict.fromkeys(k for it in olds for k in it.keys)),
         )
         merged = set(self.item_ids)
         if any(it.id == new.id for it in pc.items if it.id not in merged):

@@ -10,7 +10,8 @@ different demos for different inputs is cached and charged correctly.
 
 :class:`ScopeSelector`, the default, renders everything in scope: the context
 as it is (rendering keeps the global items and, in a task-aware stream, those of
-the input's task). Per-input retrieval plugs in here.
+the input's task). :class:`ctxopt.retrieval.RetrievalSelector` shows the pinned
+items and retrieves the rest per input.
 
 Example:
     >>> from ctxopt.context import Item, LearnedContext, PredictorContext

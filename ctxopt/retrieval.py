@@ -1,0 +1,183 @@
+"""Per-input retrieval: core memory always, archival memory by similarity to the input.
+
+:class:`RetrievalSelector` is a :class:`~ctxopt.selector.ContextSelector` that
+splits each predictor's context in two:
+
+* **Core memory**, always rendered: the instruction and the items marked
+  ``pinned``.
+* **Archival memory**, retrieved per input: every other item and every demo.
+  A demo's key is the text of its inputs; an item's keys are its ``keys``
+  (an "applies when …" text and the inputs that produced it), or its text
+  when it has none.
+
+For one input, the query is the text of its input fields (the ``task`` label
+left out, joined by newlines). Each candidate scores the highest similarity of
+the query to any of its keys (:meth:`ctxopt.similarity.Similarity.scores`).
+The ``k_items`` best items and ``k_demos`` best demos scoring at least
+``min_score`` are kept; ties go to the smaller id, and the kept ones stay in
+C's order, so the same input always gets the same prompt. With a task label
+(a task-aware call) only items and demos in the task's scope are candidates;
+without one (task-agnostic) retrieval alone decides.
+
+:meth:`RetrievalSelector.explain` says what was chosen for an input and how
+well each choice matched.
+
+Example:
+    >>> from ctxopt.context import Demo, Item, LearnedContext, PredictorContext
+    >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=(
+    ...     Item(id="r-fmt", text="Answer in one word.", pinned=True),
+    ...     Item(id="r-plural", text="Add s to make a plural.", keys=("plural of a noun",)),
+    ...     Item(id="r-antonym", text="Give the opposite.", keys=("antonym of an adjective",)),
+    ... ))})
+    >>> sel = RetrievalSelector("lexical", k_items=1)
+    >>> [it.id for it in sel.select(ctx, None, {"input": "the plural of cat"}).items("p")]
+    ['r-fmt', 'r-plural']
+    >>> why = sel.explain(ctx, None, {"input": "antonym of hot"})["p"]
+    >>> why.pinned, [hit.id for hit in why.items]
+    (('r-fmt',), ['r-antonym'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ctxopt.context import Demo, Item, LearnedContext, canonical_json
+from ctxopt.errors import ConfigError
+from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
+from ctxopt.tasks import TASK_FIELD
+
+__all__ = ["Hit", "Retrieval", "RetrievalSelector", "input_text"]
+
+
+def input_text(inputs: Mapping[str, Any]) -> str:
+    """The retrieval text of an input: its field values in order, without the ``task`` label, one per line.
+
+    Example:
+        >>> input_text({"task": "antonyms", "input": "hot", "n": 2})
+        'hot\\n2'
+    """
+    return "\n".join(v if isinstance(v, str) else canonical_json(v) for k, v in inputs.items() if k != TASK_FIELD)
+
+
+def _item_keys(item: Item) -> tuple[str, ...]:
+    return item.keys or (item.text,)
+
+
+def _demo_keys(demo: Demo) -> tuple[str, ...]:
+    return (input_text(demo.inputs),)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved item or demo: its id, its score and the key that scored it."""
+
+    id: str
+    score: float
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "key": self.key}
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What one predictor shows for one input.
+
+    Attributes:
+        query: The text the keys were compared with (:func:`input_text`).
+        pinned: Ids of the pinned (core) items in scope, always shown.
+        items: The retrieved items, in the context's order.
+        demos: The retrieved demos, in the context's order.
+    """
+
+    query: str
+    pinned: tuple[str, ...]
+    items: tuple[Hit, ...]
+    demos: tuple[Hit, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "pinned": list(self.pinned),
+                "items": [h.to_dict() for h in self.items], "demos": [h.to_dict() for h in self.demos]}
+
+
+class RetrievalSelector:
+    """Shows the pinned items, and the items and demos whose keys best match the input.
+
+    Args:
+        similarity: ``auto`` (embeddings when installed, else lexical),
+            ``embedding``, ``lexical`` or a :class:`~ctxopt.similarity.Similarity`;
+            a name is resolved on first use, so building a selector loads no model.
+        k_items: How many unpinned items to show at most.
+        k_demos: How many demos to show at most.
+        min_score: The similarity a retrieved item or demo needs at least.
+
+    Raises:
+        ConfigError: an unknown similarity name, a negative k, or ``min_score`` outside [0, 1].
+    """
+
+    def __init__(self, similarity: str | Similarity = "auto", *, k_items: int = 3, k_demos: int = 4,
+                 min_score: float = 0.0) -> None:
+        if isinstance(similarity, str):
+            check_similarity_name(similarity)
+        for name, k in (("k_items", k_items), ("k_demos", k_demos)):
+            if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {k!r}")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ConfigError(f"min_score must be in [0, 1], got {min_score!r}")
+        self.similarity = similarity
+        self.k_items, self.k_demos, self.min_score = k_items, k_demos, float(min_score)
+        self._sim: Similarity | None = None
+
+    @property
+    def sim(self) -> Similarity:
+        """The similarity backend, resolved on first use."""
+        if self._sim is None:
+            self._sim = get_similarity(self.similarity)
+        return self._sim
+
+    def __repr__(self) -> str:
+        return (f"RetrievalSelector({self.similarity!r}, k_items={self.k_items}, k_demos={self.k_demos}, "
+                f"min_score={self.min_score})")
+
+    def explain(self, context: LearnedContext, task: str | None, inputs: Mapping[str, Any]) -> dict[str, Retrieval]:
+        """What each predictor shows for this input, and why: the pinned ids and the retrieved hits with scores."""
+        query = input_text(inputs)
+        out: dict[str, Retrieval] = {}
+        for name, pc in context.predictors.items():
+            items = pc.scoped_items(task)
+            archival = [it for it in items if not it.pinned]
+            out[name] = Retrieval(
+                query=query,
+                pinned=tuple(it.id for it in items if it.pinned),
+                items=self._top(query, [(it.id, _item_keys(it)) for it in archival], self.k_items),
+                demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], self.k_demos),
+            )
+        return out
+
+    def select(self, context: LearnedContext, task: str | None, inputs: Mapping[str, Any]) -> LearnedContext:
+        """The context with only the pinned and retrieved items and the retrieved demos (C's order kept)."""
+        out = context
+        for name, why in self.explain(context, task, inputs).items():
+            pc = context.predictor(name)
+            shown = set(why.pinned) | {h.id for h in why.items}
+            demos = {h.id for h in why.demos}
+            kept = replace(pc, items=tuple(it for it in pc.items if it.id in shown),
+                           demos=tuple(d for d in pc.demos if d.id in demos))
+            if kept != pc:
+                out = out.with_predictor(name, kept)
+        return out
+
+    def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...]]], k: int) -> tuple[Hit, ...]:
+        """The best ``k`` candidates scoring at least ``min_score`` (ties: smaller id first), in the given order."""
+        if k == 0 or not candidates:
+            return ()
+        scores = iter(self.sim.scores(query, [key for _, keys in candidates for key in keys]))
+        hits: list[tuple[int, Hit]] = []
+        for position, (cid, keys) in enumerate(candidates):
+            per_key = [(next(scores), key) for key in keys]
+            best = max(score for score, _ in per_key)
+            hits.append((position, Hit(cid, best, next(key for score, key in per_key if score == best))))
+        ranked = sorted((h for h in hits if h[1].score >= self.min_score), key=lambda h: (-h[1].score, h[1].id))
+        return tuple(hit for _, hit in sorted(ranked[:k], key=lambda h: h[0]))
