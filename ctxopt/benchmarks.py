@@ -57,6 +57,13 @@ answer. Train and val come from the task's ``_train.txt`` file, test from
 ``_test.txt``. Metric: exact match, except qa8 lists-sets (``set_equal``) and
 qa19 path-finding (exact match; "n,w", "n, w" and "north, west" all accepted).
 
+**Revisits.** A task named twice in a stream is visited twice (``antonyms``, then
+``antonyms@2``; :func:`ctxopt.tasks.visits`). Visit ``k`` takes the ``k``-th block of
+each shuffled pool (:func:`visit_block`), so its train, val and test are fresh,
+disjoint from earlier visits' while the pool lasts (Instruction Induction: 400
+train/val inputs and 100 test inputs for most tasks; bAbI: 1,000 each), and
+wrap around after that. Visit 1 is exactly the task's usual splits.
+
 """
 
 from __future__ import annotations
@@ -68,13 +75,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dspy
 
 from ctxopt.errors import DataError
 from ctxopt.metrics import get_metric
-from ctxopt.tasks import Task, TaskStream, make_example
+from ctxopt.tasks import Task, TaskStream, make_example, visit_name, visits
 
 __all__ = [
     "BABI10",
@@ -88,6 +95,7 @@ __all__ = [
     "data_dir",
     "ii_stream",
     "seeded_rng",
+    "visit_block",
 ]
 
 DEFAULT_SIZES: tuple[int, int, int] = (40, 30, 50)
@@ -160,24 +168,46 @@ def data_dir() -> Path:
     return Path(str(resources.files("ctxopt") / "data"))
 
 
+T = TypeVar("T")
+
+
 def seeded_rng(*parts: Any) -> random.Random:
     return random.Random(":".join(str(p) for p in parts))
 
 
-def _split_pool(pool: list[Any], n_train: int, n_val: int, rng: random.Random) -> tuple[list[Any], list[Any]]:
-    """Shuffle and cut a pool into disjoint train and val parts (proportional when short)."""
+def visit_block(items: Sequence[T], n: int, visit: int = 1) -> list[T]:
+    """The ``visit``-th block of ``n`` items, wrapping around the end; all items when ``n`` covers them.
+
+    Successive visits get disjoint blocks while the items last.
+
+    Example:
+        >>> [visit_block("abcde", 2, k) for k in (1, 2, 3)], visit_block("ab", 5, 2)
+        ([['a', 'b'], ['c', 'd'], ['e', 'a']], ['a', 'b'])
+    """
+    items = list(items)
+    if n >= len(items):
+        return items
+    start = (visit - 1) * n % len(items)
+    return (items + items)[start : start + n]
+
+
+def _split_pool(
+    pool: list[Any], n_train: int, n_val: int, rng: random.Random, visit: int = 1
+) -> tuple[list[Any], list[Any]]:
+    """Shuffle and cut a pool into disjoint train and val parts (proportional when short); one block per visit."""
     pool = list(pool)
     rng.shuffle(pool)
     if len(pool) < n_train + n_val:
         n_train = max(1, round(len(pool) * n_train / (n_train + n_val)))
         n_val = len(pool) - n_train
-    return pool[:n_train], pool[n_train : n_train + n_val]
+    block = visit_block(pool, n_train + n_val, visit)
+    return block[:n_train], block[n_train:]
 
 
-def _sample(pool: list[Any], n: int, rng: random.Random) -> list[Any]:
+def _sample(pool: list[Any], n: int, rng: random.Random, visit: int = 1) -> list[Any]:
     pool = list(pool)
     rng.shuffle(pool)
-    return pool[:n]
+    return visit_block(pool, n, visit)
 
 
 # =========================================================================== ii
@@ -230,20 +260,20 @@ def _ii_rows(task: str, part: str) -> tuple[_Row, ...]:
     return tuple(rows.values())
 
 
-def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool) -> Task:
+def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool, visit: int = 1) -> Task:
     n_train, n_val, n_test = sizes
     execute = list(_ii_rows(name, "execute"))
     test_inputs = {r.input.strip().lower() for r in execute}
     pool = [r for r in _ii_rows(name, "induce") if r.input.strip().lower() not in test_inputs]
-    train, val = _split_pool(pool, n_train, n_val, seeded_rng("ii", name, seed))
-    test = _sample(execute, n_test, seeded_rng(TEST_SEED, "ii", name))
+    train, val = _split_pool(pool, n_train, n_val, seeded_rng("ii", name, seed), visit)
+    test = _sample(execute, n_test, seeded_rng(TEST_SEED, "ii", name), visit)
     task_name = name if aware else None
 
     def ex(r: _Row) -> dspy.Example:
         return make_example({"input": r.input, "output": r.output}, ["input"], task=task_name, answers=r.answers)
 
     return Task.from_splits(
-        name,
+        visit_name(name, visit),
         ("input",),
         "output",
         get_metric(II_METRICS[name], "output"),
@@ -257,8 +287,9 @@ def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool) 
 def ii_stream(
     spec: str, names: Sequence[str], *, seed: int, sizes: tuple[int, int, int], scenario: str
 ) -> TaskStream:
+    """The Instruction Induction stream of ``names``, in order; a repeated name is a revisit."""
     aware = scenario == "task-aware"
-    tasks = tuple(_ii_task(n, seed=seed, sizes=sizes, aware=aware) for n in names)
+    tasks = tuple(_ii_task(n, seed=seed, sizes=sizes, aware=aware, visit=k) for n, k in visits(names))
     meta = {"source": "instruction_induction", "seed": seed, "sizes": list(sizes)}
     return TaskStream(spec, scenario, tasks, meta)  # type: ignore[arg-type]
 
@@ -306,11 +337,11 @@ def _babi_rows(number: int, part: str) -> tuple[_Row, ...]:
     return tuple(_parse_babi(data_dir() / "babi" / "en" / f"{BABI_TASKS[number]}_{part}.txt"))
 
 
-def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bool) -> Task:
+def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bool, visit: int = 1) -> Task:
     n_train, n_val, n_test = sizes
     name = BABI_TASKS[number]
-    train, val = _split_pool(list(_babi_rows(number, "train")), n_train, n_val, seeded_rng("babi", number, seed))
-    test = _sample(list(_babi_rows(number, "test")), n_test, seeded_rng(TEST_SEED, "babi", number))
+    train, val = _split_pool(list(_babi_rows(number, "train")), n_train, n_val, seeded_rng("babi", number, seed), visit)
+    test = _sample(list(_babi_rows(number, "test")), n_test, seeded_rng(TEST_SEED, "babi", number), visit)
     metric_name = "set_equal" if number == 8 else "exact_match"
     task_name = name if aware else None
 
@@ -319,7 +350,7 @@ def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bo
         return make_example({"input": r.input, "output": r.output}, ["input"], task=task_name, answers=answers)
 
     return Task.from_splits(
-        name,
+        visit_name(name, visit),
         ("input",),
         "output",
         get_metric(metric_name, "output"),
@@ -333,7 +364,8 @@ def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bo
 def babi_stream(
     spec: str, numbers: Sequence[int], *, seed: int, sizes: tuple[int, int, int], scenario: str
 ) -> TaskStream:
+    """The bAbI stream of task ``numbers``, in order; a repeated number is a revisit."""
     aware = scenario == "task-aware"
-    tasks = tuple(_babi_task(n, seed=seed, sizes=sizes, aware=aware) for n in numbers)
+    tasks = tuple(_babi_task(n, seed=seed, sizes=sizes, aware=aware, visit=k) for n, k in visits(numbers))
     meta = {"source": "babi", "seed": seed, "sizes": list(sizes)}
     return TaskStream(spec, scenario, tasks, meta)  # type: ignore[arg-type]

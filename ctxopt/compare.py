@@ -29,7 +29,7 @@ that reached the model), holds for a cold run only.
 Example:
     >>> from ctxopt.matrix import RunResult
     >>> print(comparison_table([RunResult("static", ["a"], [0.5], [[0.5]])]).splitlines()[2])
-    | static | 0.500 | 0.000 | 0.000 | 0 | 0 | 0 | 0 | 0 | 0 | 0.0 s |
+    | static | 0.500 | 0.000 | 0.000 | 0 | 0 | 0 | 0 | 0 | 0 | – | 0.0 s |
 """
 
 from __future__ import annotations
@@ -140,22 +140,29 @@ def _total(r: RunResult, key: str) -> int:
     return sum(int(s.extra.get(key, 0) or 0) for s in r.steps)
 
 
+def _redundancy(r: RunResult) -> str:
+    red = r.meta.get("redundancy")
+    return f"{red['near_duplicates']} / {red['contradictions']}" if red else "–"
+
+
 def comparison_table(results: Sequence[RunResult]) -> str:
     """The comparison as Markdown, with the same cost columns for every method (learning only).
 
     Columns: method | ACC | BWT | FWT | task-model calls (requests that reached the task model; a cold
     run's cost) | charged calls (what the budget counted) | task prompt tokens | task completion tokens |
-    reflection calls | final context tokens | wall time.
+    reflection calls | final context tokens | near-duplicate / contradicting item pairs in the final context |
+    wall time.
     """
     header = ["method", "ACC", "BWT", "FWT", "task-model calls", "charged calls", "task prompt tokens",
-              "task completion tokens", "reflection calls", "final context tokens", "wall time"]
+              "task completion tokens", "reflection calls", "final context tokens", "near-dup / contra pairs",
+              "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in results:
         s = r.summary()
         cells = [r.method, _fmt(s["acc"]), _fmt(s["bwt"]), _fmt(s["fwt"]), str(_total(r, "task_model_calls")),
                  str(_total(r, "charged_task_calls")), str(_total(r, "task_prompt_tokens")),
                  str(_total(r, "task_completion_tokens")), str(s["reflection_calls"]),
-                 str(r.meta.get("final_context_tokens", s["context_tokens"])), f"{s['wall_s']:.1f} s"]
+                 str(r.meta.get("final_context_tokens", s["context_tokens"])), _redundancy(r), f"{s['wall_s']:.1f} s"]
         if not r.complete:
             cells[0] += f" ({len(r.R)}/{len(r.tasks)} tasks)"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -164,7 +171,7 @@ def comparison_table(results: Sequence[RunResult]) -> str:
 
 def write_comparison(run_dir: str | Path, results: Sequence[RunResult]) -> tuple[Path, Path]:
     """Write ``comparison.md`` (table + per-method budget notes) and the HTML report; return both paths."""
-    from ctxopt.report import write_report
+    from ctxopt.report import gate_summary, write_report
 
     folder = Path(run_dir)
     budget = results[0].meta.get("budget", {}) if results else {}
@@ -175,6 +182,9 @@ def write_comparison(run_dir: str | Path, results: Sequence[RunResult]) -> tuple
              "of a cold run: a resumed or rerun method reads its caches); charged calls are what the budget "
              "counted. Wall time is learning time.")
     lines = [f"# Comparison: {folder.resolve().name}", "", intro, "", comparison_table(results)]
+    gates = [f"- {r.method}: {gate_summary(r)}" for r in results if gate_summary(r)]
+    if gates:
+        lines += ["Gate decisions per step (the first decision, before any replay sample grew):", "", *gates]
     errors = [(r.method, s.step, s.task, s.extra["error"]) for r in results for s in r.steps if s.extra.get("error")]
     if errors:
         lines += ["", "Failed steps (context kept):", ""]

@@ -7,13 +7,13 @@ Example ``config.yaml``::
     task_lm: local
     reflection_lm: local:qwen2.5-coder-1.5b
     budget: light                     # preset, or a mapping: {preset: light, n_trials: 4}
-    gate: strict                      # or bootstrap
+    gate: paired                      # or strict, bootstrap (see ctxopt.gate)
     epsilon: 0.02
     seed: 0
     run_dir: runs/ii-8
     num_threads: 2
     sizes: [40, 30, 50]               # optional train/val/test sizes for built-in streams
-    consolidate: false                # sleep-time consolidation pass after every task
+    consolidate: auto                 # sleep-time consolidation after every task: true, false, or auto (task-agnostic only)
     similarity: auto                  # consolidation's duplicate detection: auto, embedding or lexical
 
 The hard context budget is a budget field: ``budget: {preset: light,
@@ -54,14 +54,19 @@ class RunConfig(BaseModel):
     task_lm: str = "local"
     reflection_lm: str = "local:qwen2.5-coder-1.5b"
     budget: str | dict[str, Any] = "light"
-    gate: Literal["strict", "bootstrap"] = "strict"
+    gate: Literal["paired", "strict", "bootstrap"] = "paired"
     epsilon: float = Field(0.02, ge=0.0, le=1.0)
     seed: int = 0
     num_threads: int = Field(2, ge=1, le=64)
     sizes: tuple[int, int, int] | None = None
     instruction: str | None = None
-    consolidate: bool = False
+    consolidate: bool | None = None
     similarity: Literal["auto", "embedding", "lexical"] = "auto"
+
+    @field_validator("consolidate", mode="before")
+    @classmethod
+    def _auto_consolidate(cls, value: Any) -> Any:
+        return None if value == "auto" else value
 
     @field_validator("budget")
     @classmethod

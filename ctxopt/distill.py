@@ -516,14 +516,14 @@ def distill(
             new_inputs = synthesize_inputs(refl, task, synthesize, seed=seed, shots=shots)
             s["synth_total"] = len(new_inputs)
             unlabeled = Task.from_splits(task.name, task.inputs, task.output, _Sampled(), [], [], [])
-            exs = [make_example(d, list(d), task=task.name if aware else None) for d in new_inputs]
+            exs = [make_example(d, list(d), task=task.family if aware else None) for d in new_inputs]
             per_sample = [t_ev.evaluate(_sampling_program(program, temperature, seed * 100 + k), ctx, unlabeled,
                                         exs, scenario=loaded.scenario).results for k in range(samples)]
             for i, ex in enumerate(exs):
                 answers = [None if rs[i].error else _field_text(rs[i].prediction.get(task.output, ""))
                            for rs in per_sample]
                 pick, share = _majority(answers, samples, agree)
-                if pick is None or _echoes(answers[pick], task.name, ex, task.inputs):
+                if pick is None or _echoes(answers[pick], task.family, ex, task.inputs):
                     continue
                 call_inputs, outputs = _target_call(per_sample[pick][i], predictor, ex, task.output)
                 rows.append(_Row(task.name, "synthetic", "self-consistency", share, example_id(ex),
@@ -545,7 +545,7 @@ def distill(
         if not held:
             agreement[task.name] = None
             continue
-        gold = [make_example({**r.inputs, task.output: r.output}, list(r.inputs), task=task.name if aware else None)
+        gold = [make_example({**r.inputs, task.output: r.output}, list(r.inputs), task=task.family if aware else None)
                 for r in held]
         check = Task.from_splits(task.name, task.inputs, task.output, task.metric, [], [], [])
         res = s_ev.evaluate(program, baseline, check, gold, scenario=loaded.scenario)

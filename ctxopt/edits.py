@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ctxopt._text import shorten
@@ -55,6 +55,8 @@ class _EditBase:
         d: dict[str, Any] = {"op": self.op}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("only_when_set") and value == f.default:
+                continue  # an optional field added later: old edits keep their dicts (and hashes)
             if isinstance(value, Demo):
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -94,9 +96,15 @@ class _EditBase:
 class AddItem(_EditBase):
     """Append a new item (rule, note or strategy) to a predictor.
 
+    ``keys`` (retrieval keys: an "applies when …" text, the inputs that produced
+    the item) and ``pinned`` (core memory) go to the new item; see
+    :class:`~ctxopt.context.Item`. They are in :meth:`to_dict` only when set.
+
     Example:
         >>> AddItem("qa", "Always give units.", scope="physics").item_id.startswith("r-")
         True
+        >>> "keys" in AddItem("qa", "Be brief.").to_dict(), AddItem("qa", "Be brief.", keys=("hi",)).to_dict()["keys"]
+        (False, ['hi'])
     """
 
     op: ClassVar[str] = "add_item"
@@ -105,11 +113,16 @@ class AddItem(_EditBase):
     scope: str = GLOBAL
     kind: str = "rule"
     rationale: str = ""
+    keys: tuple[str, ...] = field(default=(), metadata={"only_when_set": True})
+    pinned: bool = field(default=False, metadata={"only_when_set": True})
 
     def __post_init__(self) -> None:
         self._check()
         if self.kind not in KINDS:
             raise EditError(f"add_item: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if isinstance(self.keys, str) or not all(isinstance(k, str) for k in self.keys):
+            raise EditError(f"add_item: keys must be a list of strings, got {self.keys!r}")
+        object.__setattr__(self, "keys", tuple(self.keys))
 
     @property
     def item_id(self) -> str:
@@ -132,6 +145,8 @@ class AddItem(_EditBase):
             rationale=self.rationale,
             created_step=step,
             updated_step=step,
+            pinned=self.pinned,
+            keys=self.keys,
         )
         return replace(pc, items=pc.items + (new,))
 

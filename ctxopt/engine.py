@@ -2,8 +2,9 @@
 
 ``ctxopt run`` (:meth:`ContinualOptimizer.fit <ctxopt.optimizer.ContinualOptimizer.fit>`)
 and every method of ``ctxopt compare`` run through :class:`Engine`; only the
-method's ``learn`` differs (:class:`~ctxopt.baselines.Method`). The engine owns
-everything else:
+method's ``learn`` differs (:class:`~ctxopt.baselines.Method`). A method with a
+``selector_for(scenario)`` (ctxopt) is learned and measured with that
+:class:`~ctxopt.selector.ContextSelector`. The engine owns everything else:
 
 1. the :class:`~ctxopt.rundir.RunDir`: ``state.json``, the store and its first
    version C₀ (the program's own context), resume and the step clock;
@@ -12,7 +13,9 @@ everything else:
 3. for each task in order: the method learns from the tasks' train/val under
    the run's LMs, seed and per-task budget; the new C is committed (unless the
    method committed it itself); the test row is measured; the state is saved;
-4. the same cost figures for every method (:class:`StepCosts`).
+4. the same cost figures for every method (:class:`StepCosts`), and the
+   final context's redundancy (``meta["redundancy"]``: near-duplicate and
+   contradicting item pairs, :func:`~ctxopt.consolidate.redundancy.redundancy`).
 
 **Costs.** LM usage is read from the LMs' own counters around learning
 (:func:`ctxopt.lm.usage_of`), so calls DSPy's optimizers make count like any
@@ -52,11 +55,13 @@ from typing import TYPE_CHECKING, Any
 
 from ctxopt.baselines.base import LearnContext, Method, Outcome
 from ctxopt.budget import Budget
+from ctxopt.consolidate.redundancy import redundancy
 from ctxopt.context import LearnedContext
 from ctxopt.evaluator import Evaluator
 from ctxopt.lm import UsageSnapshot, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
 from ctxopt.rundir import RunDir
+from ctxopt.similarity import Similarity, get_similarity
 from ctxopt.tokens import TOKENIZER
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,6 +160,13 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.lms = {"task_lm": lm_name(self.task_lm), "reflection_lm": lm_name(self.reflection_lm)}
+        self._measurer = self.measure_evaluator
+        self._sim: Similarity | None = None
+
+    def _similarity(self) -> Similarity:
+        if self._sim is None:
+            self._sim = get_similarity("auto")
+        return self._sim
 
     def emit(self, kind: str, method: str, step: int = 0, task: str = "", **data: Any) -> None:
         event = RunEvent(kind, method, step, task, data)
@@ -177,6 +189,13 @@ class Engine:
         """
         name, n = method.name, len(self.stream)
         results = Path(results_dir) if results_dir is not None else run.path
+        # A method that shows each input its own part of C is learned and measured with its selector.
+        select = getattr(method, "selector_for", None)
+        selector = select(self.stream.scenario) if callable(select) else None
+        if selector is not None:
+            learn_evaluator = learn_evaluator.using(selector)
+        self._measurer = (self.measure_evaluator.using(selector) if selector is not None and
+                          self.measure_evaluator is not None else self.measure_evaluator)
         store = run.store
         state = run.load(self.identity(method))
         if state is not None and state["done"] == n:
@@ -234,7 +253,8 @@ class Engine:
                 "errors": sum(1 for s in state["steps"] if s.get("extra", {}).get("error")),
                 **self.meta}
         if context is not None:
-            meta.update(final_context_hash=context.hash, final_context_tokens=context.token_count())
+            meta.update(final_context_hash=context.hash, final_context_tokens=context.token_count(),
+                        redundancy=redundancy(context, self._similarity()))
         if head is not None:
             meta["final_rev"] = head.rev
         return RunResult(method=method.name, tasks=list(self.stream.names) if measured else [],
@@ -245,9 +265,9 @@ class Engine:
 
     def _measure(self, name: str, step: int, task: str, context: LearnedContext
                  ) -> tuple[list[float], UsageSnapshot, float]:
-        assert self.measure_evaluator is not None
+        assert self._measurer is not None
         t0, started = usage_of(self.task_lm), time.perf_counter()
-        row = measure_row(self.measure_evaluator, self.program, self.stream, context)
+        row = measure_row(self._measurer, self.program, self.stream, context)
         used, secs = usage_of(self.task_lm) - t0, time.perf_counter() - started
         self.emit("measure", name, step, task, row=row)
         return row, used, secs

@@ -397,6 +397,14 @@ class Evaluator:
     def cache_path(self) -> Path | None:
         return self._cache.path
 
+    def using(self, selector: ContextSelector) -> Evaluator:
+        """This evaluator with another selector, sharing its LM and cache (results are keyed by what is shown)."""
+        if selector is self.selector:
+            return self
+        other = copy.copy(self)
+        other.selector = selector
+        return other
+
     def close(self) -> None:
         """Close the cache file (the evaluator keeps working from memory)."""
         self._cache.close()
@@ -431,7 +439,7 @@ class Evaluator:
             raise ConfigError(f"unknown scenario '{scenario}'; use one of {', '.join(SCENARIOS)}")
         start = time.perf_counter()
         aware = scenario == "task-aware"
-        label = task.name if aware else None
+        label = task.family if aware else None  # every visit of a task shares its label and scope
         ctx_hash = str(context.hash) if context is not None else "none"
         takes_task = aware and _accepts(program, TASK_FIELD)
         # One program copy per distinct selection (the default selector makes one per evaluation).
@@ -508,7 +516,7 @@ class Evaluator:
         eid = example_id(example)
         inputs = dict(example.inputs().items())
         if aware:  # the program declares the task label (see Evaluator.evaluate)
-            inputs.setdefault(TASK_FIELD, task.name)
+            inputs.setdefault(TASK_FIELD, task.family)
         else:
             inputs.pop(TASK_FIELD, None)
         trace: list[Any] = []

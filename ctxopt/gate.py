@@ -3,38 +3,84 @@
 A gate sees paired per-example scores: for the current task and for every
 earlier task's replay set, the scores of the current context and of the
 candidate on *the same* examples (``{example_id: score}``). It returns a
-:class:`Decision` with its reason; the optimizer commits on accept and keeps
-the old context otherwise.
+:class:`Decision` with its reason and its ``outcome``: ``accepted``,
+``rejected`` or ``undecided``. The optimizer commits on accept and keeps the
+old context otherwise; on ``undecided`` it first grows the replay samples of
+the tasks the decision names (``Decision.grow``) and asks again.
 
-Two gates ship, resolved by name through :func:`get_gate`:
+Three gates ship, resolved by name through :func:`get_gate`:
 
-* ``strict`` (default): the current task's paired mean must rise by at least
-  ``min_gain`` and no earlier task may fall by more than ``epsilon``.
+* ``paired`` (the default, :class:`PairedTestGate`): paired tests on the
+  per-example differences after − before, so that one flipped answer cannot
+  veto a step. It accepts iff
+
+  (a) the current task gains with evidence: its mean rises, and of its
+      examples that changed, the candidate fixes (after > before) enough more
+      than it breaks (after < before) that a one-sided exact sign test gives
+      p < ``alpha`` = 0.1 (0/10 → 8/10: p = 0.004; 0/10 → 3/10: p = 0.125);
+  (b) the replayed earlier tasks do not lose, on average, significantly more
+      than ``epsilon`` = 0.02: the mean over tasks of each task's mean drop
+      (before − after), with its paired standard error se, gives
+      z = (drop − ε) / se and p = 1 − Φ(z);
+  (c) no single earlier task loses more than ``max_drop`` = 0.25 (the same
+      test on that task alone, against 0.25).
+
+  A harm test with p < ``alpha_harm`` = 0.05 rejects. One with
+  p < ``alpha_close`` = 0.15, or a task whose observed drop exceeds
+  ``max_drop`` without being significantly over it, is *close*: the decision
+  is ``undecided`` and names the tasks to grow (those close alone, and, when
+  the average is close, every task with a broken example). ε is finer than a
+  small replay sample can resolve (one answer of 10 is 0.1), so for (b) only
+  significance counts; ``max_drop`` is not, so (c) also holds the observed
+  drop to it. A gain that fails (a) is rejected at once: the current task's
+  val is used whole, nothing can grow. One broken answer of 10 on the only
+  earlier task gives p = 0.21 (accepted); two give p = 0.09 (undecided);
+  1.0 → 0.5 gives p = 0.002 (rejected).
+* ``strict``: the current task's paired mean must rise by at least
+  ``min_gain`` and no earlier task may fall by more than ``epsilon``
+  (on 10 replay examples, a single flipped answer vetoes).
 * ``bootstrap``: like ``strict``, but the gain on the current task must also be
   significant under a paired bootstrap (one-sided p < ``alpha``).
 
 Consolidation (:mod:`ctxopt.consolidate`) uses the run's gate as a tolerance,
-:func:`tolerance_gate`: a :class:`ToleranceGate` needs no gain, only that no
-task, the current one included, falls by more than ``epsilon``.
+:func:`tolerance_gate`: no gain needed, only that no task, the current one
+included, falls by more than ``epsilon`` (:class:`ToleranceGate`), or for the
+``paired`` gate, does not fall significantly by tests (b) and (c) over every
+task (:class:`PairedToleranceGate`; there, undecided does not land).
 
 Example:
-    >>> gate = StrictGate(min_gain=0.01, epsilon=0.02)
-    >>> d = gate.decide(PairedScores("t2", {"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 0.0}), [])
-    >>> d.accepted, round(d.current_gain, 2)
-    (True, 0.5)
+    >>> gate = PairedTestGate()
+    >>> ids = [f"x{k}" for k in range(10)]
+    >>> def scores(task, before, after):  # after: 1.0 on the first ``after`` examples
+    ...     return PairedScores(task, {i: float(k < before) for k, i in enumerate(ids)},
+    ...                         {i: float(k < after) for k, i in enumerate(ids)})
+    >>> new = scores("new", 0, 8)                                  # 0/10 → 8/10
+    >>> gate.decide(new, [scores("old", 10, 9)]).outcome           # one flipped replay answer
+    'accepted'
+    >>> gate.decide(new, [scores("old", 10, 5)]).outcome           # a real regression
+    'rejected'
+    >>> d = gate.decide(new, [scores("old", 10, 8)])               # close: grow old's sample
+    >>> d.outcome, d.grow
+    ('undecided', ('old',))
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Protocol
 
 from ctxopt.errors import ConfigError
 
-__all__ = ["GATES", "BootstrapGate", "Decision", "Gate", "PairedScores", "StrictGate", "ToleranceGate", "get_gate",
-           "paired_bootstrap_p", "tolerance_gate"]
+__all__ = ["DEFAULT_GATE", "GATES", "OUTCOMES", "BootstrapGate", "Decision", "DropTest", "Gate", "PairedScores",
+           "PairedTestGate", "PairedToleranceGate", "StrictGate", "ToleranceGate", "get_gate", "paired_bootstrap_p",
+           "sign_test_p", "tolerance_gate"]
+
+DEFAULT_GATE = "paired"
+OUTCOMES = ("accepted", "rejected", "undecided")
 
 
 @dataclass(frozen=True)
@@ -65,19 +111,42 @@ class PairedScores:
     def delta(self) -> float:
         return self.mean_after - self.mean_before
 
+    @property
+    def fixed(self) -> int:
+        """Examples the candidate scores higher on."""
+        return sum(self.after[i] > self.before[i] for i in self.before)
+
+    @property
+    def broken(self) -> int:
+        """Examples the candidate scores lower on."""
+        return sum(self.after[i] < self.before[i] for i in self.before)
+
 
 @dataclass(frozen=True)
 class Decision:
-    """The gate's verdict, with the figures behind it (stored in the run and the store)."""
+    """The gate's verdict, with the figures behind it (stored in the run and the store).
+
+    ``outcome`` is ``accepted``, ``rejected`` or ``undecided`` (default: from ``accepted``); an
+    undecided decision is not accepted and names in ``grow`` the tasks whose replay samples should grow.
+    """
 
     accepted: bool
     reason: str
     current_gain: float
     replay_deltas: dict[str, float] = field(default_factory=dict)
     p_value: float | None = None
+    outcome: str = ""
+    grow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        outcome = self.outcome or ("accepted" if self.accepted else "rejected")
+        if outcome not in OUTCOMES or (outcome == "accepted") != self.accepted:
+            raise ValueError(f"decision outcome {outcome!r} does not fit accepted={self.accepted}")
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "grow", tuple(self.grow))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "grow": list(self.grow)}
 
 
 class Gate(Protocol):
@@ -141,11 +210,158 @@ class BootstrapGate(StrictGate):
         return Decision(strict.accepted, strict.reason, strict.current_gain, strict.replay_deltas, p)
 
 
-GATES = {"strict": StrictGate, "bootstrap": BootstrapGate}
+def sign_test_p(fixed: int, broken: int) -> float:
+    """One-sided exact sign test: the chance of ``fixed`` or more fixes among the ``fixed + broken``
+    changed examples, were fixing and breaking equally likely (1.0 when nothing changed).
+
+    Example:
+        >>> sign_test_p(8, 0), sign_test_p(3, 0), sign_test_p(1, 0), sign_test_p(0, 0)
+        (0.00390625, 0.125, 0.5, 1.0)
+    """
+    n = fixed + broken
+    return sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2 ** n
+
+
+@dataclass(frozen=True)
+class DropTest:
+    """The mean drop (before − after) over some tasks' paired examples, tested against a tolerance.
+
+    ``drop`` averages each task's mean drop, so tasks weigh the same whatever their sample size;
+    ``se`` is its paired standard error (per task: the sample standard deviation of the differences
+    over √n, with the largest variance of a difference in [−1, 1], 1, for a single example; averaged:
+    √Σ se_k² / K). ``p`` is the one-sided p-value of "the drop is at most ``tolerance``" under the normal
+    approximation; with se = 0 (every example moved alike) it is 0 or 1.
+
+    Example:
+        >>> t = DropTest.of([PairedScores("t", dict.fromkeys("abcdefghij", 1.0), {**dict.fromkeys("abcdefghi", 1.0),
+        ...                                                                       "j": 0.0})], 0.02)
+        >>> round(t.drop, 2), round(t.se, 2), round(t.p, 2)
+        (0.1, 0.1, 0.21)
+    """
+
+    drop: float
+    se: float
+    tolerance: float
+
+    @classmethod
+    def of(cls, scores: Sequence[PairedScores], tolerance: float) -> DropTest:
+        drops, variances = [], []
+        for s in scores:
+            diffs = [s.before[i] - s.after[i] for i in s.ids]
+            n = len(diffs)
+            mean = sum(diffs) / n
+            var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 1.0  # n = 1: the bound
+            drops.append(mean)
+            variances.append(var / n)
+        k = len(drops)
+        return cls(sum(drops) / k, math.sqrt(sum(variances)) / k, tolerance)
+
+    @property
+    def p(self) -> float:
+        if self.se == 0:
+            return 0.0 if self.drop > self.tolerance + 1e-12 else 1.0
+        return 1.0 - NormalDist().cdf((self.drop - self.tolerance) / self.se)
+
+
+@dataclass(frozen=True)
+class PairedTestGate:
+    """The default gate: a significant gain now, no significant loss before (see the module docstring).
+
+    Args:
+        epsilon: Tolerated mean drop over the replayed earlier tasks.
+        max_drop: Tolerated drop of any one earlier task.
+        alpha: Level of the one-sided sign test on the current task's gain.
+        alpha_harm: A harm test below this p-value rejects.
+        alpha_close: A harm test below this p-value (and not below ``alpha_harm``) leaves the decision undecided.
+        min_gain: The current task's mean must rise by at least this much.
+    """
+
+    epsilon: float = 0.02
+    max_drop: float = 0.25
+    alpha: float = 0.1
+    alpha_harm: float = 0.05
+    alpha_close: float = 0.15
+    min_gain: float = 1e-9
+
+    def decide(self, current: PairedScores, replay: Sequence[PairedScores]) -> Decision:
+        deltas = {r.task: round(r.delta, 6) for r in replay}
+        gain, p = current.delta, sign_test_p(current.fixed, current.broken)
+        moved = (f"{current.task} {current.mean_before:.3f} → {current.mean_after:.3f} "
+                 f"({current.fixed} fixed, {current.broken} broken")
+        if gain < self.min_gain:
+            return Decision(False, f"no gain on {moved})", gain, deltas, p)
+        if p >= self.alpha:
+            return Decision(False, f"gain on {moved}) not significant: sign test p={p:.3f} ≥ α={self.alpha}",
+                            gain, deltas, p)
+        outcome, why, grow = self._harm(replay, "earlier task")
+        reason = {"accepted": f"{moved}, sign test p={p:.3f}); {why}", "rejected": why,
+                  "undecided": f"undecided: {why}"}[outcome]
+        return Decision(outcome == "accepted", reason, gain, deltas, p, outcome, grow)
+
+    def _zone(self, test: DropTest, hard: bool = False) -> str:
+        """``beyond`` (p < alpha_harm), ``close`` (p < alpha_close, or with ``hard`` an observed drop over
+        the tolerance), else ``within``."""
+        if test.p < self.alpha_harm:
+            return "beyond"
+        return "close" if test.p < self.alpha_close or (hard and test.drop > test.tolerance) else "within"
+
+    def _harm(self, scores: Sequence[PairedScores], what: str) -> tuple[str, str, tuple[str, ...]]:
+        """Tests (b) and (c) over ``scores``: the outcome, why, and the tasks to grow when undecided."""
+        scores = [s for s in scores if s.before]
+        if not scores:
+            return "accepted", f"no {what} replayed", ()
+        pooled = DropTest.of(scores, self.epsilon)
+        each = {s.task: DropTest.of([s], self.max_drop) for s in scores}
+        zone = {s.task: self._zone(each[s.task], hard=True) for s in scores}
+        worst = min(scores, key=lambda s: s.delta)
+
+        def drops(s: PairedScores) -> str:
+            return f"{what} {s.task} drops {s.mean_before:.3f} → {s.mean_after:.3f}"
+
+        mean = f"mean drop over {len(scores)} {what}(s) {pooled.drop:+.3f} vs ε={self.epsilon} (p={pooled.p:.3f})"
+        beyond = [s for s in scores if zone[s.task] == "beyond"]
+        if beyond:
+            s = min(beyond, key=lambda s: each[s.task].p)
+            return "rejected", (f"{drops(s)}, significantly more than {self.max_drop} "
+                                f"(p={each[s.task].p:.3f} < {self.alpha_harm})"), ()
+        if self._zone(pooled) == "beyond":
+            return "rejected", f"{drops(worst)}: {mean}, significantly more (p < {self.alpha_harm})", ()
+        pooled_close = self._zone(pooled) == "close"
+        grow = tuple(s.task for s in scores if zone[s.task] == "close" or (pooled_close and s.broken))
+        if grow:
+            return "undecided", (f"{drops(worst)}: {mean}; neither clearly within nor beyond ε={self.epsilon} "
+                                 f"and {self.max_drop} per task; grow {', '.join(grow)}"), grow
+        return "accepted", f"{mean}: not significantly more; no {what} over {self.max_drop}", ()
+
+    def tolerance(self, epsilon: float | None = None) -> PairedToleranceGate:
+        """This gate's harm tests for consolidations (:class:`PairedToleranceGate`), with ``epsilon`` if given."""
+        return PairedToleranceGate(self.epsilon if epsilon is None else epsilon, self.max_drop, self.alpha,
+                                   self.alpha_harm, self.alpha_close, self.min_gain)
+
+
+@dataclass(frozen=True)
+class PairedToleranceGate(PairedTestGate):
+    """:class:`PairedTestGate` for consolidations: no gain needed; every task, the current one included,
+    must pass the harm tests. An undecided consolidation does not land (nothing grows for it).
+
+    Example:
+        >>> tol = tolerance_gate(PairedTestGate())
+        >>> tol.decide(PairedScores("t2", dict.fromkeys("ab", 1.0), dict.fromkeys("ab", 0.0)), []).reason
+        'task t2 drops 1.000 → 0.000, significantly more than 0.25 (p=0.000 < 0.05)'
+    """
+
+    def decide(self, current: PairedScores, replay: Sequence[PairedScores]) -> Decision:
+        every = [current, *replay]
+        outcome, why, grow = self._harm(every, "task")
+        return Decision(outcome == "accepted", f"undecided: {why}" if outcome == "undecided" else why,
+                        current.delta, {r.task: round(r.delta, 6) for r in every}, None, outcome, grow)
+
+
+GATES = {"paired": PairedTestGate, "strict": StrictGate, "bootstrap": BootstrapGate}
 
 
 def get_gate(gate: str | Gate, **options: float) -> Gate:
-    """Resolve a gate given by name (``strict``, ``bootstrap``) or as an object."""
+    """Resolve a gate given by name (``paired``, ``strict``, ``bootstrap``) or as an object."""
     if not isinstance(gate, str):
         return gate
     if gate not in GATES:
@@ -174,15 +390,21 @@ class ToleranceGate(StrictGate):
 
 
 def tolerance_gate(gate: Gate, epsilon: float | None = None) -> Gate:
-    """The run's gate for consolidations, as a tolerance: :class:`ToleranceGate` with the gate's ε.
+    """The run's gate for consolidations, as a tolerance: :class:`ToleranceGate` with the gate's ε,
+    or for a :class:`PairedTestGate`, its harm tests (:class:`PairedToleranceGate`).
 
     A consolidation need not improve anything; it lands when no seen task —
-    the newest included — falls by more than ε on its held-out val examples.
+    the newest included — falls by more than ε on its held-out val examples
+    (for the paired gate: not significantly, by the same tests as a step's replay).
     ε is the run gate's own (``epsilon`` overrides it).
 
     Example:
         >>> tolerance_gate(StrictGate(epsilon=0.05))
         ToleranceGate(min_gain=-0.05, epsilon=0.05)
+        >>> type(tolerance_gate(PairedTestGate(), epsilon=0.05)).__name__
+        'PairedToleranceGate'
     """
+    if isinstance(gate, PairedTestGate):
+        return gate.tolerance(epsilon)
     eps = epsilon if epsilon is not None else getattr(gate, "epsilon", 0.02)
     return ToleranceGate(min_gain=-eps, epsilon=eps)

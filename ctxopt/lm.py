@@ -266,6 +266,10 @@ class LocalEngine:
         stop = config.stop if config.stop else None
         loaded = self._model()
         with loaded.lock:
+            # Evaluate every prompt from an empty KV cache. Reusing the previous prompt's cached prefix is
+            # faster but changes the arithmetic (other batch shapes), so an answer would depend on which
+            # request came before it: a warm or resumed run could then decide differently from a cold one.
+            loaded.llama.reset()
             try:
                 out = loaded.llama.create_chat_completion(
                     messages=messages,

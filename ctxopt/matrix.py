@@ -269,8 +269,27 @@ class RunResult:
         k = len(self.R)
         return [list(row[:k]) for row in self.R], list(self.r0[:k])
 
+    def gate_counts(self) -> dict[str, int]:
+        """How often the gate's first decision of a step was ``accepted``, ``rejected`` or ``undecided``
+        (before any growth), and how many ``rounds`` of growing replay samples the run took.
+
+        Read from the steps' ``extra`` (``gate_outcome``, ``gate_rounds``); a step without them (a peer
+        method, a step with nothing to gate) counts nowhere.
+
+        Example:
+            >>> steps = [StepRecord(1, "a", extra={"gate_outcome": "undecided", "gate_rounds": 1}), StepRecord(2, "b")]
+            >>> RunResult("m", ["a", "b"], [0, 0], steps=steps).gate_counts()
+            {'accepted': 0, 'rejected': 0, 'undecided': 1, 'rounds': 1}
+        """
+        counts = {"accepted": 0, "rejected": 0, "undecided": 0, "rounds": 0}
+        for s in self.steps:
+            if s.extra.get("gate_outcome") in ("accepted", "rejected", "undecided"):
+                counts[s.extra["gate_outcome"]] += 1
+            counts["rounds"] += int(s.extra.get("gate_rounds") or 0)
+        return counts
+
     def summary(self) -> dict[str, Any]:
-        """ACC, BWT, FWT, cumulative loss and per-task forgetting, plus cost totals."""
+        """ACC, BWT, FWT, cumulative loss and per-task forgetting, plus cost totals and :meth:`gate_counts`."""
         R, r0 = self.square()
         totals = {
             "steps": len(self.steps),
@@ -280,6 +299,7 @@ class RunResult:
             "tokens": sum(s.tokens for s in self.steps),
             "wall_s": sum(s.wall_s for s in self.steps),
             "context_tokens": self.steps[-1].context_tokens if self.steps else 0,
+            "gate_counts": self.gate_counts(),
         }
         if not R:
             return {"acc": None, "bwt": None, "fwt": None, "cumulative_loss": None, "forgetting": [], **totals}

@@ -63,6 +63,7 @@ __all__ = [
     "get_metric",
     "normalize",
     "gold_answers",
+    "field_value",
     "exact_match",
     "contains",
     "token_f1",
@@ -136,16 +137,22 @@ def _alnum(text: str) -> str:
 
 def gold_answers(example: Any, output_field: str) -> list[str]:
     """All acceptable answers of an example: ``_answers`` if present, else the output field."""
-    answers = _get(example, ANSWERS_FIELD)
+    answers = field_value(example, ANSWERS_FIELD)
     if answers:
         if isinstance(answers, str):
             return [answers]
         return [str(a) for a in answers]
-    value = _get(example, output_field)
+    value = field_value(example, output_field)
     return [] if value is None else [str(value)]
 
 
-def _get(obj: Any, key: str) -> Any:
+def field_value(obj: Any, key: str) -> Any:
+    """A field of an example or prediction (mapping, ``.get`` or attribute); None when absent.
+
+    Example:
+        >>> field_value({"output": "x"}, "output"), field_value(object(), "output")
+        ('x', None)
+    """
     if obj is None:
         return None
     if isinstance(obj, Mapping):
@@ -346,7 +353,7 @@ class FieldMetric:
         return self.name
 
     def __call__(self, example: Any, prediction: Any) -> Score:
-        value = _get(prediction, self.output_field)
+        value = field_value(prediction, self.output_field)
         if value is None:
             return Score(0.0, f"the prediction has no field '{self.output_field}'; it must produce one")
         return _COMPARATORS[self.name](str(value), gold_answers(example, self.output_field))

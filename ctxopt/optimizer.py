@@ -9,7 +9,8 @@ pipeline of typed stages (:mod:`ctxopt.stages`):
    a val minibatch of the current task plus a replay sample of earlier tasks' val;
 4. **gate** the best candidate on the full val of the current task and the
    replay set of every earlier task; it lands only if the current task improves
-   and no earlier task drops by more than ε, otherwise C stays as it was;
+   and earlier tasks do not drop (by default: significantly, by paired tests;
+   a close call grows the replay samples and decides again), otherwise C stays as it was;
    with ``max_context_tokens``, an accepted C that is too large is consolidated
    (**make room**) and must pass the same gate again;
 5. **commit** the outcome to the git-backed store (accepted: the new C;
@@ -37,7 +38,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.engine import Engine, RunEvent, measure_row
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import Evaluator
-from ctxopt.gate import Decision, Gate, PairedScores, get_gate
+from ctxopt.gate import DEFAULT_GATE, Decision, Gate, PairedScores, get_gate
 from ctxopt.lm import get_lm, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
 from ctxopt.proposer import (
@@ -74,9 +75,10 @@ from ctxopt.proposer import (
     ReflectionProposer,
     dedupe,
 )
+from ctxopt.retrieval import archival, input_text
 from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord
-from ctxopt.selector import ContextSelector
+from ctxopt.selector import ContextSelector, default_selector, retrieves
 from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup
 from ctxopt.store import Store
 from ctxopt.tasks import Task, TaskStream, example_id
@@ -95,6 +97,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ROOM_SCOPES = 5  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
+GATE_ROUNDS = 2  # an undecided gate grows the replay samples it names at most this many times
 REJECTIONS_FILE = "consolidation_rejections.json"
 
 
@@ -147,8 +150,9 @@ class ContinualOptimizer:
         task_lm: LM spec or ``dspy.LM`` that runs the program.
         reflection_lm: LM spec or ``dspy.LM`` that proposes edits.
         budget: preset name (``light``/``medium``/``heavy``), dict, or :class:`Budget`.
-        gate: ``strict``, ``bootstrap`` or a :class:`Gate` object.
-        epsilon: tolerated drop of an earlier task's score (gate).
+        gate: ``paired`` (default: paired tests, robust to a flipped answer; :mod:`ctxopt.gate`), ``strict``,
+            ``bootstrap`` or a :class:`Gate` object.
+        epsilon: tolerated drop of an earlier task's score (``paired``: of their mean, tested).
         seed: seeds minibatches, reflection samples and the TPE sampler.
         num_threads: evaluator threads.
         callbacks: functions receiving :class:`Event` s.
@@ -157,13 +161,17 @@ class ContinualOptimizer:
         extra_proposers: proposers consulted before the default (or given) ones.
         run_dir: where caches, the Optuna study and results go (``fit(run_dir=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
-        consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`).
+        consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`);
+            default (None): in task-agnostic streams, whose one memory every input shares, and not in task-aware
+            ones, whose memory is fenced per task.
         consolidator: a :class:`~ctxopt.consolidate.ConsolidationProposer`, or a similarity name (``auto``,
             ``embedding``, ``lexical``) for the default :class:`Consolidator` on ``reflection_lm``. With
             ``budget.max_context_tokens`` set, it also makes room when a step would exceed the budget. When
             consolidation can run, its share of the reflection calls is kept from the proposers.
-        selector: What of C the model sees for each input (:mod:`ctxopt.selector`); default: all in scope.
-            It must depend only on the part of C in the input's scope (the gate skips tasks whose scope is unchanged).
+        selector: What of C the model sees for each input (:mod:`ctxopt.selector`); default: everything in the
+            task's scope in a task-aware stream, per-input retrieval (core memory + retrieved items and demos,
+            :class:`~ctxopt.retrieval.RetrievalSelector`) in a task-agnostic one. With a retrieving selector,
+            new items carry retrieval keys and demos accumulate as archival memory (:func:`~ctxopt.retrieval.archival`).
         search: The :class:`~ctxopt.search.Search` that combines proposals; default: TPE (``EditSearch``).
         evaluator: The :class:`Evaluator` to learn and measure with; default: a cached one in the run directory
             (on ``task_lm``, with ``selector``).
@@ -175,7 +183,7 @@ class ContinualOptimizer:
         reflection_lm: Any = "local:qwen2.5-coder-1.5b",
         *,
         budget: str | Budget | dict | None = "light",
-        gate: str | Gate = "strict",
+        gate: str | Gate = DEFAULT_GATE,
         epsilon: float = 0.02,
         seed: int = 0,
         num_threads: int = 4,
@@ -185,7 +193,7 @@ class ContinualOptimizer:
         extra_proposers: Sequence[Proposer] = (),
         run_dir: str | Path | None = None,
         store: Store | None = None,
-        consolidate: bool = False,
+        consolidate: bool | None = None,
         consolidator: ConsolidationProposer | str | None = None,
         selector: ContextSelector | None = None,
         evaluator: Evaluator | None = None,
@@ -204,6 +212,7 @@ class ContinualOptimizer:
         self._given_store = store  # commit into an existing store (e.g. a transfer branch)
         self._given_evaluator = evaluator  # evaluate with this one instead of a cached one in the run directory
         self.selector = selector
+        self._selectors: dict[str, ContextSelector] = {}
         self.search = search  # default: a seeded TPE study in RUN_DIR/optuna.db (EditSearch)
         self.consolidate = consolidate
         self.consolidator: ConsolidationProposer = (
@@ -252,6 +261,20 @@ class ContinualOptimizer:
             raise ConfigError("no run directory: pass run_dir=DIR to fit() or to ContinualOptimizer")
         return self._run, self._run.store, self._evaluator
 
+    def selector_for(self, scenario: str) -> ContextSelector:
+        """The selector this optimizer learns and measures with in ``scenario`` (one object per scenario)."""
+        if self.selector is not None:
+            return self.selector
+        if scenario not in self._selectors:
+            similarity = getattr(self.consolidator, "similarity", "auto")
+            self._selectors[scenario] = default_selector(scenario, similarity if isinstance(similarity, str) else "auto")
+        return self._selectors[scenario]
+
+    def _use_scenario(self, scenario: str) -> None:
+        self._scenario = scenario
+        if self._evaluator is not None and self._evaluator is not self._given_evaluator:
+            self._evaluator = self._evaluator.using(self.selector_for(scenario))
+
     def emit(self, kind: str, task: str = "", **data: Any) -> None:
         event = Event(kind, self._step, task, data)
         for cb in self.callbacks:
@@ -262,8 +285,12 @@ class ContinualOptimizer:
         """The current learned context."""
         return self._context
 
+    def _sleeps(self) -> bool:
+        """Whether a consolidation pass runs after every step (``consolidate``; None: task-agnostic only)."""
+        return self._scenario == "task-agnostic" if self.consolidate is None else bool(self.consolidate)
+
     def _consolidation_on(self) -> bool:
-        return self.consolidate or self.budget.max_context_tokens is not None
+        return self._sleeps() or self.budget.max_context_tokens is not None
 
     def _consolidation_reserve(self) -> int:
         """Reflection calls kept from the proposers for consolidation: its per-pass need, at most a third."""
@@ -317,8 +344,9 @@ class ContinualOptimizer:
         arg = _run_dir_arg(run_dir, store, "fit")
         if arg is not None:
             self._bind(arg)
+        self._require_run()
+        self._use_scenario(stream.scenario)
         run, _, evaluator = self._require_run()
-        self._scenario = stream.scenario
         engine = Engine(program, stream, self.task_lm, self.reflection_lm, self.budget, self.seed,
                         evaluator if self.measure_test else None, num_threads=self.num_threads,
                         max_context_tokens=self.budget.max_context_tokens or 0, catch_errors=False,
@@ -362,7 +390,7 @@ class ContinualOptimizer:
         """
         _, st, _ = self._require_run()
         if scenario is not None:
-            self._scenario = scenario
+            self._use_scenario(scenario)
         earlier = [t for t in (self._seen if seen is None else seen) if t.name != task.name]
         base = context or self._context or st.current()
         if base is None:
@@ -370,8 +398,9 @@ class ContinualOptimizer:
             st.commit(base, "initial context C0", {"step": 0, "lms": self._lms()})
         self._step = len(earlier) + 1
         setup = StepSetup(step=self._step, task=task, base=base, earlier=tuple(earlier), scenario=self._scenario,
-                          scope=task.name if self._scenario == "task-aware" else GLOBAL,
-                          predictor=target_predictor(program, task.output), n_pred=len(program.named_predictors()))
+                          scope=task.family if self._scenario == "task-aware" else GLOBAL,
+                          predictor=target_predictor(program, task.output), n_pred=len(program.named_predictors()),
+                          selector=self._evaluator.selector)
         started = time.perf_counter()
         t_usage, r_usage = usage_of(self.task_lm), usage_of(self.reflection_lm)
         self.ledger.start_task(task.name)
@@ -385,7 +414,7 @@ class ContinualOptimizer:
         self._commit(setup, gated)
         self._context, self._seen = (gated.context if gated.accepted else base), [*earlier, task]
         passes = [gated.room] if gated.room is not None else []
-        if self.consolidate:
+        if self._sleeps():
             passes.append(self._sleep(program, task, setup.step))
 
         t_used, r_used = usage_of(self.task_lm) - t_usage, usage_of(self.reflection_lm) - r_usage
@@ -397,7 +426,8 @@ class ContinualOptimizer:
                    "charged_by_source": dict(self.ledger.by_source.get(task.name, {})),
                    "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
                    "items": sum(len(p.items) for _, p in self._context.predictors.items()),
-                   "context_hash": self._context.hash, **self._consolidation_figures(passes)},
+                   "context_hash": self._context.hash, "gate_outcome": gated.gate_outcome,
+                   "gate_rounds": gated.gate_rounds, **self._consolidation_figures(passes)},
         )
         self.emit("task_end", task.name, accepted=gated.accepted, reason=gated.reason, record=record.to_dict())
         return StepOutcome(setup.step, task.name, gated.accepted, gated.reason, self._context,
@@ -422,9 +452,12 @@ class ContinualOptimizer:
         return gated
 
     def _reserved(self, setup: StepSetup) -> int:
-        """Task-LM calls kept from the search: the gate's cost and, with a context budget, one
+        """Task-LM calls kept from the search: the gate's cost, one round of growing one earlier task's
+        replay sample (both sides), should the gate be undecided, and, with a context budget, one
         consolidation check over a few task scopes, should the step need to make room."""
         reserved = self._gate_cost(setup)
+        if setup.earlier:
+            reserved += 2 * setup.n_pred * self.budget.gate_replay_per_task
         if self.budget.max_context_tokens is not None:
             reserved += setup.n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
         return reserved
@@ -447,7 +480,7 @@ class ContinualOptimizer:
         """Every proposer's edits for C, each proposer charged under its own name; duplicates dropped."""
         task = setup.task
         self.emit("phase", task.name, phase="propose")
-        pctx = ProposalContext(context=setup.base, task=task.name, scope=setup.scope, predictor=setup.predictor,
+        pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=setup.predictor,
                                inputs=tuple(program_inputs(program, setup.predictor)), output=task.output,
                                observations=observed.observations, train=tuple(task.train),
                                seed=self.seed * 100 + setup.step)
@@ -455,6 +488,10 @@ class ContinualOptimizer:
         raw = [p for proposer in self._proposer_list()
                for p in proposer.propose(replace(pctx, charge=self.ledger.handle(
                    f"proposer:{type(proposer).__name__}", keep=keep)))]
+        if retrieves(setup.selector):  # one memory for all inputs: keyed items, accumulating demos
+            raw = archival(raw, [input_text(dict(o.example.inputs().items())) for o in observed.observations
+                                 if o.score < 1] or [input_text(dict(o.example.inputs().items()))
+                                                      for o in observed.observations])
         proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)
         self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
         return Proposed(tuple(proposals), tuple(dropped))
@@ -485,17 +522,63 @@ class ContinualOptimizer:
         return Searched(result.best, tuple(result.best_proposals), result.stopped_by_budget)
 
     def _gate(self, program: dspy.Module, setup: StepSetup, searched: Searched) -> Gated:
-        """Full val of the task and the replay set of every earlier task whose view changes."""
-        self.emit("phase", setup.task.name, phase="gate")
-        current, *replay = self._paired(program, setup, setup.base, searched.best, changed_only=True,
-                                        keep_current=True)
-        decision = self.gate.decide(current, replay)
-        self.emit("gate", setup.task.name, **decision.to_dict())
+        """Full val of the task and the replay sample of every earlier task whose view changes.
+
+        While the gate is undecided, the replay samples it names grow (:meth:`_grown`) and it decides
+        again, at most :data:`GATE_ROUNDS` times. The examples a round adds are charged under ``gate``
+        for both sides (charges never depend on caches). An undecided gate that stays so, whose named
+        samples are already whole, or whose growth the budget refuses, rejects and says why.
+        """
+        task, base, best = setup.task, setup.base, searched.best
+        self.emit("phase", task.name, phase="gate")
+        sizes: dict[str, int] = {}
+        scores = self._paired(program, setup, base, best, changed_only=True, keep_current=True)
+        decision = first = self.gate.decide(scores[0], scores[1:])
+        rounds = 0
+        while decision.outcome == "undecided":
+            grown, added = self._grown(setup, decision.grow, sizes)
+            cost = 2 * setup.n_pred * added
+            if rounds == GATE_ROUNDS:
+                why = " of growing the replay samples"
+            elif not grown:
+                why = f": the replay samples of {', '.join(decision.grow) or 'no task'} are their whole val"
+            elif not self.ledger.can_spend("task", cost):
+                why = f": growing the replay samples needs {cost} task-LM calls, {self.ledger.remaining('task')} left"
+            else:
+                self.ledger.charge("task", cost, "gate")
+                sizes.update(grown)
+                rounds += 1
+                self.emit("phase", task.name, phase="gate", grow=dict(grown), round=rounds)
+                scores = self._paired(program, setup, base, best, changed_only=True, keep_current=True,
+                                      sizes=sizes, charge=False)
+                decision = self.gate.decide(scores[0], scores[1:])
+                continue
+            decision = replace(decision, accepted=False, outcome="rejected",
+                               reason=f"undecided after {rounds} round(s){why} ({decision.reason})")
+            break
+        self.emit("gate", task.name, **decision.to_dict(), first_outcome=first.outcome, rounds=rounds)
+        gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes}
         if not decision.accepted:
-            return Gated.rolled_back(setup.base, decision.reason, searched.proposals, decision)
+            return Gated(False, base, decision.reason, searched.proposals, decision, **gate_run)
         # The gate's paired outcome is the evidence for the items these proposals added or changed.
-        best = credit(searched.best, changed_item_ids(setup.base, searched.best), [current, *replay])
-        return Gated(True, best, decision.reason, searched.proposals, decision)
+        best = credit(best, changed_item_ids(base, best), scores)
+        return Gated(True, best, decision.reason, searched.proposals, decision, **gate_run)
+
+    def _grown(self, setup: StepSetup, names: Sequence[str], sizes: dict[str, int]) -> tuple[dict[str, int], int]:
+        """The replay samples of ``names`` doubled, up to each task's whole val: the new sizes of those that
+        grow, and how many examples they add. A grown sample is a longer prefix of the same seeded order,
+        so it holds the smaller one and every score computed on it."""
+        tasks = {t.name: t for t in setup.earlier}
+        grown, added = {}, 0
+        for name in names:
+            if name not in tasks:
+                continue
+            whole = len(tasks[name].val)
+            old = min(sizes.get(name, self.budget.gate_replay_per_task), whole)
+            if min(2 * old, whole) > old:
+                grown[name] = min(2 * old, whole)
+                added += grown[name] - old
+        return grown, added
 
     def _make_room(self, program: dspy.Module, setup: StepSetup, gated: Gated) -> Gated:
         """Consolidate an over-budget accepted C; it lands only if it then fits and passes the same gate."""
@@ -509,19 +592,24 @@ class ContinualOptimizer:
                         protect=protect, step=setup.step, task=task.name, on_candidate=self._on_candidate(task),
                         memory=self._rejections)
         if not room.fits:
-            return Gated.rolled_back(base, f"rendered context would be {too_big} > max_context_tokens={limit} and "
-                                           f"consolidation could not make room ({room.summary()})",
-                                     gated.proposals, gated.decision, room)
-        # The same examples as the gate: every score was computed by the gate (base) or by the consolidation
-        # checks (the tasks whose prompts changed), so this re-check runs nothing new and is not charged again.
-        scores = self._paired(program, setup, base, room.context, charge=False)
+            return replace(gated, accepted=False, context=base, room=room,
+                           reason=f"rendered context would be {too_big} > max_context_tokens={limit} and "
+                                  f"consolidation could not make room ({room.summary()})")
+        # The same examples as the gate's last round. On the base samples every score was computed by the gate
+        # (base) or by the consolidation checks (the tasks whose prompts changed), and is not charged again;
+        # the examples a grown sample adds are charged for the tasks whose prompts the consolidation changed.
+        first, grown = self.budget.gate_replay_per_task, gated.replay_sizes
+        fresh = sum(len(exs[first:]) for t, exs in self._gate_sets(task, setup.earlier, grown)[1:]
+                    if t.name in grown and setup.differs(best, room.context, t, exs[first:]))
+        self.ledger.charge("task", setup.n_pred * fresh, "gate")
+        scores = self._paired(program, setup, base, room.context, sizes=grown, charge=False)
         decision = self.gate.decide(scores[0], scores[1:])
         if not decision.accepted:
-            return Gated.rolled_back(base, f"after consolidating to fit max_context_tokens={limit} "
-                                           f"({room.summary()}) the step no longer passes the gate: {decision.reason}",
-                                     gated.proposals, decision, room)
-        return Gated(True, room.context, f"{gated.reason}; consolidated to fit max_context_tokens={limit}: "
-                                         f"{room.summary()}", gated.proposals, gated.decision, room)
+            return replace(gated, accepted=False, context=base, room=room, decision=decision,
+                           reason=f"after consolidating to fit max_context_tokens={limit} ({room.summary()}) the "
+                                  f"step no longer passes the gate: {decision.reason}")
+        return replace(gated, context=room.context, room=room,
+                       reason=f"{gated.reason}; consolidated to fit max_context_tokens={limit}: {room.summary()}")
 
     def _commit(self, setup: StepSetup, gated: Gated) -> None:
         """The store's record of the step: the new C if accepted, else an empty commit saying why."""
@@ -550,35 +638,43 @@ class ContinualOptimizer:
 
     # ------------------------------------------------------------------ paired scores (gate, consolidation)
 
-    def _gate_sets(self, task: Task, earlier: Sequence[Task]) -> list[tuple[Task, list[dspy.Example]]]:
-        """The gate's examples: full val of ``task``, the gate replay sample of every earlier task."""
-        others = [t for t in earlier if t.name != task.name]
-        return [(task, list(task.val))] + [
-            (t, self._sample(t.val, self.budget.gate_replay_per_task, "gate", t.name)) for t in others]
+    def _gate_sets(self, task: Task, earlier: Sequence[Task],
+                   sizes: Mapping[str, int] | None = None) -> list[tuple[Task, list[dspy.Example]]]:
+        """The gate's examples: full val of ``task``, the gate replay sample of every earlier task.
 
-    def _gate_cost(self, setup: StepSetup) -> int:
+        A replay sample holds ``gate_replay_per_task`` examples, or ``sizes[task]`` once the gate grew it:
+        a longer prefix of the same seeded order.
+        """
+        others, sizes = [t for t in earlier if t.name != task.name], sizes or {}
+        return [(task, list(task.val))] + [
+            (t, self._sample(t.val, sizes.get(t.name, self.budget.gate_replay_per_task), "gate", t.name))
+            for t in others]
+
+    def _gate_cost(self, setup: StepSetup, sizes: Mapping[str, int] | None = None) -> int:
         """Calls charged for one gate check: both sides on the current task's val, the candidate side on replay.
 
         The current context's replay scores are not charged again: the replay samples are fixed per task,
         so the current context was scored on them when it passed its own gate (they come from the caches).
+        Examples a grown sample adds are charged for both sides by :meth:`_gate` as it grows them.
         """
-        current, *replay = self._gate_sets(setup.task, setup.earlier)
+        current, *replay = self._gate_sets(setup.task, setup.earlier, sizes)
         return setup.n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
     def _paired(self, program: dspy.Module, setup: StepSetup, before: LearnedContext, after: LearnedContext, *,
                 changed_only: bool = False, keep_current: bool = False, charge: bool = True,
-                source: str = "gate") -> list[PairedScores]:
+                source: str = "gate", sizes: Mapping[str, int] | None = None) -> list[PairedScores]:
         """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is the step's task.
 
         ``changed_only`` keeps only the tasks whose prompts differ (with ``keep_current`` the current task
         is always kept): on the others both sides score the same, so they are neither run nor charged.
         ``charge=False`` is for a re-check whose scores were all computed, and paid for, by earlier checks.
+        ``sizes`` are grown replay sample sizes (:meth:`_gate_sets`).
         """
-        sets = self._gate_sets(setup.task, setup.earlier)
-        cost = self._gate_cost(setup)
+        sets = self._gate_sets(setup.task, setup.earlier, sizes)
+        cost = self._gate_cost(setup, sizes)
         if changed_only:
-            keep = [i for i, (t, _) in enumerate(sets)
-                    if (i == 0 and keep_current) or setup.view(before, t) != setup.view(after, t)]
+            keep = [i for i, (t, exs) in enumerate(sets)
+                    if (i == 0 and keep_current) or setup.differs(before, after, t, exs)]
             cost = setup.n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
             sets = [sets[i] for i in keep]
         if charge:
@@ -606,7 +702,8 @@ class ContinualOptimizer:
     def _consolidation_check(self, program: dspy.Module, task: Task) -> Callable[..., Decision]:
         """:meth:`_check` for a sleep pass after ``task``, over every task seen so far."""
         setup = StepSetup(step=self._step, task=task, base=self._context, earlier=tuple(self._seen),
-                          scenario=self._scenario, scope=GLOBAL, predictor="", n_pred=len(program.named_predictors()))
+                          scenario=self._scenario, scope=GLOBAL, predictor="", n_pred=len(program.named_predictors()),
+                          selector=self._evaluator.selector)
         return self._check(program, setup, "consolidation")
 
     # ------------------------------------------------------------------ sleep-time consolidation
@@ -652,7 +749,7 @@ class ContinualOptimizer:
         if arg is not None:
             self._bind(arg)
         run, st, _ = self._require_run()
-        self._scenario = stream.scenario
+        self._use_scenario(stream.scenario)
         state = run.read_state()
         if state is not None:
             identity = state.get("identity") or {}

@@ -53,14 +53,14 @@ from ctxopt._atomic import write_json
 from ctxopt.budget import Budget, get_budget
 from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.edits import DeleteItem, RemoveDemo
+from ctxopt.engine import measure_row
 from ctxopt.errors import ConfigError
 from ctxopt.evaluator import Evaluator
-from ctxopt.gate import Gate
+from ctxopt.gate import DEFAULT_GATE, Gate
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm, lm_name
-from ctxopt.engine import measure_row
 from ctxopt.optimizer import ContinualOptimizer, Event
-from ctxopt.rundir import RunDir
 from ctxopt.proposer import Proposal, ProposalContext
+from ctxopt.rundir import RunDir
 from ctxopt.store import Store, validate_ref_name
 from ctxopt.tasks import Task, TaskStream
 
@@ -346,7 +346,7 @@ def transfer(
     program: dspy.Module | None = None,
     reflection_lm: Any = None,
     budget: str | Budget | dict | None = "light",
-    gate: str | Gate = "strict",
+    gate: str | Gate = DEFAULT_GATE,
     epsilon: float = 0.02,
     rev: str = "HEAD",
     branch: str | None = None,

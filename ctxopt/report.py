@@ -14,7 +14,10 @@ external files, scripts or fonts) and ``summary.md`` next to it. The page has:
   as a cell that darkens from the left panel to the right (also written to
   ``methods.png``);
 * where steps record them: item count over steps, and consolidations proposed,
-  accepted and rolled back per step (:mod:`ctxopt.consolidate`).
+  accepted and rolled back per step (:mod:`ctxopt.consolidate`);
+* per method whose steps record gate outcomes, a line saying how often the gate
+  accepted, rejected or was undecided, and the rounds of sample growth it took
+  (:func:`gate_summary`).
 
 Plots use matplotlib's object API (``Figure``), never ``pyplot``, so no global
 backend state changes and no window opens.
@@ -38,7 +41,8 @@ from typing import Any
 from ctxopt._atomic import write_bytes, write_text
 from ctxopt.matrix import RunResult, load_results
 
-__all__ = ["write_report", "markdown_table", "methods_figure", "REPORT_FILE", "SUMMARY_FILE", "METHODS_PNG"]
+__all__ = ["write_report", "markdown_table", "methods_figure", "gate_summary", "REPORT_FILE", "SUMMARY_FILE",
+           "METHODS_PNG"]
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
@@ -222,6 +226,22 @@ def _calls_plot(results: Sequence[RunResult]) -> str:
     )
 
 
+def gate_summary(run: RunResult) -> str:
+    """One line on the run's gate decisions (:meth:`RunResult.gate_counts`); empty if no step records one.
+
+    Example:
+        >>> from ctxopt.matrix import StepRecord
+        >>> steps = [StepRecord(1, "a", extra={"gate_outcome": "undecided", "gate_rounds": 2})]
+        >>> gate_summary(RunResult("m", ["a"], [0.0], steps=steps))
+        'gate: 0 accepted, 0 rejected, 1 undecided at first (2 rounds of growing replay samples)'
+    """
+    if not any("gate_outcome" in s.extra for s in run.steps):
+        return ""
+    c = run.gate_counts()
+    return (f"gate: {c['accepted']} accepted, {c['rejected']} rejected, {c['undecided']} undecided at first "
+            f"({c['rounds']} rounds of growing replay samples)")
+
+
 def _has(results: Sequence[RunResult], key: str) -> bool:
     return any(key in s.extra for r in results for s in r.steps)
 
@@ -283,6 +303,14 @@ def _method_section(run: RunResult) -> str:
             parts.append(f'<p class="meta">{html.escape(meta)}</p>')
     if not run.complete:
         parts.append(f"<p>In progress: {len(run.R)} of {len(run.tasks)} tasks learned.</p>")
+    if gate_summary(run):
+        parts.append(f"<p>{html.escape(gate_summary(run).capitalize())}.</p>")
+    red = run.meta.get("redundancy")
+    if red:
+        parts.append(f"<p>Redundancy of the final context: {red['near_duplicates']} near-duplicate and "
+                     f"{red['contradictions']} contradicting pair(s) among {red['pairs']} item pairs in overlapping "
+                     f"scopes ({red['items']} items; {html.escape(str(red['similarity']))} similarity ≥ "
+                     f"{red['threshold']}).</p>")
     parts.append(_img(_heatmap(run), f"accuracy matrix heatmap of {run.method}"))
     parts.append(_img(_curves(run), f"per-task score curves of {run.method}"))
     matrix_rows = [["before", *(_fmt(v) for v in run.r0)]]

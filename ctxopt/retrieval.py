@@ -43,12 +43,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ctxopt._text import shorten
 from ctxopt.context import Demo, Item, LearnedContext, canonical_json
+from ctxopt.edits import AddItem, RemoveDemo, RewriteInstruction
 from ctxopt.errors import ConfigError
+from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
 from ctxopt.tasks import TASK_FIELD
 
-__all__ = ["Hit", "Retrieval", "RetrievalSelector", "input_text"]
+__all__ = ["MAX_KEYS", "Hit", "Retrieval", "RetrievalSelector", "archival", "input_text"]
+
+MAX_KEYS = 6
+"""Retrieval keys one new item gets at most (the first inputs that produced it)."""
 
 
 def input_text(inputs: Mapping[str, Any]) -> str:
@@ -181,3 +187,39 @@ class RetrievalSelector:
             hits.append((position, Hit(cid, best, next(key for score, key in per_key if score == best))))
         ranked = sorted((h for h in hits if h[1].score >= self.min_score), key=lambda h: (-h[1].score, h[1].id))
         return tuple(hit for _, hit in sorted(ranked[:k], key=lambda h: h[0]))
+
+
+def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposal]:
+    """``proposals`` rewritten for one memory shared by every input (a retrieving selector).
+
+    * A new item without keys gets ``keys``: the inputs that produced it (the
+      failed train inputs it answers), at most :data:`MAX_KEYS`, so it is
+      retrieved for inputs like them.
+    * A rewrite of the instruction becomes a keyed ``strategy`` item: the
+      instruction is core memory, shown to every input, and one task's
+      instruction must not take over the others.
+    * A demo set adds its demos and removes none: the demos already there are
+      other inputs' archival memory.
+
+    Example:
+        >>> from ctxopt.edits import AddItem, RewriteInstruction
+        >>> out = archival([Proposal("r", (AddItem("p", "Use digits."), RewriteInstruction("p", "Add."),), "reflection")],
+        ...                ["2 plus 3", "7 plus 1"])
+        >>> [(type(e).__name__, e.kind, e.keys) for e in out[0].edits]
+        [('AddItem', 'rule', ('2 plus 3', '7 plus 1')), ('AddItem', 'strategy', ('2 plus 3', '7 plus 1'))]
+    """
+    unique = tuple(dict.fromkeys(shorten(k, 300) for k in keys if k and k.strip()))[:MAX_KEYS]
+    out: list[Proposal] = []
+    for p in proposals:
+        edits = []
+        for e in p.edits:
+            if isinstance(e, RemoveDemo):
+                continue
+            if isinstance(e, RewriteInstruction):
+                e = AddItem(e.predictor, e.text, kind="strategy", rationale=e.rationale, keys=unique)
+            elif isinstance(e, AddItem) and not e.keys and not e.pinned:
+                e = replace(e, keys=unique)
+            edits.append(e)
+        if edits:
+            out.append(replace(p, edits=tuple(edits)))
+    return out

@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ctxopt.context import Item, LearnedContext
 
-__all__ = ["ContextSelector", "KeepItems", "ScopeSelector"]
+__all__ = ["ContextSelector", "KeepItems", "ScopeSelector", "default_selector", "retrieves"]
 
 
 @runtime_checkable
@@ -67,3 +67,27 @@ class KeepItems:
             if items != pc.items:
                 out = out.with_predictor(name, replace(pc, items=items))
         return out
+
+
+def default_selector(scenario: str, similarity: Any = "auto") -> ContextSelector:
+    """The selector a scenario gets unless one is given.
+
+    A task-aware stream renders everything in the input's task scope
+    (:class:`ScopeSelector`). A task-agnostic stream has one memory for every
+    input, so each input sees its core memory and what it retrieves
+    (:class:`~ctxopt.retrieval.RetrievalSelector` on ``similarity``).
+
+    Example:
+        >>> type(default_selector("task-aware")).__name__, type(default_selector("task-agnostic")).__name__
+        ('ScopeSelector', 'RetrievalSelector')
+    """
+    if scenario == "task-aware":
+        return ScopeSelector()
+    from ctxopt.retrieval import RetrievalSelector
+
+    return RetrievalSelector(similarity)
+
+
+def retrieves(selector: ContextSelector) -> bool:
+    """Whether ``selector`` may show different parts of C to different inputs of one task scope."""
+    return not isinstance(selector, ScopeSelector)

@@ -37,6 +37,7 @@ from ctxopt.budget import Charge
 from ctxopt.context import LearnedContext
 from ctxopt.gate import Decision
 from ctxopt.proposer import Observation, Proposal
+from ctxopt.selector import ContextSelector, ScopeSelector, retrieves
 
 if TYPE_CHECKING:  # pragma: no cover
     import dspy
@@ -70,10 +71,27 @@ class StepSetup:
     scope: str
     predictor: str
     n_pred: int
+    selector: ContextSelector = field(default_factory=ScopeSelector)
 
-    def view(self, ctx: LearnedContext, task: Task) -> str:
-        """What the program sees for ``task`` under ``ctx`` (equal views make equal prompts)."""
-        return ctx.view(task.name if self.scenario == "task-aware" else None)
+    def label(self, task: Task) -> str | None:
+        """The task label the program and the selector get for ``task``'s inputs (None: task-agnostic)."""
+        return task.family if self.scenario == "task-aware" else None
+
+    def shows(self, ctx: LearnedContext, task: Task, examples: Sequence[dspy.Example]) -> tuple[str, ...]:
+        """What the program sees for ``examples`` of ``task`` under ``ctx``: equal values make equal prompts.
+
+        With the scope selector every input of a task sees the same view; a retrieving selector is
+        asked per input.
+        """
+        label = self.label(task)
+        if not retrieves(self.selector):
+            return (ctx.view(label),)
+        return tuple(self.selector.select(ctx, label, dict(ex.inputs().items())).view(label) for ex in examples)
+
+    def differs(self, before: LearnedContext, after: LearnedContext, task: Task,
+                examples: Sequence[dspy.Example]) -> bool:
+        """Whether some of ``examples`` would see another prompt under ``after`` than under ``before``."""
+        return self.shows(before, task, examples) != self.shows(after, task, examples)
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,10 @@ class Gated:
     """The step's verdict: the context it ends with, whether that is a change, and why.
 
     ``decision`` is None when there was nothing to gate; ``room`` is the consolidation pass
-    of the make-room stage, if it ran.
+    of the make-room stage, if it ran. ``gate_outcome`` is the gate's first outcome (``accepted``,
+    ``rejected`` or ``undecided``, before any growth; None when the gate did not run), ``gate_rounds``
+    how many times an undecided gate grew replay samples, and ``replay_sizes`` the grown sample sizes
+    by task (tasks not named keep the budget's ``gate_replay_per_task``).
     """
 
     accepted: bool
@@ -115,6 +136,9 @@ class Gated:
     proposals: tuple[Proposal, ...] = ()
     decision: Decision | None = None
     room: PassResult | None = None
+    gate_outcome: str | None = None
+    gate_rounds: int = 0
+    replay_sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def rolled_back(cls, base: LearnedContext | None, reason: str, proposals: Sequence[Proposal] = (),
@@ -154,11 +178,14 @@ class SearchObjective:
 
     def __post_init__(self) -> None:
         self._tasks = {t.name: t for t in self.setup.earlier}
+        self._changed: dict[str, list[str]] = {}
 
     def changed(self, ctx: LearnedContext) -> list[str]:
-        """The earlier tasks whose view ``ctx`` changes."""
-        base = self.setup.base
-        return [n for n in self.replay if self.setup.view(ctx, self._tasks[n]) != self.setup.view(base, self._tasks[n])]
+        """The earlier tasks for whose replay sample ``ctx`` changes what the program sees."""
+        if ctx.hash not in self._changed:
+            self._changed[ctx.hash] = [n for n in self.replay
+                                       if self.setup.differs(self.setup.base, ctx, self._tasks[n], self.replay[n])]
+        return self._changed[ctx.hash]
 
     def cost(self, ctx: LearnedContext) -> int:
         """Calls that scoring ``ctx`` adds to what was scored already (0 if it was)."""

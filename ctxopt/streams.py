@@ -10,13 +10,30 @@
 * ``babi-10``: bAbI tasks 1, 4, 6, 9, 10, 11, 12, 13, 15, 20 (Weston et al., 2015);
   ``babi``: all 20; ``babi:1,4`` (numbers or file names like
   ``qa1_single-supporting-fact``): any subset, in the order given.
+* ``assistant-8``: eight self-describing reasoning-gym tasks (chain_sum,
+  letter_counting, word_sorting, number_format, spell_backward, leg_counting,
+  word_sequence_reversal, number_sorting), **task-agnostic** by default: the
+  "assistant" case, where requests carry no task label but each says what it
+  wants. ``rg:letter_counting,spell_backward``: any reasoning-gym datasets, in
+  order, with the package's default configurations. Both need the optional
+  extra ``ctxopt[rg]`` (reasoning-gym 0.1.25, Apache-2.0, generated offline from
+  seeds; :mod:`ctxopt.rg`).
 * a path to a ``.yaml``/``.yml`` file (see below).
 
-Built-in streams are task-aware unless ``scenario="task-agnostic"`` is passed.
-Default sizes are 40 train, 30 val and 50 test examples per task
-(``sizes=(train, val, test)`` changes them).
+Built-in streams other than ``assistant-8`` are task-aware unless
+``scenario="task-agnostic"`` is passed. Default sizes are 40 train, 30 val and
+50 test examples per task (``sizes=(train, val, test)`` changes them).
 
-Instruction Induction and bAbI are built in :mod:`ctxopt.benchmarks` (splits, metrics).
+**Recurrence.** A task may come back with fresh examples. A built-in spec with
+the suffix ``xN`` runs its tasks N times over (``ii-8x2``: the 8 ii-8 tasks, then
+the same 8 again), and a name repeated in ``ii:``, ``babi:`` or ``rg:``
+(``ii:antonyms,sum,antonyms``) is a revisit. Visit k ≥ 2 is its own task,
+``antonyms@2``, with its own train/val/test, disjoint from earlier visits' while
+the data allows, deterministic by seed; the program is told the family
+(``antonyms``) and sees what was learned for it (:attr:`ctxopt.tasks.Task.family`).
+
+Instruction Induction and bAbI are built in :mod:`ctxopt.benchmarks` (splits, metrics),
+reasoning-gym streams in :mod:`ctxopt.rg`.
 
 **YAML streams**::
 
@@ -39,17 +56,22 @@ Instruction Induction and bAbI are built in :mod:`ctxopt.benchmarks` (splits, me
         val: {hf: stanfordnlp/sst2, split: validation}
         test: hf:stanfordnlp/sst2:validation[:200]
         fields: {input: sentence, output: label}  # our field <- source column
+      - repeat: antonyms          # a revisit: antonyms@2, same definition, fresh examples
 
 Relative paths resolve against the YAML file's folder. Task files may be JSONL,
 JSON (a list of records, or ``{"examples": …}``), CSV/TSV, or anything
 ``datasets`` loads from a local file (Parquet, Arrow). An output given as a list
 counts every element as an acceptable answer. When ``val`` is missing, a quarter
-of ``train`` (seeded) becomes val.
+of ``train`` (seeded) becomes val. A ``repeat`` entry's examples are the next
+block of each shuffled split, so they are fresh only where ``sizes`` leaves
+examples unused (without ``sizes`` a revisit reuses the first visit's examples).
 
 Example:
     >>> s = load_stream("ii:antonyms,sum", sizes=(4, 3, 5))
     >>> s.names, len(s["antonyms"].train), s["sum"].test_size
     (('antonyms', 'sum'), 4, 5)
+    >>> load_stream("ii:antonyms,sumx2", sizes=(4, 3, 5)).names
+    ('antonyms', 'sum', 'antonyms@2', 'sum@2')
 """
 
 from __future__ import annotations
@@ -58,6 +80,7 @@ import csv
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,10 +99,12 @@ from ctxopt.benchmarks import (
     data_dir,
     ii_stream,
     seeded_rng,
+    visit_block,
 )
 from ctxopt.errors import ConfigError, DataError
 from ctxopt.metrics import get_metric
-from ctxopt.tasks import SCENARIOS, Task, TaskStream, make_example
+from ctxopt.rg import ASSISTANT8, rg_stream
+from ctxopt.tasks import SCENARIOS, Task, TaskStream, make_example, visit_name
 
 __all__ = [
     "load_stream",
@@ -100,7 +125,10 @@ _BUILTINS: dict[str, str] = {
     "ii": "Instruction Induction, all 24 tasks (alphabetical); ii:a,b,… picks tasks in order",
     "babi-10": "bAbI QA tasks " + ", ".join(map(str, BABI10)),
     "babi": "bAbI QA, all 20 tasks; babi:1,4,… picks tasks in order",
+    "assistant-8": "reasoning-gym, 8 self-describing tasks, task-agnostic: " + ", ".join(ASSISTANT8),
+    "rg": "rg:a,b,… picks reasoning-gym datasets in order (needs ctxopt[rg])",
 }
+_REPEAT = re.compile(r"^(?P<base>.+)x(?P<times>[1-9][0-9]*)$")
 
 
 def builtin_streams() -> dict[str, str]:
@@ -108,7 +136,7 @@ def builtin_streams() -> dict[str, str]:
 
     Example:
         >>> sorted(builtin_streams())
-        ['babi', 'babi-10', 'ii', 'ii-8']
+        ['assistant-8', 'babi', 'babi-10', 'ii', 'ii-8', 'rg']
     """
     return dict(_BUILTINS)
 
@@ -126,8 +154,9 @@ def load_stream(
     """Load a built-in stream by name or a user stream from a YAML file.
 
     Args:
-        spec: ``ii-8``, ``ii``, ``ii:a,b``, ``babi-10``, ``babi``, ``babi:1,4``
-            or a path to a YAML stream file.
+        spec: ``ii-8``, ``ii``, ``ii:a,b``, ``babi-10``, ``babi``, ``babi:1,4``,
+            ``assistant-8``, ``rg:a,b``, any of those with a repeat suffix
+            (``ii-8x2``), or a path to a YAML stream file.
         seed: Seeds the train/val draw (the test subset is fixed).
         sizes: ``(train, val, test)`` examples per task; built-ins default to
             (40, 30, 50), YAML streams to the file's ``sizes`` or everything.
@@ -146,25 +175,44 @@ def load_stream(
     if sizes is not None:
         sizes = _check_sizes(sizes, "sizes")
     text = str(spec).strip()
-    head, _, rest = text.partition(":")
-    if text in ("ii-8", "ii") or (head == "ii" and rest):
-        names = II8 if text == "ii-8" else II_TASKS if text == "ii" else _pick(rest, II_TASKS, "ii")
-        return ii_stream(text, names, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
-    if text in ("babi-10", "babi") or (head == "babi" and rest):
-        if text == "babi-10":
-            numbers = BABI10
-        elif text == "babi":
-            numbers = tuple(BABI_TASKS)
-        else:
-            numbers = _pick_babi(rest)
-        return babi_stream(text, numbers, seed=seed, sizes=sizes or DEFAULT_SIZES, scenario=scenario or "task-aware")
     path = Path(text).expanduser()
+    repeat = None if path_exists(path) else _REPEAT.match(text)  # no task or stream name ends in x<digits>
+    base, times = (repeat["base"], int(repeat["times"])) if repeat else (text, 1)
+    stream = _builtin(base, text, times, seed=seed, sizes=sizes, scenario=scenario)
+    if stream is not None:
+        return stream
     if path.suffix.lower() in (".yaml", ".yml") or path_exists(path):
         return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
     raise ConfigError(
-        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4) "
-        "or the path of a .yaml stream file"
+        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4, rg:a,b), "
+        "optionally repeated (ii-8x2), or the path of a .yaml stream file"
     )
+
+
+def _builtin(
+    base: str,
+    name: str,
+    times: int,
+    *,
+    seed: int,
+    sizes: tuple[int, int, int] | None,
+    scenario: str | None,
+) -> TaskStream | None:
+    """The built-in stream ``base`` with its tasks run ``times`` over, named ``name``; None if not a built-in."""
+    head, _, rest = base.partition(":")
+    sizes = sizes or DEFAULT_SIZES
+    if base in ("ii-8", "ii") or (head == "ii" and rest):
+        names = II8 if base == "ii-8" else II_TASKS if base == "ii" else _pick(rest, II_TASKS, "ii")
+        return ii_stream(name, names * times, seed=seed, sizes=sizes, scenario=scenario or "task-aware")
+    if base in ("babi-10", "babi") or (head == "babi" and rest):
+        numbers = BABI10 if base == "babi-10" else tuple(BABI_TASKS) if base == "babi" else _pick_babi(rest)
+        return babi_stream(name, numbers * times, seed=seed, sizes=sizes, scenario=scenario or "task-aware")
+    if base == "assistant-8":
+        return rg_stream(name, tuple(ASSISTANT8) * times, seed=seed, sizes=sizes,
+                         scenario=scenario or "task-agnostic", configs=ASSISTANT8)
+    if head == "rg" and rest:
+        return rg_stream(name, _names(rest) * times, seed=seed, sizes=sizes, scenario=scenario or "task-aware")
+    return None
 
 
 def path_exists(path: Path) -> bool:
@@ -185,26 +233,26 @@ def _check_sizes(sizes: Any, where: str) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
+def _names(rest: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in rest.split(",") if n.strip())
+
+
 def _pick(rest: str, valid: Sequence[str], prefix: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in rest.split(",") if n.strip())
+    names = _names(rest)
     for n in names:
         if n not in valid:
             raise ConfigError(f"unknown {prefix} task '{n}'; valid tasks: {', '.join(valid)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"duplicate task in '{prefix}:{rest}'")
     return names
 
 
 def _pick_babi(rest: str) -> tuple[int, ...]:
     by_name = {v: k for k, v in BABI_TASKS.items()}
     out: list[int] = []
-    for part in (p.strip() for p in rest.split(",") if p.strip()):
+    for part in _names(rest):
         number = int(part) if part.isdigit() else by_name.get(part)
         if number not in BABI_TASKS:
             raise ConfigError(f"unknown bAbI task '{part}'; use 1-20 or names like {BABI_TASKS[1]}")
         out.append(number)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"duplicate task in 'babi:{rest}'")
     return tuple(out)
 
 
@@ -387,15 +435,23 @@ def _yaml_stream(
     split_fracs = doc.get("split", [0.5, 0.2, 0.3])
 
     tasks: list[Task] = []
-    seen: set[str] = set()
+    docs: dict[str, Mapping[str, Any]] = {}  # family -> its definition
+    n_visits: dict[str, int] = {}
     for i, tdoc in enumerate(tasks_doc, 1):
-        if not isinstance(tdoc, dict) or not tdoc.get("name"):
-            raise ConfigError(f"{path}: task {i} must be a mapping with a 'name'")
-        tname = str(tdoc["name"])
-        if tname in seen:
-            raise ConfigError(f"{path}: duplicate task name '{tname}'")
-        seen.add(tname)
-        where = f"{path}: task '{tname}'"
+        if isinstance(tdoc, dict) and "repeat" in tdoc:
+            tname = str(tdoc["repeat"])
+            if tname not in docs or set(tdoc) != {"repeat"}:
+                raise ConfigError(f"{path}: task {i}: 'repeat: {tname}' must name an earlier task and take nothing else")
+            tdoc = docs[tname]
+        elif not isinstance(tdoc, dict) or not tdoc.get("name"):
+            raise ConfigError(f"{path}: task {i} must be a mapping with a 'name' (or 'repeat' an earlier one)")
+        else:
+            tname = str(tdoc["name"])
+            if tname in docs:
+                raise ConfigError(f"{path}: duplicate task name '{tname}'; use '- repeat: {tname}' for a revisit")
+            docs[tname] = tdoc
+        n_visits[tname] = n_visits.get(tname, 0) + 1
+        where = f"{path}: task '{visit_name(tname, n_visits[tname])}'"
         metric_name = str(tdoc.get("metric", default_metric))
         try:
             metric = get_metric(metric_name, output)
@@ -414,6 +470,7 @@ def _yaml_stream(
                 sizes=sizes,
                 split_fracs=split_fracs,
                 aware=scen == "task-aware",
+                visit=n_visits[tname],
             )
         )
     meta = {"source": str(path), "seed": seed, **({"sizes": list(sizes)} if sizes else {})}
@@ -433,6 +490,7 @@ def _yaml_task(
     sizes: tuple[int, int, int] | None,
     split_fracs: Any,
     aware: bool,
+    visit: int = 1,
 ) -> Task:
     fields = tdoc.get("fields") or {}
     if not isinstance(fields, Mapping):
@@ -481,9 +539,9 @@ def _yaml_task(
         val = _shuffled(val, seeded_rng("yaml-val2", tname, seed))
         test = _shuffled(test, seeded_rng(TEST_SEED, "yaml", tname))
     if sizes:
-        train, val, test = train[: sizes[0]], val[: sizes[1]], test[: sizes[2]]
+        train, val, test = (visit_block(part, n, visit) for part, n in zip((train, val, test), sizes))
     return Task.from_splits(
-        tname, tuple(inputs), output, metric, train, val, test, description=str(tdoc.get("description", ""))
+        visit_name(tname, visit), tuple(inputs), output, metric, train, val, test, description=str(tdoc.get("description", ""))
     )
 
 

@@ -15,6 +15,13 @@ output fields, plus a scenario:
   task's name), so the program is told which task it is solving;
 * ``task-agnostic``: it is not.
 
+**Revisits.** A task may come back later in a stream with fresh examples. Each
+visit is its own task (its own column of the accuracy matrix), named
+``<family>@<k>`` for visit ``k ≥ 2`` (:func:`visit_name`). Its :attr:`Task.family`,
+the name without the suffix, is what the program is told in a task-aware
+stream and the scope its learned items live in, so a revisit sees what the
+first visit left.
+
 Every example has a stable id (:func:`example_id`), stored in the non-input
 field ``_id``; evaluation caches key on it.
 
@@ -37,7 +44,7 @@ import json
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import dspy
 
@@ -53,12 +60,60 @@ __all__ = [
     "ID_FIELD",
     "example_id",
     "make_example",
+    "split_visit",
+    "visit_name",
+    "visits",
 ]
 
 Scenario = Literal["task-aware", "task-agnostic"]
 SCENARIOS: tuple[str, ...] = ("task-aware", "task-agnostic")
 TASK_FIELD = "task"
 ID_FIELD = "_id"
+VISIT_SEP = "@"
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ visits
+
+
+def visit_name(family: str, visit: int) -> str:
+    """The task name of a family's ``visit``-th visit: the family itself, then ``family@k``.
+
+    Example:
+        >>> visit_name("antonyms", 1), visit_name("antonyms", 2)
+        ('antonyms', 'antonyms@2')
+    """
+    if visit < 1:
+        raise ConfigError(f"task '{family}': visit must be ≥ 1, got {visit}")
+    return family if visit == 1 else f"{family}{VISIT_SEP}{visit}"
+
+
+def split_visit(name: str) -> tuple[str, int]:
+    """``(family, visit)`` of a task name; a name without an ``@k`` suffix (k ≥ 2) is visit 1.
+
+    Example:
+        >>> split_visit("antonyms@2"), split_visit("antonyms"), split_visit("a@b"), split_visit("x@1")
+        (('antonyms', 2), ('antonyms', 1), ('a@b', 1), ('x@1', 1))
+    """
+    family, sep, k = name.rpartition(VISIT_SEP)
+    if sep and family and k.isdigit() and not k.startswith("0") and int(k) >= 2:
+        return family, int(k)
+    return name, 1
+
+
+def visits(families: Iterable[T]) -> list[tuple[T, int]]:
+    """Number the visits of a sequence in which a family may recur: ``(family, k)`` per entry.
+
+    Example:
+        >>> visits(["antonyms", "sum", "antonyms"])
+        [('antonyms', 1), ('sum', 1), ('antonyms', 2)]
+    """
+    seen: dict[T, int] = {}
+    out: list[tuple[T, int]] = []
+    for f in families:
+        seen[f] = seen.get(f, 0) + 1
+        out.append((f, seen[f]))
+    return out
 
 
 # ------------------------------------------------------------------ examples
@@ -177,7 +232,7 @@ class Task:
     split is not an attribute; :attr:`test_size` tells its size.
 
     Attributes:
-        name: Unique name within a stream.
+        name: Unique name within a stream; ``family@k`` for a revisit (see :attr:`family`).
         inputs: The data input fields (without ``task``).
         output: The output field.
         metric: ``metric(example, prediction) -> Score``.
@@ -226,6 +281,24 @@ class Task:
             _test=_SealedSplit(test),
             description=description,
         )
+
+    @property
+    def family(self) -> str:
+        """The name without a visit suffix: the task label and item scope shared by every visit.
+
+        Example:
+            >>> import dspy
+            >>> from ctxopt.metrics import get_metric
+            >>> t = Task.from_splits("antonyms@2", ("input",), "output", get_metric("exact_match", "output"), [], [], [])
+            >>> t.family, t.visit
+            ('antonyms', 2)
+        """
+        return split_visit(self.name)[0]
+
+    @property
+    def visit(self) -> int:
+        """1 for a task's first visit, k for ``family@k``."""
+        return split_visit(self.name)[1]
 
     @property
     def test_size(self) -> int:

@@ -21,7 +21,8 @@ BASE = LearnedContext({"qa": PredictorContext("Answer the question.")})
 def store(tmp_path: Path) -> Store:
     s = Store.init(tmp_path / "store")
     s.commit(BASE, "initial context", {"step": 0})
-    s.commit(BASE.apply_edits([AddItem("qa", "Cite the source.", scope="bio")], step=1, task="bio"), "learned a rule", {"step": 1, "task": "bio"})
+    learned = BASE.apply_edits([AddItem("qa", "Cite the source.", scope="bio")], step=1, task="bio")
+    s.commit(learned, "learned a rule", {"step": 1, "task": "bio"})
     return s
 
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ctxopt.rundir import CLOCK_FILE
 from ctxopt import _clock as clock_module
-from ctxopt import compare as compare_module
 from ctxopt.baselines.base import Outcome
 from ctxopt.baselines.oracle import OracleHuman
 from ctxopt.budget import get_budget
@@ -21,6 +19,7 @@ from ctxopt.compare import compare
 from ctxopt.errors import ConfigError
 from ctxopt.matrix import load_results
 from ctxopt.program import program_for
+from ctxopt.rundir import CLOCK_FILE
 from ctxopt.tasks import sealed_test_split
 from tests.test_baselines import BUDGET, _quiet_optimizers, reflector, toy_annotations  # noqa: F401
 from tests.toy import task_lm, toy_stream
@@ -60,7 +59,8 @@ def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_t
     assert all(r.complete and r.r0 == results[0].r0 for r in stored.values())
     table = (run / "comparison.md").read_text()
     assert ("| method | ACC | BWT | FWT | task-model calls | charged calls | task prompt tokens | "
-            "task completion tokens | reflection calls | final context tokens | wall time |" in table)
+            "task completion tokens | reflection calls | final context tokens | near-dup / contra pairs | wall time |"
+            in table)
     for r in results:
         row = next(line for line in table.splitlines() if line.startswith(f"| {r.method} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -71,6 +71,8 @@ def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_t
         assert int(cells[6]) + int(cells[7]) == sum(s.task_tokens for s in r.steps)
         assert cells[8] == str(sum(s.reflection_calls for s in r.steps))
         assert cells[9] == str(r.meta["final_context_tokens"])
+        red = r.meta["redundancy"]  # every run reports how redundant its final context is
+        assert cells[10] == f"{red['near_duplicates']} / {red['contradictions']}" and red["pairs"] >= 0
     # ctxopt's charged calls are its ledger's; a method without a ledger is charged its requests
     charged = {r.method: [s.extra["charged_task_calls"] for s in r.steps] for r in results}
     assert charged["static"] == [0, 0, 0]

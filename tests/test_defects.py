@@ -19,8 +19,8 @@ from ctxopt.context import Item, LearnedContext, PredictorContext
 from ctxopt.errors import ConfigError, ProgramError
 from ctxopt.evaluator import Evaluator
 from ctxopt.optimizer import ContinualOptimizer
-from ctxopt.rundir import CLOCK_FILE
 from ctxopt.program import program_for
+from ctxopt.rundir import CLOCK_FILE
 from ctxopt.store import Store
 from ctxopt.streams import load_stream
 from tests.toy import reflection_lm, task_lm, toy_stream

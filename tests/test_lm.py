@@ -150,3 +150,22 @@ def test_real_model_reaches_the_engine_and_reports_tokens(real_lm):
     used = usage_of(uncached) - before
     assert used.model_calls == 1 and used.prompt_tokens > 5 and used.completion_tokens >= 1
 
+
+
+@pytest.mark.real_lm
+def test_real_model_answers_do_not_depend_on_the_request_before(real_lm):
+    """A warm or resumed run must decide like a cold one: no answer may depend on which prompt came before."""
+    uncached = real_lm.copy(cache=False, max_tokens=48)
+    system = "Your input fields are:\n1. `input` (str)\nYour output fields are:\n1. `output` (str)\n" * 3
+    words = ["table", "apple", "river", "stone", "queen", "piano", "tiger", "ocean", "house", "grape"]
+
+    def ask(word: str) -> str:
+        return uncached(messages=[{"role": "system", "content": system}, {
+            "role": "user", "content": f"Give the antonym or a synonym of the word, then explain in 30 words: {word}"}])[0]
+
+    in_a_row = [ask(w) for w in words]  # each right after a prompt sharing its long prefix
+    alone = []
+    for w in words:  # each right after a prompt sharing nothing but the chat template
+        uncached("Count to three.")
+        alone.append(ask(w))
+    assert in_a_row == alone

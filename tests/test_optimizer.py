@@ -6,12 +6,12 @@ import dspy
 import pytest
 
 import ctxopt.optimizer as optimizer_module
-from ctxopt.rundir import CLOCK_FILE
 from ctxopt.budget import get_budget
 from ctxopt.evaluator import Evaluator
 from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
 from ctxopt.proposer import ReflectionProposer
+from ctxopt.rundir import CLOCK_FILE
 from ctxopt.store import Store
 from ctxopt.tasks import example_id, sealed_test_split
 from tests.toy import RULES, reflection_lm, task_lm, toy_stream

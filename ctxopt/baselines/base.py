@@ -110,8 +110,8 @@ class LearnContext:
         return self.scenario == "task-aware"
 
     def scope(self, task: Task) -> str:
-        """Item/demo scope for ``task``: its name in a task-aware stream, else global."""
-        return task.name if self.aware else GLOBAL
+        """Item/demo scope for ``task``: its family (the name without ``@k``) in a task-aware stream, else global."""
+        return task.family if self.aware else GLOBAL
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ the store, and its budget ledger travels in the run state, so a resumed run
 charges exactly like an uninterrupted one.
 
 Example:
-    >>> CtxoptMethod(gate="strict").name
+    >>> CtxoptMethod(gate="paired").name
     'ctxopt'
 """
 
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctxopt.baselines.base import LearnContext, Outcome
 from ctxopt.context import LearnedContext
+from ctxopt.gate import DEFAULT_GATE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctxopt.optimizer import ContinualOptimizer
@@ -32,7 +33,7 @@ class CtxoptMethod:
     """The continual optimizer as a run-engine method.
 
     Args:
-        gate: ``strict``, ``bootstrap`` or a Gate object.
+        gate: ``paired`` (default), ``strict``, ``bootstrap`` or a Gate object.
         epsilon: Tolerated drop of an earlier task's score.
         proposers: Override the default proposers (tests).
         callbacks: Receive the optimizer's own events (trials, gate decisions…).
@@ -43,7 +44,7 @@ class CtxoptMethod:
     name = "ctxopt"
     joint = False
 
-    def __init__(self, gate: Any = "strict", epsilon: float = 0.02, proposers: Sequence[Any] | None = None,
+    def __init__(self, gate: Any = DEFAULT_GATE, epsilon: float = 0.02, proposers: Sequence[Any] | None = None,
                  callbacks: Sequence[Callable[[Any], None]] = (), optimizer: ContinualOptimizer | None = None) -> None:
         self.gate, self.epsilon = gate, epsilon
         self.proposers = proposers
@@ -61,6 +62,14 @@ class CtxoptMethod:
                 proposers=self.proposers, run_dir=ctx.work_dir, store=ctx.store, evaluator=ctx.evaluator)
             self.optimizer.restore(self._saved)
         return self.optimizer
+
+    def selector_for(self, scenario: str) -> Any:
+        """The selector the optimizer learns and is measured with (see :meth:`ContinualOptimizer.selector_for`)."""
+        if self.optimizer is not None:
+            return self.optimizer.selector_for(scenario)
+        from ctxopt.selector import default_selector
+
+        return default_selector(scenario)
 
     def state(self) -> dict[str, Any]:
         """What a resumed run needs (the budget ledger)."""

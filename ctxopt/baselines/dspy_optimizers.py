@@ -305,7 +305,7 @@ class GepaSeq:
     def learn(self, program: Any, context: LearnedContext, tasks: Sequence[Any], ctx: LearnContext) -> Outcome:
         task = tasks[-1]
         return self._run(program, context, [task], ctx, list(task.train), list(task.val),
-                         task.name if ctx.aware else None)
+                         task.family if ctx.aware else None)
 
 
 class GepaJoint(GepaSeq):
@@ -353,7 +353,7 @@ class MiproSeq:
                                  max_bootstrapped_demos=plan.max_bootstrapped_demos,
                                  max_labeled_demos=plan.max_labeled_demos, num_threads=ctx.num_threads,
                                  max_errors=10**6, seed=ctx.seed + ctx.step, verbose=False, track_stats=False)
-        student = start_program(program, context, task.name if ctx.aware else None)
+        student = start_program(program, context, task.family if ctx.aware else None)
         with dspy.context(lm=ctx.task_lm):
             best = optimizer.compile(student, trainset=train, valset=val, num_trials=plan.num_trials,
                                      minibatch=plan.minibatch, minibatch_size=plan.minibatch_size,

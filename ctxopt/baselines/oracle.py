@@ -28,6 +28,7 @@ from ctxopt.baselines.base import LearnContext, Outcome
 from ctxopt.context import LearnedContext
 from ctxopt.edits import AddItem
 from ctxopt.errors import ConfigError, DataError, EditError
+from ctxopt.tasks import split_visit
 
 __all__ = ["OracleHuman"]
 
@@ -59,7 +60,7 @@ class OracleHuman:
             return
         from ctxopt.streams import II_TASKS
 
-        missing = [t for t in task_names if t not in II_TASKS]
+        missing = [t for t in task_names if split_visit(t)[0] not in II_TASKS]  # antonyms@2 is antonyms
         if missing:
             raise ConfigError(f"oracle-human needs Instruction Induction tasks (an ii stream); "
                               f"{', '.join(missing)} have no human-written instructions — drop oracle-human "
@@ -83,9 +84,9 @@ class OracleHuman:
         from ctxopt.optimizer import target_predictor
 
         task = tasks[-1]
-        text = self.instruction(task.name)
+        text = self.instruction(task.family)
         predictor = target_predictor(program, task.output)
-        edit = AddItem(predictor, text, scope=task.name, kind="rule",
+        edit = AddItem(predictor, text, scope=task.family, kind="rule",
                        rationale="human-written instruction (Instruction Induction annotations)")
         try:
             new = context.apply_edits([edit], step=ctx.step, task=task.name)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ctxopt.cli._args import sizes
 from ctxopt.errors import ConfigError
+from ctxopt.gate import DEFAULT_GATE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "task_lm": args.task_lm or (config.task_lm if config else "local"),
         "reflection_lm": args.reflection_lm or (config.reflection_lm if config else "local:qwen2.5-coder-1.5b"),
         "epsilon": args.epsilon if args.epsilon is not None else (config.epsilon if config else 0.02),
-        "gate": config.gate if config else "strict",
+        "gate": config.gate if config else DEFAULT_GATE,
         "budget": budget, "max_context_tokens": args.max_context_tokens if args.max_context_tokens is not None
         else (budget.max_context_tokens if budget else None),
         "num_threads": config.num_threads if config else 2,

@@ -17,7 +17,8 @@ def register(subparsers: Any) -> None:
         "streams",
         help="list the built-in task streams, or show one stream's tasks",
         description="Without SPEC, list the built-in streams. With SPEC (a built-in name such as "
-        "ii-8, ii:antonyms,sum, babi:1,4, or a stream .yaml file), load it and show its tasks, "
+        "ii-8, ii:antonyms,sum, babi:1,4, assistant-8, rg:letter_counting,spell_backward, ii-8x2, "
+        "or a stream .yaml file), load it and show its tasks, "
         "metrics and split sizes; this also validates a YAML stream.",
     )
     p.add_argument("spec", nargs="?", help="stream to load and show")
@@ -49,6 +50,9 @@ def _streams(args: argparse.Namespace) -> int:
         width = max(map(len, streams))
         for name, desc in streams.items():
             print(f"{name:<{width}}  {desc}")
+        print("\nRecurrence: a suffix xN runs a built-in's tasks N times over with fresh examples (ii-8x2), and a\n"
+              "name repeated in ii:, babi: or rg: is a revisit (ii:antonyms,sum,antonyms); visit k is the task\n"
+              "<name>@k, its own column of the accuracy matrix, and sees what was learned for <name>.")
         print("\nAlso: a stream .yaml file. `ctxopt streams SPEC` shows a stream's tasks.")
         return 0
     stream = load_stream(args.spec, seed=args.seed, sizes=args.sizes, scenario=args.scenario)

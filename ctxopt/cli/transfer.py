@@ -14,6 +14,7 @@ from typing import Any
 
 from ctxopt.cli._args import sizes
 from ctxopt.errors import ConfigError
+from ctxopt.gate import DEFAULT_GATE, GATES
 
 DEFAULT_STORE = "ctxopt-store"
 
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reflection-lm", default=None, metavar="SPEC",
                    help="reflection LM for --adapt (default: the one C was learned with)")
     p.add_argument("--budget", default="light", help="budget preset of the adapt pass (light, medium, heavy)")
-    p.add_argument("--gate", default="strict", choices=("strict", "bootstrap"), help="gate of the adapt pass")
+    p.add_argument("--gate", default=DEFAULT_GATE, choices=tuple(GATES), help="gate of the adapt pass")
     p.add_argument("--epsilon", type=float, default=0.02, help="tolerated drop of an earlier task (gate)")
     p.add_argument("--branch", default=None, help="branch to commit on (default transfer/<sanitized LM spec>)")
     p.add_argument("--work-dir", default=None, metavar="DIR", help="caches and Optuna study of this transfer")

@@ -61,6 +61,7 @@ from ctxopt.consolidate.contradiction import lexical_contradiction
 from ctxopt.consolidate.evidence import changed_item_ids, count_changes, credit, evidence
 from ctxopt.consolidate.gated import Check, PassResult, Tried, run_pass
 from ctxopt.consolidate.pairwise import Abstractions, Contradictions, Duplicates, ItemPool, Paraphrases
+from ctxopt.consolidate.redundancy import redundancy
 from ctxopt.consolidate.rejections import Rejection, RejectionMemory
 from ctxopt.gate import ToleranceGate, tolerance_gate
 from ctxopt.similarity import EmbeddingSimilarity, LexicalSimilarity, Similarity, embedding_model_path, get_similarity
@@ -89,6 +90,8 @@ __all__ = [
     "RejectionMemory",
     "Tried",
     "run_pass",
+    # how clean a context is
+    "redundancy",
     # evidence on items
     "changed_item_ids",
     "count_changes",

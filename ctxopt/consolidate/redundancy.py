@@ -1,0 +1,58 @@
+"""How redundant a learned context is: the figure every run reports.
+
+:func:`redundancy` looks at every pair of items of one predictor whose scopes
+overlap (both global, or one global, or the same task): a pair is a
+*near-duplicate* when its similarity reaches the backend's ``dedupe``
+threshold, and a *contradiction* when :func:`lexical_contradiction` finds the
+two disagree. Clean memory has neither; the gate lets redundant bundles through
+as long as val does not drop, so this figure is how a run shows it stayed
+refined rather than piled up.
+
+Example:
+    >>> from ctxopt.context import LearnedContext, PredictorContext
+    >>> from ctxopt.edits import AddItem
+    >>> from ctxopt.similarity import get_similarity
+    >>> ctx = LearnedContext({"qa": PredictorContext("Answer.")}).apply_edits(
+    ...     [AddItem("qa", "Answer with one word."), AddItem("qa", "Answer with one word!"),
+    ...      AddItem("qa", "Always use digits."), AddItem("qa", "Never use digits.")])
+    >>> r = redundancy(ctx, get_similarity("lexical"))
+    >>> r["pairs"], r["near_duplicates"], r["contradictions"]
+    (6, 1, 1)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxopt.consolidate.contradiction import lexical_contradiction
+from ctxopt.consolidate.pairwise import overlapping
+from ctxopt.context import LearnedContext
+from ctxopt.similarity import Similarity
+
+__all__ = ["redundancy"]
+
+
+def redundancy(context: LearnedContext, similarity: Similarity) -> dict[str, Any]:
+    """Pairs of items in overlapping scopes, how many are near-duplicates or contradict, and the share.
+
+    Returns:
+        ``{"items", "pairs", "near_duplicates", "contradictions", "share", "similarity", "threshold"}``;
+        ``share`` is near-duplicate pairs over all pairs (0.0 without pairs).
+    """
+    items = pairs = dups = contra = 0
+    for pc in context.predictors.values():
+        its = list(pc.items)
+        items += len(its)
+        if len(its) < 2:
+            continue
+        sims = similarity.matrix([it.text for it in its])
+        for i in range(len(its)):
+            for j in range(i + 1, len(its)):
+                if not overlapping(its[i], its[j]):
+                    continue
+                pairs += 1
+                dups += sims[i][j] >= similarity.dedupe
+                contra += lexical_contradiction(its[i].text, its[j].text) is not None
+    return {"items": items, "pairs": pairs, "near_duplicates": dups, "contradictions": contra,
+            "share": round(dups / pairs, 4) if pairs else 0.0, "similarity": similarity.name,
+            "threshold": similarity.dedupe}

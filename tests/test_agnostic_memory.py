@@ -1,0 +1,73 @@
+"""Task-agnostic learning: one memory for every input, retrieved per input, kept clean by default."""
+
+from __future__ import annotations
+
+from ctxopt.budget import get_budget
+from ctxopt.context import LearnedContext, PredictorContext
+from ctxopt.edits import AddItem
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.program import program_for
+from ctxopt.retrieval import RetrievalSelector
+from ctxopt.selector import ScopeSelector
+from ctxopt.stages import StepSetup
+from ctxopt.store import Store
+from ctxopt.tasks import make_example
+from tests.toy import reflection_lm, task_lm, toy_stream
+
+SMALL = dict(n_trials=4, train_minibatch=6, val_minibatch=5, replay_per_task=3, gate_replay_per_task=5)
+
+
+def _fit(tmp_path, stream, **kw):
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", **SMALL), seed=0, num_threads=2,
+                             consolidator="lexical", **kw)
+    return opt, opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+
+
+def test_a_task_agnostic_run_retrieves_keys_its_items_keeps_its_instruction_and_consolidates(tmp_path):
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    opt, result = _fit(tmp_path, stream)
+    assert isinstance(opt.selector_for("task-agnostic"), RetrievalSelector)
+    assert isinstance(opt.selector_for("task-aware"), ScopeSelector)
+    c0 = LearnedContext.from_program(program_for(stream))
+    final = Store.open(tmp_path / "run" / "store").current()
+    pc = final.predictor("predict")
+    assert pc.instruction == c0.predictor("predict").instruction  # no task took over the core instruction
+    assert pc.items and all(it.keys for it in pc.items)  # every learned item is keyed by the inputs behind it
+    train_inputs = {ex.input for t in stream.tasks for ex in t.train}
+    assert all(set(it.keys) <= train_inputs for it in pc.items)  # keys come from train, never val or test
+    # consolidation runs by default in a task-agnostic stream, and every run reports its redundancy
+    assert all("consolidations_proposed" in s.extra for s in result.steps)
+    assert result.meta["redundancy"]["near_duplicates"] == 0
+    assert result.steps[0].accepted and result.R[0][0] == 1.0
+
+
+def test_the_gate_replays_only_tasks_whose_retrieved_prompts_change():
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    selector = RetrievalSelector("lexical", k_items=1, min_score=0.3)
+    base = LearnedContext({"predict": PredictorContext("Answer.")}).apply_edits(
+        [AddItem("predict", "Append zz.", keys=tuple(ex.input for ex in suffix.train))])
+    setup = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic", scope="global",
+                      predictor="predict", n_pred=1, selector=selector)
+    unrelated = base.apply_edits([AddItem("predict", "Never shown.", keys=("zzzz qqqq xxxx",))])
+    related = base.apply_edits([AddItem("predict", "Shown for suffix inputs.",
+                                        keys=tuple(ex.input for ex in suffix.val))])
+    val = list(suffix.val)
+    assert not setup.differs(base, unrelated, suffix, val)  # retrieved for no suffix input: not replayed
+    assert setup.differs(base, related, suffix, val)
+    scope = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic", scope="global",
+                      predictor="predict", n_pred=1)
+    assert scope.differs(base, unrelated, suffix, val)  # without retrieval every global change shows everywhere
+
+
+def test_demos_accumulate_as_archival_memory_and_are_retrieved_per_input(tmp_path):
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    opt, _ = _fit(tmp_path, stream, selector=RetrievalSelector("lexical", k_items=3, k_demos=2))
+    log = Store.open(tmp_path / "run" / "store").log()
+    for version in log:  # no accepted step removed a demo an earlier step added
+        for e in version.metadata.get("edits") or []:
+            assert all(x["op"] != "remove_demo" for x in e["edits"])
+    ctx = Store.open(tmp_path / "run" / "store").current()
+    ex = make_example({"input": "apple0", "output": "apple0zz"}, ["input"])
+    shown = opt.selector.select(ctx, None, dict(ex.inputs().items()))
+    assert len(shown.predictor("predict").demos) <= 2

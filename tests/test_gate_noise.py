@@ -1,0 +1,210 @@
+"""The default gate is not vetoed by noise: paired tests, three outcomes, and replay samples that grow when close."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ctxopt.baselines.continual import CtxoptMethod
+from ctxopt.budget import get_budget
+from ctxopt.config import RunConfig
+from ctxopt.edits import AddItem
+from ctxopt.gate import (
+    DEFAULT_GATE,
+    Decision,
+    PairedScores,
+    PairedTestGate,
+    PairedToleranceGate,
+    StrictGate,
+    get_gate,
+    tolerance_gate,
+)
+from ctxopt.matrix import RunResult, StepRecord
+from ctxopt.metrics import get_metric
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.program import program_for
+from ctxopt.proposer import Proposal, ProposalContext
+from ctxopt.report import gate_summary
+from ctxopt.selector import ScopeSelector
+from ctxopt.tasks import Task, TaskStream, example_id, make_example
+from tests.fakes import chat_fields, scripted_lm
+from tests.toy import RULES, WORDS
+
+
+def scores(task: str, n: int, before: int, after: int) -> PairedScores:
+    """``n`` examples; the first ``before`` score 1 under the current context, the first ``after`` under the candidate."""
+    ids = [f"x{k:02d}" for k in range(n)]
+    return PairedScores(task, {i: float(k < before) for k, i in enumerate(ids)},
+                        {i: float(k < after) for k, i in enumerate(ids)})
+
+
+CLEAR_GAIN = scores("new", 10, 0, 8)
+
+
+# --------------------------------------------------------------------------- the gate alone
+
+
+def test_one_flipped_replay_answer_among_ten_does_not_veto_a_clear_gain():
+    one_flip = scores("old", 10, 10, 9)
+    assert not StrictGate().decide(CLEAR_GAIN, [one_flip]).accepted  # the old default: vetoed by one answer
+    d = PairedTestGate().decide(CLEAR_GAIN, [one_flip])
+    assert d.accepted and d.outcome == "accepted" and d.grow == ()
+    assert d.p_value == pytest.approx(0.5 ** 8)  # sign test: 8 fixed, 0 broken
+
+
+def test_a_real_regression_is_rejected():
+    d = PairedTestGate().decide(CLEAR_GAIN, [scores("old", 10, 10, 5)])
+    assert not d.accepted and d.outcome == "rejected"
+    assert "earlier task old drops 1.000 → 0.500" in d.reason and "significantly" in d.reason
+    # Small drops spread over many tasks add up: one flip on each of five tasks is a significant mean drop.
+    spread = [scores(f"t{k}", 10, 10, 9) for k in range(5)]
+    assert PairedTestGate().decide(CLEAR_GAIN, spread).outcome == "rejected"
+
+
+def test_a_borderline_drop_is_undecided_and_names_the_tasks_to_grow():
+    d = PairedTestGate().decide(CLEAR_GAIN, [scores("old", 10, 10, 8), scores("other", 10, 5, 5)])
+    assert d.outcome == "undecided" and not d.accepted and d.grow == ("old",)
+    assert d.reason.startswith("undecided: earlier task old drops 1.000 → 0.800")
+    # One task far over the per-task bound, hidden in a small mean: grow that task.
+    quiet = [scores(f"t{k}", 10, 10, 10) for k in range(7)]
+    d = PairedTestGate().decide(CLEAR_GAIN, [scores("hit", 10, 10, 7), *quiet])
+    assert d.outcome == "undecided" and d.grow == ("hit",)
+
+
+def test_the_current_task_needs_a_significant_gain():
+    gate = PairedTestGate()
+    assert gate.decide(scores("new", 10, 0, 4), []).accepted  # 4 fixed, 0 broken: p = 0.0625 < 0.1
+    d = gate.decide(scores("new", 10, 0, 3), [])
+    assert d.outcome == "rejected" and "not significant" in d.reason and d.p_value == 0.125
+    assert gate.decide(scores("new", 10, 5, 5), []).reason.startswith("no gain on new")
+
+
+def test_decision_outcome_defaults_and_serializes():
+    assert Decision(True, "ok", 0.0).outcome == "accepted" and Decision(False, "no", 0.0).outcome == "rejected"
+    d = Decision(False, "close", 0.1, {"a": -0.2}, 0.01, "undecided", ["a"])
+    assert d.grow == ("a",) and d.to_dict()["grow"] == ["a"] and d.to_dict()["outcome"] == "undecided"
+    with pytest.raises(ValueError):
+        Decision(True, "contradiction", 0.0, outcome="undecided")
+
+
+def test_paired_is_the_default_gate_everywhere():
+    assert DEFAULT_GATE == "paired" and isinstance(get_gate(DEFAULT_GATE, epsilon=0.05), PairedTestGate)
+    assert isinstance(ContinualOptimizer(None, None).gate, PairedTestGate)
+    assert RunConfig.model_validate({"stream": "ii-8", "run_dir": "r"}).gate == "paired"
+    assert CtxoptMethod().gate == "paired"
+    assert isinstance(get_gate("strict"), StrictGate)
+
+
+def test_the_consolidation_tolerance_is_noise_aware_too():
+    tol = tolerance_gate(PairedTestGate(epsilon=0.05))
+    assert isinstance(tol, PairedToleranceGate) and tol.epsilon == 0.05
+    assert tol.decide(scores("t", 10, 10, 9), []).accepted  # no gain needed; one flip is noise
+    wiped = tol.decide(scores("t", 10, 10, 0), [])
+    assert wiped.outcome == "rejected" and "task t drops 1.000 → 0.000" in wiped.reason
+    assert tol.decide(scores("t", 10, 10, 8), []).outcome == "undecided"  # does not land
+
+
+def test_gate_counts_in_the_summary_and_the_report_line():
+    steps = [StepRecord(1, "a", extra={"gate_outcome": "accepted", "gate_rounds": 0}),
+             StepRecord(2, "b", extra={"gate_outcome": "undecided", "gate_rounds": 2}),
+             StepRecord(3, "c", extra={"gate_outcome": None, "gate_rounds": 0}), StepRecord(4, "d")]
+    run = RunResult("ctxopt", ["a", "b", "c", "d"], [0.0] * 4, steps=steps)
+    assert run.summary()["gate_counts"] == {"accepted": 1, "rejected": 0, "undecided": 1, "rounds": 2}
+    assert gate_summary(run).startswith("gate: 1 accepted, 0 rejected, 1 undecided")
+    assert gate_summary(RunResult("static", ["a"], [0.0], steps=[StepRecord(1, "a")])) == ""
+
+
+# --------------------------------------------------------------------------- in the optimizer
+
+NAMES = ("suffix", "double")
+
+
+def make_stream(val: tuple[int, int] = (40, 10)) -> TaskStream:
+    """Two task-agnostic tasks; each word ends in its task's index, so the scripted LM knows its task."""
+    metric, tasks = get_metric("exact_match", "output"), []
+    for k, (name, n_val) in enumerate(zip(NAMES, val)):
+        fn = RULES[name][1]
+        words = [f"{WORDS[i % 30]}{chr(97 + i // 30)}{k}" for i in range(6 + n_val + 2)]
+        ex = [make_example({"input": w, "output": fn(w)}, ["input"]) for w in words]
+        tasks.append(Task.from_splits(name, ("input",), "output", metric, ex[:6], ex[6:6 + n_val], ex[6 + n_val:]))
+    return TaskStream("noisy", "task-agnostic", tuple(tasks))
+
+
+def task_lm(broken: set[str]):
+    """Applies the taught rule of the word's own task; once the second task's rule is in the prompt,
+    the words in ``broken`` (first task) come back wrong."""
+
+    def respond(system: str, user: str) -> str:
+        word = re.findall(r"\[\[ ## input ## \]\]\n(\S+)", user)[-1]
+        rule, fn = RULES[NAMES[int(word[-1])]]
+        out = fn(word) if rule in system else word
+        if word in broken and RULES[NAMES[1]][0] in system:
+            out = "wrong"
+        return chat_fields(output=out)
+
+    return scripted_lm(respond, name="scripted/noisy")
+
+
+class TheRule:
+    """Proposes the task's rule (global in a task-agnostic stream)."""
+
+    def propose(self, pc: ProposalContext) -> list[Proposal]:
+        return [Proposal("rule", (AddItem(pc.predictor, RULES[pc.task][0], scope=pc.scope),), "scripted")]
+
+
+BUDGET = dict(n_trials=2, train_minibatch=4, val_minibatch=4, replay_per_task=0, gate_replay_per_task=10)
+
+
+def run(tmp_path, broken_at: tuple[int, ...], val: tuple[int, int] = (40, 10), **budget):
+    """Learn both tasks; ``broken_at`` are positions in the first task's seeded gate order that the second rule
+    breaks. Returns the optimizer, the stream, the run result and the optimizer's events."""
+    stream = make_stream(val)
+    probe = ContinualOptimizer(None, None, seed=0)
+    first, second = stream.tasks
+    order = probe._gate_sets(second, [first], {first.name: len(first.val)})[1][1]  # the whole seeded order
+    broken = {order[i].input for i in broken_at}
+    opt = ContinualOptimizer(task_lm(broken), None, budget=get_budget("light", **{**BUDGET, **budget}), seed=0,
+                             num_threads=2, measure_test=False, proposers=[TheRule()], selector=ScopeSelector(),
+                             consolidate=False)
+    events = []
+    opt.callbacks.append(events.append)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    return opt, stream, result, events
+
+
+def test_a_borderline_step_grows_the_replay_sample_and_resolves(tmp_path):
+    # 2 broken among the first 10 of 40 val examples: 2/10 (p=0.09) and 2/20 (p=0.12) are close, 2/40 is not.
+    opt, stream, result, events = run(tmp_path, broken_at=(0, 1))
+    first, second = result.steps
+    assert first.extra["gate_outcome"] == "accepted" and first.extra["gate_rounds"] == 0
+    assert second.extra["gate_outcome"] == "undecided" and second.extra["gate_rounds"] == 2 and second.accepted
+    # Charged under "gate": both sides on the current val (10), the candidate on the base sample (10),
+    # then both sides on what each round adds (10, then 20).
+    assert second.extra["charged_by_source"]["task:gate"] == 2 * 10 + 10 + 2 * (10 + 20)
+    grown = [e.data["grow"] for e in events if e.kind == "phase" and "grow" in e.data]
+    assert grown == [{"suffix": 20}, {"suffix": 40}]
+    # Each grown sample is the smaller one plus more of the same seeded order (so cached scores are reused).
+    base, twice, whole = ([example_id(e) for e in opt._gate_sets(stream.tasks[1], stream.tasks[:1], sizes)[1][1]]
+                          for sizes in ({}, {"suffix": 20}, {"suffix": 40}))
+    assert twice[:10] == base and whole[:20] == twice and len(set(whole)) == 40
+    gate = next(e.data for e in events if e.kind == "gate" and e.task == "double")
+    assert gate["outcome"] == "accepted" and gate["first_outcome"] == "undecided" and gate["rounds"] == 2
+    assert result.summary()["gate_counts"] == {"accepted": 1, "rejected": 0, "undecided": 1, "rounds": 2}
+
+
+def test_an_undecided_step_that_stays_undecided_is_rejected_and_says_so(tmp_path):
+    _, _, result, _ = run(tmp_path, broken_at=(0, 1), val=(20, 10))  # 2/10, then 2/20: still close; 20 is all
+    step = result.steps[1]
+    assert not step.accepted and step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
+    assert step.extra["reason"].startswith("undecided after 1 round(s): the replay samples of suffix are their whole val")
+
+
+def test_growth_the_budget_refuses_is_a_rejection_that_says_so(tmp_path):
+    # Step 1 needs 92 calls (its gate: both sides on 40 val examples). Step 2 spends 4 (observe) + 8 (search)
+    # + 30 (gate) + 20 (the first round, which the search kept) of 92: the second round's 40 do not fit.
+    _, _, result, _ = run(tmp_path, broken_at=(0, 1), task_calls_per_task=92)
+    first, step = result.steps
+    assert first.accepted and not step.accepted
+    assert step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
+    assert "undecided after 1 round(s): growing the replay samples needs 40 task-LM calls, 30 left" in step.extra["reason"]
