@@ -98,3 +98,46 @@ def test_a_custom_search_decides_what_reaches_the_gate(tmp_path):
     result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
     assert result.steps[0].accepted is False
     assert result.steps[0].extra["reason"] == "search found no combination better than the current context"
+
+
+def test_a_custom_consolidation_proposer_runs_in_the_sleep_pass_and_its_candidates_are_gated(tmp_path):
+    from ctxopt.consolidate import Consolidation, ConsolidationProposer
+    from ctxopt.edits import AddItem
+
+    class Signs:
+        """Proposes one harmless note per pass (no LM calls)."""
+
+        lm_calls_per_pass = 0
+
+        def __init__(self):
+            self.passes = 0
+
+        def propose(self, context, *, max_tokens=None, protect=(), step=0, memory=None):
+            self.passes += 1
+            return [Consolidation("compress", "predict", (AddItem("predict", f"Note {step}.", scope="elsewhere"),),
+                                  "a note in an unused scope")]
+
+        def compress(self, context, max_tokens, *, protect=(), memory=None):
+            return []
+
+    custom: ConsolidationProposer = Signs()
+    stream = toy_stream(names=("suffix", "reverse"))
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=2), seed=0,
+                             num_threads=2, consolidate=True, consolidator=custom)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    assert custom.passes == 2 and all(s.extra["consolidations_accepted"] == 1 for s in result.steps)
+    assert [it.text for it in opt.context.predictor("predict").items if it.scope == "elsewhere"] == ["Note 1.", "Note 2."]
+
+
+def test_a_given_evaluator_and_store_are_the_ones_used(tmp_path):
+    from ctxopt.store import Store
+
+    stream = toy_stream(names=("suffix",))
+    evaluator = Evaluator(task_lm(), num_threads=2)  # in memory: nothing cached in the run directory
+    store = Store.init(tmp_path / "elsewhere")
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=2), seed=0,
+                             num_threads=2, evaluator=evaluator, store=store)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    assert evaluator.lm.usage.snapshot().calls > 0 and not (tmp_path / "run" / "eval_cache").exists()
+    assert opt.task_lm.usage.snapshot().calls == 0  # the optimizer's own task LM was never asked
+    assert store.current().hash == result.meta["final_context_hash"] and not (tmp_path / "run" / "store").exists()
