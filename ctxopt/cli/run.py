@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def execute(config: Any, *, console: Any = None) -> Any:
     """Run a validated :class:`~ctxopt.config.RunConfig`; print progress, matrix, summary and report path."""
+    import dspy
     from rich.console import Console
 
     from ctxopt.cli._progress import RunProgress, matrix_table, summary_line
@@ -28,6 +29,7 @@ def execute(config: Any, *, console: Any = None) -> Any:
     from ctxopt.streams import load_stream
 
     console = console or Console()
+    dspy.configure_cache(disk_cache_dir=str(Path(config.run_dir) / "dspy_cache"))  # the request cache lives with the run
     stream = load_stream(config.stream, seed=config.seed, sizes=config.sizes)
     program = build_program(config.program, stream, config.instruction)
     task_lm, reflection_lm = get_lm(config.task_lm), get_lm(config.reflection_lm, max_tokens=768)
