@@ -437,6 +437,11 @@ class ContinualOptimizer:
 
     def _learn(self, program: dspy.Module, setup: StepSetup) -> Gated:
         observed = self._observe(program, setup)
+        if observed.observations and all(o.score >= 1.0 for o in observed.observations):
+            # Already solved (a task met before, or one C transfers to): nothing to reflect on, and a search
+            # could only trade this task's score for noise. The step costs one train minibatch.
+            return Gated.rolled_back(setup.base, f"nothing to learn: all {len(observed.observations)} observed "
+                                                 "train examples already pass")
         proposed = self._propose(program, setup, observed)
         if not proposed.proposals:
             return Gated.rolled_back(setup.base, "no usable proposals")

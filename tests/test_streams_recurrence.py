@@ -140,6 +140,10 @@ def test_a_run_over_a_revisit_fills_its_own_column_and_starts_from_what_was_kept
     assert summary["acc"] == 1.0 and summary["bwt"] == 0.0 and summary["fwt"] == pytest.approx(0.5)
     [stored] = load_results(tmp_path / "run")
     assert stored.tasks == result.tasks and stored.R == result.R
+    # The revisit costs far less than the first visit: what was kept already passes, so it stops after observing.
+    first, again = result.steps[0], result.steps[2]
+    assert again.extra["reason"].startswith("nothing to learn")
+    assert again.extra["charged_task_calls"] <= 0.25 * first.extra["charged_task_calls"]
 
 
 def test_the_matrix_takes_revisit_columns():
