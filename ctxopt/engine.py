@@ -60,6 +60,7 @@ from ctxopt.context import LearnedContext
 from ctxopt.evaluator import Evaluator
 from ctxopt.lm import UsageSnapshot, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
+from ctxopt.retrieval import RetrievalSelector, hit_rates
 from ctxopt.rundir import RunDir
 from ctxopt.similarity import Similarity, get_similarity
 from ctxopt.tokens import TOKENIZER
@@ -305,6 +306,9 @@ class Engine:
         row = None
         extra = {**outcome.extra, **costs.to_extra(), "note": outcome.note, "context_hash": new.hash,
                  "rev": store.head().rev, "budget_task_calls": ctx.task_calls, "learn_attempts": clock.attempts}
+        if isinstance(evaluator.selector, RetrievalSelector):  # which task's items each seen task's inputs retrieve
+            extra["retrieval_hits"] = hit_rates(evaluator.selector, new, self.stream.tasks[: i + 1],
+                                                self.stream.scenario == "task-aware")
         if self.measure_evaluator is not None:
             row, m_used, m_secs = self._measure(name, step, task.name, new)
             extra.update(measure_task_calls=m_used.calls, measure_s=round(m_secs, 3))

@@ -311,6 +311,12 @@ def _method_section(run: RunResult) -> str:
                      f"{red['contradictions']} contradicting pair(s) among {red['pairs']} item pairs in overlapping "
                      f"scopes ({red['items']} items; {html.escape(str(red['similarity']))} similarity ≥ "
                      f"{red['threshold']}).</p>")
+    hits = [(st.step, st.task, st.extra["retrieval_hits"]) for st in run.steps if st.extra.get("retrieval_hits")]
+    if hits:
+        rows = [[f"after {task} (step {step})", *(_fmt(h.get(t)) for t in run.tasks)] for step, task, h in hits]
+        parts.append("<h3>Retrieval hit rate</h3><p>Share of the items retrieved for each task's val inputs that "
+                     "were learned on that task (– : nothing retrieved or not seen yet).</p>"
+                     + _table(["", *run.tasks], rows))
     parts.append(_img(_heatmap(run), f"accuracy matrix heatmap of {run.method}"))
     parts.append(_img(_curves(run), f"per-task score curves of {run.method}"))
     matrix_rows = [["before", *(_fmt(v) for v in run.r0)]]

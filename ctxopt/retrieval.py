@@ -51,7 +51,7 @@ from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
 from ctxopt.tasks import TASK_FIELD
 
-__all__ = ["MAX_KEYS", "Hit", "Retrieval", "RetrievalSelector", "archival", "input_text"]
+__all__ = ["MAX_KEYS", "Hit", "Retrieval", "RetrievalSelector", "archival", "hit_rates", "input_text"]
 
 MAX_KEYS = 6
 """Retrieval keys one new item gets at most (the first inputs that produced it)."""
@@ -222,4 +222,28 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposa
             edits.append(e)
         if edits:
             out.append(replace(p, edits=tuple(edits)))
+    return out
+
+
+def hit_rates(selector: RetrievalSelector, context: LearnedContext, tasks: Sequence[Any],
+              task_aware: bool = False) -> dict[str, float | None]:
+    """Per task: the share of items retrieved for its val inputs that were learned on that task.
+
+    A diagnostic of task-agnostic memory (the report shows it): 1.0 means every
+    retrieved item came from the input's own task, lower means other tasks'
+    items crowd in. Pinned items are not retrieved and do not count; a task
+    for which nothing was retrieved gets None. Uses val inputs, never test.
+    """
+    out: dict[str, float | None] = {}
+    for task in tasks:
+        family = getattr(task, "family", task.name)
+        hits = total = 0
+        for ex in task.val:
+            for name, why in selector.explain(context, family if task_aware else None,
+                                              dict(ex.inputs().items())).items():
+                pc = context.predictor(name)
+                for hit in why.items:
+                    total += 1
+                    hits += pc.item(hit.id).source_task in (task.name, family)
+        out[task.name] = round(hits / total, 4) if total else None
     return out

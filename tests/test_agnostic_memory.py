@@ -71,3 +71,18 @@ def test_demos_accumulate_as_archival_memory_and_are_retrieved_per_input(tmp_pat
     ex = make_example({"input": "apple0", "output": "apple0zz"}, ["input"])
     shown = opt.selector.select(ctx, None, dict(ex.inputs().items()))
     assert len(shown.predictor("predict").demos) <= 2
+
+
+def test_retrieval_hit_rates_say_whose_items_each_task_retrieves_and_reach_the_report(tmp_path):
+    from ctxopt.report import write_report
+    from ctxopt.retrieval import hit_rates
+
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    ctx = LearnedContext({"predict": PredictorContext("Answer.")}).apply_edits(
+        [AddItem("predict", "Append zz.", keys=tuple(ex.input for ex in suffix.val))], step=1, task="suffix")
+    selector = RetrievalSelector("lexical", k_items=1)
+    assert hit_rates(selector, ctx, [suffix, reverse]) == {"suffix": 1.0, "reverse": 0.0}
+    _, result = _fit(tmp_path, stream, selector=selector)
+    assert set(result.steps[-1].extra["retrieval_hits"]) == {"suffix", "reverse"}
+    assert "Retrieval hit rate" in write_report(tmp_path / "run").read_text()
