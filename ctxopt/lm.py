@@ -29,6 +29,7 @@ import atexit
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -225,10 +226,45 @@ def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
                 raise MissingDependencyError(
                     "llama_cpp is not installed; run: pip install 'ctxopt[local]'"
                 ) from exc
-            _loaded[key] = _LoadedModel(
-                Llama(model_path=path, n_ctx=n_ctx, n_threads=available_cores(), seed=seed, verbose=False)
-            )
+            llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=available_cores(), seed=seed, verbose=False,
+                          n_batch=PROMPT_BLOCK)
+            _reuse_whole_blocks_only(llama)
+            _loaded[key] = _LoadedModel(llama)
         return _loaded[key]
+
+
+PROMPT_BLOCK = 64
+"""Prompt tokens llama.cpp evaluates per batch; the KV cache is reused only in whole blocks from position 0."""
+
+
+def _reuse_whole_blocks_only(llama: Any) -> None:
+    """Make ``llama`` reuse its KV cache so that no answer depends on the request before it.
+
+    llama.cpp reuses the cached prefix a new prompt shares with the previous one and
+    evaluates the rest in batches from there; the arithmetic of a token then depends on
+    where its batch started, so the same prompt could get another answer after another
+    request. Here every prompt is evaluated in blocks of :data:`PROMPT_BLOCK` tokens
+    aligned at position 0, and only whole blocks of the previous *prompt* are reused
+    (never a partial block, never generated tokens): each token's cached values are then
+    exactly those a cold evaluation of the same prompt computes, and the common system
+    prompt of many requests is still evaluated once.
+    """
+    generate = llama.generate
+    state = {"prompt": 0}
+
+    def aligned_generate(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        tokens = list(tokens)
+        shared = 0
+        for a, b in zip(llama._input_ids, tokens):
+            if a != b:
+                break
+            shared += 1
+        usable = min(shared, len(tokens) - 1, state["prompt"])
+        llama.n_tokens = min(llama.n_tokens, usable // PROMPT_BLOCK * PROMPT_BLOCK)
+        state["prompt"] = len(tokens)
+        return generate(tokens, *args, **kwargs)
+
+    llama.generate = aligned_generate
 
 
 class LocalEngine:
@@ -266,10 +302,6 @@ class LocalEngine:
         stop = config.stop if config.stop else None
         loaded = self._model()
         with loaded.lock:
-            # Evaluate every prompt from an empty KV cache. Reusing the previous prompt's cached prefix is
-            # faster but changes the arithmetic (other batch shapes), so an answer would depend on which
-            # request came before it: a warm or resumed run could then decide differently from a cold one.
-            loaded.llama.reset()
             try:
                 out = loaded.llama.create_chat_completion(
                     messages=messages,
