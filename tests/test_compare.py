@@ -257,6 +257,20 @@ def test_cli_compare_runs_and_resumes(tmp_path, monkeypatch, capsys):
     assert "finished earlier, skipped" in capsys.readouterr().out
 
 
+def test_cli_compare_passes_the_gate_to_ctxopt(tmp_path, monkeypatch):
+    import ctxopt.lm
+    import ctxopt.streams
+    from ctxopt.cli import main
+
+    monkeypatch.setattr(ctxopt.lm, "get_lm", lambda spec, **kw: task_lm() if spec == "local" else reflector())
+    monkeypatch.setattr(ctxopt.streams, "load_stream", lambda spec, **kw: toy_stream(names=("suffix",)))
+    run = tmp_path / "cli"
+    assert main(["compare", "--stream", "toy", "--methods", "static,ctxopt", "--gate", "strict",
+                 "--run-dir", str(run)]) == 0
+    [ctx] = [r for r in load_results(run) if r.method == "ctxopt"]
+    assert "no earlier task drops more than ε" in ctx.steps[0].extra["reason"]  # strict's wording, not paired's
+
+
 def test_cli_refuses_oracle_on_a_stream_without_human_instructions(tmp_path, monkeypatch, capsys):
     import ctxopt.lm
     import ctxopt.streams

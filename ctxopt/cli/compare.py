@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxopt.cli._args import sizes
+from ctxopt.gate import DEFAULT_GATE, GATES
 
 ALL_METHODS = "static,append,summarize,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
 
@@ -33,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context-tokens", type=int, default=None,
                    help="context budget of append/summarize (default: the budget's max_context_tokens or 1500)")
     p.add_argument("--num-threads", type=int, default=2)
+    p.add_argument("--gate", choices=tuple(GATES), default=DEFAULT_GATE,
+                   help=f"ctxopt's gate (default {DEFAULT_GATE}; strict: the gate before paired tests)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -73,6 +76,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import dspy
     from rich.console import Console
 
+    from ctxopt.baselines.continual import CtxoptMethod
     from ctxopt.cli._progress import matrix_table
     from ctxopt.compare import compare
     from ctxopt.lm import get_lm
@@ -82,6 +86,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console = Console()
     stream = load_stream(args.stream, seed=args.seed, sizes=args.sizes, scenario=args.scenario)
     methods = args.methods or default_methods(stream.names)
+    chosen = [CtxoptMethod(gate=args.gate) if m.strip() == "ctxopt" else m.strip() for m in methods.split(",")
+              if m.strip()]
     safe = args.stream.replace("/", "_").replace(":", "-").replace(",", "_")
     run_dir = Path(args.run_dir or f"runs/compare-{safe}-{args.budget}-s{args.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     reflection_lm = get_lm(args.reflection_lm, max_tokens=768)
     console.print(f"comparing {methods} on {stream.name} ({len(stream)} tasks), budget {args.budget}, "
                   f"seed {args.seed}; run dir {run_dir}")
-    results = compare(program_for(stream), stream, methods, task_lm=task_lm, reflection_lm=reflection_lm,
+    results = compare(program_for(stream), stream, chosen, task_lm=task_lm, reflection_lm=reflection_lm,
                       run_dir=run_dir, budget=args.budget, seed=args.seed, num_threads=args.num_threads,
                       max_context_tokens=args.context_tokens, callbacks=[_Printer(console, len(stream))])
     for r in results:
