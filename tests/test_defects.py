@@ -175,3 +175,29 @@ def test_fit_store_is_a_deprecated_alias_of_run_dir(tmp_path):
     with pytest.warns(DeprecationWarning, match=r"fit\(store=...\) is deprecated; pass run_dir"):
         _opt().fit(program_for(stream), stream, store=tmp_path / "run")
     assert (tmp_path / "run" / "state.json").is_file()
+
+
+# -- defect 7: consolidation's share of the reflection calls is kept from the proposers ------------------------
+
+def test_the_reflection_proposer_cannot_spend_consolidations_share(tmp_path):
+    from ctxopt.consolidate import Consolidator
+
+    stream = toy_stream(names=("suffix",))
+    budget = get_budget("light", **{**SMALL, "reflection_calls_per_task": 3})
+    opt = _opt(budget=budget, consolidate=True, consolidator=Consolidator(reflection_lm(), similarity="lexical"))
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    by_source = result.steps[0].extra["charged_by_source"]
+    assert by_source.get("reflection:proposer:ReflectionProposer", 0) <= 2  # one of 3 calls kept for consolidation
+    without = _opt(budget=budget, consolidate=False).fit(program_for(stream), stream, run_dir=tmp_path / "plain")
+    assert without.steps[0].extra["charged_by_source"]["reflection:proposer:ReflectionProposer"] == 3
+
+
+# -- defect 9: an accepted step credits the items it added with the gate's paired outcome ----------------------
+
+def test_accepted_items_carry_the_gates_evidence(tmp_path):
+    stream = toy_stream(names=("suffix", "reverse"))
+    opt = _opt()
+    opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    items = Store.open(tmp_path / "run" / "store").current().predictor("predict").items
+    learned = [it for it in items if it.source_task in ("suffix", "reverse")]
+    assert learned and all(it.helpful > 0 and it.harmful == 0 for it in learned)
