@@ -30,6 +30,28 @@ if TYPE_CHECKING:  # pragma: no cover
     import dspy
 
 
+def retrieval_note(context: LearnedContext) -> str | None:
+    """What an export loses when ``context`` is per-input memory (None when it loses nothing).
+
+    DSPy's state has one instruction and one demo list per predictor: it cannot
+    choose per input. A context with keyed (archival) items is exported with its
+    core memory and *all* archival items and demos rendered for every input,
+    which is what this note says.
+
+    Example:
+        >>> from ctxopt.context import Item, PredictorContext
+        >>> ctx = LearnedContext({"qa": PredictorContext("Answer.", items=(Item("r-1", "Be brief.", keys=("hi",)),))})
+        >>> retrieval_note(ctx).split(":")[0]
+        'DSPy state cannot express per-input retrieval'
+    """
+    keyed = sum(1 for pc in context.predictors.values() for it in pc.items if it.keys and not it.pinned)
+    if not keyed:
+        return None
+    demos = sum(len(pc.demos) for pc in context.predictors.values())
+    return (f"DSPy state cannot express per-input retrieval: the export shows the core memory and all {keyed} "
+            f"archival item(s) and {demos} demo(s) to every input (ctxopt retrieves a few per input)")
+
+
 def _json_path(path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     if out.suffix != ".json":
@@ -113,4 +135,4 @@ def export_state(context: LearnedContext, path: str | os.PathLike[str], task: st
     return out
 
 
-__all__ = ["dspy_state", "export_program", "export_state"]
+__all__ = ["dspy_state", "export_program", "export_state", "retrieval_note"]

@@ -58,6 +58,7 @@ __all__ = [
     "ReflectionProposer",
     "dedupe",
     "parse_reflection",
+    "split_when",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,28 @@ UPDATE <rule id>: <better text for an existing rule>
 DELETE <rule id>
 INSTRUCTION: <a better one-sentence instruction for this task>"""
 
+SHARED_MEMORY_NOTE = """
+
+The rules are shared with other tasks' inputs, and each input sees only the rules
+that apply to inputs like it. End every ADD line with " WHEN: <the kind of input
+it applies to>", e.g. "ADD: Answer with the first letter. WHEN: a single word
+whose first letter is asked for"."""
+
+_WHEN = re.compile(r"\s+WHEN\s*:\s*", re.IGNORECASE)
+
+
+def split_when(body: str) -> tuple[str, str]:
+    """A reflected rule and its "applies when" text (empty when none was given).
+
+    Example:
+        >>> split_when("Answer with one letter. WHEN: the first letter of a word is asked")
+        ('Answer with one letter.', 'the first letter of a word is asked')
+        >>> split_when("Be brief.")
+        ('Be brief.', '')
+    """
+    parts = _WHEN.split(body, maxsplit=1)
+    return (parts[0].strip(), parts[1].strip().strip("\"'`").strip()) if len(parts) == 2 else (body, "")
+
 
 def _fmt_failure(i: int, obs: Observation, inputs: Sequence[str], output: str) -> str:
     shown = "\n".join(f"{k}: {obs.example.get(k)}" for k in inputs if k != "task")
@@ -207,8 +230,9 @@ class ReflectionProposer:
         failures = "\n\n".join(
             _fmt_failure(i, o, pc.inputs, pc.output) for i, o in enumerate(pc.failures[: self.max_failures], 1)
         )
-        return REFLECTION_PROMPT.format(task=pc.task, instruction=pctx.instruction, rules=rules,
-                                        failures=failures, k=self.max_edits)
+        prompt = REFLECTION_PROMPT.format(task=pc.task, instruction=pctx.instruction, rules=rules,
+                                          failures=failures, k=self.max_edits)
+        return prompt + SHARED_MEMORY_NOTE if pc.scope == GLOBAL else prompt
 
     def propose(self, pc: ProposalContext) -> list[Proposal]:
         if not pc.failures:
@@ -236,7 +260,8 @@ class ReflectionProposer:
         why = "reflection on failed train examples"
         try:
             if verb == "ADD":
-                return AddItem(pc.predictor, body, scope=pc.scope, rationale=why)
+                rule, when = split_when(body)
+                return AddItem(pc.predictor, rule, scope=pc.scope, rationale=why, keys=(when,) if when else ())
             if verb == "UPDATE":
                 return UpdateItem(pc.predictor, item_id, body, rationale=why)
             if verb == "DELETE":

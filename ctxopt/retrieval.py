@@ -192,9 +192,9 @@ class RetrievalSelector:
 def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposal]:
     """``proposals`` rewritten for one memory shared by every input (a retrieving selector).
 
-    * A new item without keys gets ``keys``: the inputs that produced it (the
-      failed train inputs it answers), at most :data:`MAX_KEYS`, so it is
-      retrieved for inputs like them.
+    * A new item gets ``keys`` after its own (the reflector's "applies when"
+      text): the inputs that produced it (the failed train inputs it answers),
+      at most :data:`MAX_KEYS`, so it is retrieved for inputs like them.
     * A rewrite of the instruction becomes a keyed ``strategy`` item: the
       instruction is core memory, shown to every input, and one task's
       instruction must not take over the others.
@@ -217,8 +217,8 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposa
                 continue
             if isinstance(e, RewriteInstruction):
                 e = AddItem(e.predictor, e.text, kind="strategy", rationale=e.rationale, keys=unique)
-            elif isinstance(e, AddItem) and not e.keys and not e.pinned:
-                e = replace(e, keys=unique)
+            elif isinstance(e, AddItem) and not e.pinned:
+                e = replace(e, keys=tuple(dict.fromkeys((*e.keys, *unique))))  # its "applies when", then inputs
             edits.append(e)
         if edits:
             out.append(replace(p, edits=tuple(edits)))

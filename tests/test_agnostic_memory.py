@@ -86,3 +86,26 @@ def test_retrieval_hit_rates_say_whose_items_each_task_retrieves_and_reach_the_r
     _, result = _fit(tmp_path, stream, selector=selector)
     assert set(result.steps[-1].extra["retrieval_hits"]) == {"suffix", "reverse"}
     assert "Retrieval hit rate" in write_report(tmp_path / "run").read_text()
+
+
+def test_reflection_in_a_shared_memory_writes_rules_with_their_applies_when_key(tmp_path):
+    import re
+
+    from tests.fakes import scripted_lm
+    from tests.toy import RULES
+
+    prompts: list[str] = []
+
+    def reflect(system: str, user: str) -> str:
+        prompts.append(user)
+        name = re.search(r'on the task "([^"]+)"', user).group(1)
+        return f"ADD: {RULES[name][0]} WHEN: a single word to transform"
+
+    stream = toy_stream("task-agnostic", names=("suffix",))
+    opt = ContinualOptimizer(task_lm(), scripted_lm(reflect, name="scripted/when"), budget=get_budget("light", **SMALL),
+                             seed=0, num_threads=2, consolidator="lexical")
+    opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    assert prompts and all(" WHEN: <the kind of input" in p for p in prompts)
+    [item] = [it for it in Store.open(tmp_path / "run" / "store").current().predictor("predict").items]
+    assert item.text == RULES["suffix"][0]  # the condition is a key, not part of the rule
+    assert item.keys[0] == "a single word to transform" and len(item.keys) > 1  # then the inputs behind it

@@ -103,6 +103,17 @@ def test_export_import(store, capsys, tmp_path):
     rc, out, _ = run(capsys, "export", str(tmp_path / "prog.json"), "--dspy", "--task", "bio", "--store", str(store.path))
     state = json.loads((tmp_path / "prog.json").read_text())
     assert rc == 0 and "Cite the source." in state["qa"]["signature"]["instructions"]
+    assert "cannot express per-input retrieval" not in _  # nothing keyed: nothing lost
+
+
+def test_export_dspy_says_it_cannot_express_retrieval(tmp_path, capsys):
+    s = Store.init(tmp_path / "store")
+    s.commit(BASE.apply_edits([AddItem("qa", "Cite the source.", keys=("a biology question",))], step=1),
+             "learned a keyed rule", {"step": 1})
+    rc, _, err = run(capsys, "export", str(tmp_path / "p.json"), "--dspy", "--store", str(s.path))
+    assert rc == 0 and "DSPy state cannot express per-input retrieval" in err and "all 1 archival item(s)" in err
+    state = json.loads((tmp_path / "p.json").read_text())
+    assert "Cite the source." in state["qa"]["signature"]["instructions"]  # the archival item is rendered for all
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from ctxopt.dspy_export import retrieval_note
 from ctxopt.errors import ConfigError, StoreError
 
 DEFAULT_STORE = "ctxopt-store"
@@ -260,6 +261,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.dspy:
         out = store.export_dspy_state(args.path, rev=args.rev, task=args.task)
         _out(f"wrote DSPy state of {args.rev} to {out} (load with program.load)")
+        note = retrieval_note(store.show(args.rev))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     else:
         if args.rev != "HEAD" or args.task is not None:
             raise ConfigError("--rev and --task apply only with --dspy; a bundle holds the whole history")
