@@ -100,10 +100,11 @@ def test_export_import(store, capsys, tmp_path):
     rc, out, _ = run(capsys, "import", str(bundle), "--store", str(tmp_path / "copy"))
     assert rc == 0 and "imported 2 versions" in out
     assert Store.open(tmp_path / "copy").current() == store.current()
-    rc, out, _ = run(capsys, "export", str(tmp_path / "prog.json"), "--dspy", "--task", "bio", "--store", str(store.path))
+    rc, out, err = run(capsys, "export", str(tmp_path / "prog.json"), "--dspy", "--task", "bio",
+                       "--store", str(store.path))
     state = json.loads((tmp_path / "prog.json").read_text())
     assert rc == 0 and "Cite the source." in state["qa"]["signature"]["instructions"]
-    assert "cannot express per-input retrieval" not in _  # nothing keyed: nothing lost
+    assert "cannot express per-input retrieval" not in err  # nothing keyed: nothing lost
 
 
 def test_export_dspy_says_it_cannot_express_retrieval(tmp_path, capsys):
