@@ -50,6 +50,7 @@ from ctxopt.errors import ConfigError
 from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
 from ctxopt.tasks import TASK_FIELD
+from ctxopt.tokens import count_tokens
 
 __all__ = ["MAX_KEYS", "Hit", "Retrieval", "RetrievalSelector", "archival", "hit_rates", "input_text"]
 
@@ -118,13 +119,15 @@ class RetrievalSelector:
         k_items: How many unpinned items to show at most.
         k_demos: How many demos to show at most.
         min_score: The similarity a retrieved item or demo needs at least.
+        max_tokens: A per-call token budget (:func:`~ctxopt.tokens.count_tokens`) for the instruction, the
+            pinned items and what is retrieved; the best-scoring hits are kept while they fit. None: no budget.
 
     Raises:
-        ConfigError: an unknown similarity name, a negative k, or ``min_score`` outside [0, 1].
+        ConfigError: an unknown similarity name, a negative k, ``min_score`` outside [0, 1], or a bad ``max_tokens``.
     """
 
     def __init__(self, similarity: str | Similarity = "auto", *, k_items: int = 3, k_demos: int = 4,
-                 min_score: float = 0.0) -> None:
+                 min_score: float = 0.0, max_tokens: int | None = None) -> None:
         if isinstance(similarity, str):
             check_similarity_name(similarity)
         for name, k in (("k_items", k_items), ("k_demos", k_demos)):
@@ -133,7 +136,10 @@ class RetrievalSelector:
         if not 0.0 <= float(min_score) <= 1.0:
             raise ConfigError(f"min_score must be in [0, 1], got {min_score!r}")
         self.similarity = similarity
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ConfigError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
         self.k_items, self.k_demos, self.min_score = k_items, k_demos, float(min_score)
+        self.max_tokens = max_tokens
         self._sim: Similarity | None = None
 
     @property
@@ -145,7 +151,7 @@ class RetrievalSelector:
 
     def __repr__(self) -> str:
         return (f"RetrievalSelector({self.similarity!r}, k_items={self.k_items}, k_demos={self.k_demos}, "
-                f"min_score={self.min_score})")
+                f"min_score={self.min_score}, max_tokens={self.max_tokens})")
 
     def explain(self, context: LearnedContext, task: str | None, inputs: Mapping[str, Any]) -> dict[str, Retrieval]:
         """What each predictor shows for this input, and why: the pinned ids and the retrieved hits with scores."""
@@ -154,13 +160,27 @@ class RetrievalSelector:
         for name, pc in context.predictors.items():
             items = pc.scoped_items(task)
             archival = [it for it in items if not it.pinned]
-            out[name] = Retrieval(
+            why = Retrieval(
                 query=query,
                 pinned=tuple(it.id for it in items if it.pinned),
                 items=self._top(query, [(it.id, _item_keys(it)) for it in archival], self.k_items),
                 demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], self.k_demos),
             )
+            out[name] = why if self.max_tokens is None else self._within_budget(why, pc, task)
         return out
+
+    def _within_budget(self, why: Retrieval, pc: Any, task: str | None) -> Retrieval:
+        """``why`` cut to ``max_tokens``: the best-scoring hits first (items and demos together) while they fit."""
+        cost = {it.id: count_tokens(it.text) for it in pc.scoped_items(task)}
+        cost.update({d.id: count_tokens(canonical_json([d.inputs, d.outputs])) for d in pc.scoped_demos(task)})
+        left = self.max_tokens - count_tokens(pc.instruction) - sum(cost[i] for i in why.pinned)
+        kept: set[str] = set()
+        for hit in sorted((*why.items, *why.demos), key=lambda h: (-h.score, h.id)):
+            if cost[hit.id] <= left:
+                kept.add(hit.id)
+                left -= cost[hit.id]
+        return replace(why, items=tuple(h for h in why.items if h.id in kept),
+                       demos=tuple(h for h in why.demos if h.id in kept))
 
     def select(self, context: LearnedContext, task: str | None, inputs: Mapping[str, Any]) -> LearnedContext:
         """The context with only the pinned and retrieved items and the retrieved demos (C's order kept)."""

@@ -262,3 +262,20 @@ def test_show_for_input_errors_are_one_line(tmp_path, capsys):
     bare.commit(LearnedContext({"qa": PredictorContext("Answer.")}), "no stream recorded")
     assert main(["show", "--store", str(bare.path), "--for-input", "hot"]) == 2
     assert "does not record its stream" in capsys.readouterr().err
+
+
+def test_a_per_call_token_budget_keeps_the_best_hits_that_fit():
+    from ctxopt.context import Item, LearnedContext, PredictorContext
+    from ctxopt.retrieval import RetrievalSelector
+    from ctxopt.tokens import count_tokens
+
+    long_rule = "Reverse the letters of the word, then double every vowel and explain nothing. " * 3
+    ctx = LearnedContext({"p": PredictorContext("Answer.", items=(
+        Item(id="r-long", text=long_rule, keys=("reverse the word apple",)),
+        Item(id="r-short", text="Reverse it.", keys=("reverse the word",)),
+    ))})
+    unbounded = RetrievalSelector("lexical", k_items=2).select(ctx, None, {"input": "reverse the word apple"})
+    assert [it.id for it in unbounded.items("p")] == ["r-long", "r-short"]
+    budget = count_tokens("Answer.") + count_tokens("Reverse it.") + 5
+    bounded = RetrievalSelector("lexical", k_items=2, max_tokens=budget)
+    assert [it.id for it in bounded.select(ctx, None, {"input": "reverse the word apple"}).items("p")] == ["r-short"]
