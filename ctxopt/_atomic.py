@@ -1,7 +1,8 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
+"""Atomic, durable file writes: a temp file in the same folder, fsync, ``os.replace``, fsync of the folder.
 
 A process killed at any moment leaves either the old file or the new one,
-never a torn write; a failed write removes its temp file and re-raises.
+never a torn write; a failed write removes its temp file and re-raises. The
+folder is fsynced after the rename, so the new name survives a power loss too.
 """
 
 from __future__ import annotations
@@ -40,10 +41,22 @@ def write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # pragma: no cover - a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, data: Any, *, indent: int | None = 1) -> None:

@@ -25,6 +25,8 @@ _BASE = (
     "-c", "color.ui=false",
     "-c", "diff.external=",
     "-c", "core.quotePath=false",
+    "-c", "core.fsync=committed",  # objects and refs are fsynced before a ref moves (git >= 2.36)
+    "-c", "core.fsyncMethod=fsync",
 )  # fmt: skip
 
 

@@ -63,7 +63,7 @@ import dspy
 
 from ctxopt._atomic import write_json, write_text
 from ctxopt.context import LearnedContext
-from ctxopt.errors import ConfigError
+from ctxopt.errors import ConfigError, EndpointError
 from ctxopt.evaluator import Evaluator, ExampleResult
 from ctxopt.lm import DEFAULT_REFLECTION_LM, get_lm, lm_name
 from ctxopt.metrics import Score, normalize
@@ -262,6 +262,8 @@ def synthesize_inputs(lm: Any, task: Task, n: int, *, seed: int = 0, shots: int 
         kwargs = {"temperature": 0.9, "seed": seed * 1000 + call, "rollout_id": seed * 1000 + call}
         try:
             text = lm(prompt, **kwargs)[0]
+        except EndpointError:
+            raise  # a dead endpoint stops the run (ctxopt.endpoint)
         except Exception as exc:  # noqa: BLE001 - a failed call is a lost call, never a crash
             log.warning("synthesis call %d for task %s failed: %s", call, task.name, exc)
             continue

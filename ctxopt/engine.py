@@ -57,6 +57,7 @@ from ctxopt.baselines.base import LearnContext, Method, Outcome
 from ctxopt.budget import Budget
 from ctxopt.consolidate.redundancy import redundancy
 from ctxopt.context import LearnedContext
+from ctxopt.endpoint import fatal_in
 from ctxopt.evaluator import Evaluator
 from ctxopt.lm import UsageSnapshot, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
@@ -329,8 +330,8 @@ class Engine:
                                  f"{sorted(outcome.context.predictors)}, expected {sorted(context.predictors)}")
             return outcome
         except Exception as exc:
-            if not self.catch_errors:
-                raise
+            if not self.catch_errors or fatal_in(exc) is not None:
+                raise  # a dead endpoint stops every method (ctxopt.endpoint)
             log.warning("%s failed on step %d (%s): %s", method.name, ctx.step, tasks[-1].name, exc, exc_info=True)
             text = " ".join(str(exc).split())[:500]
             return Outcome(context, note=f"{method.name} failed, context kept ({type(exc).__name__})",

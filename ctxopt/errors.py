@@ -8,7 +8,8 @@ its message as one line and exits with status 2, with no traceback::
     ├── DataError            a data file is missing, empty or lacks a field
     ├── LMError              an LM cannot be built or loaded
     │   ├── MissingDependencyError   llama_cpp or a model package is not installed
-    │   └── ModelIntegrityError      a model file has the wrong sha256
+    │   ├── ModelIntegrityError      a model file has the wrong sha256
+    │   └── EndpointError            an LM endpoint fails persistently (auth, unknown model, down)
     ├── StoreError           a store operation failed (not a store, bad ref, …)
     │   └── StoreLockedError another writer holds the store lock
     ├── EditError            an edit is invalid (missing item id, no-op, …)
@@ -43,6 +44,14 @@ class ModelIntegrityError(LMError):
     """A model file does not have the expected sha256; it is never loaded."""
 
 
+class EndpointError(LMError):
+    """An LM endpoint fails persistently: bad or missing credentials, an unknown model, or a host that stays down.
+
+    The run stops with one line naming the LM spec, the error class and a hint; its state is
+    saved, so the same command resumes once the endpoint works (:mod:`ctxopt.endpoint`).
+    """
+
+
 class StoreError(CtxoptError):
     """A store operation failed."""
 
@@ -70,6 +79,7 @@ __all__ = [
     "LMError",
     "MissingDependencyError",
     "ModelIntegrityError",
+    "EndpointError",
     "StoreError",
     "StoreLockedError",
     "EditError",

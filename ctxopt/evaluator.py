@@ -24,6 +24,11 @@ atomic and safe across threads and processes); without it, results are cached
 in memory for the evaluator's lifetime. Failed examples are not cached: a
 transient LM error is retried on the next evaluation.
 
+**A dead endpoint stops the run.** An :class:`~ctxopt.errors.EndpointError` (bad
+credentials, an unknown model, an endpoint still down after retries; see
+:mod:`ctxopt.endpoint`) is never a score: the evaluation stops and re-raises it, so
+the run ends with one line and resumes from its saved state once the endpoint works.
+
 **A broken program stops the run.** When every example of an evaluation fails
 with the same exception (a program that rejects its inputs, a dead LM
 endpoint), :meth:`Evaluator.evaluate` raises :class:`~ctxopt.errors.ProgramError`
@@ -71,6 +76,7 @@ from typing import Any, Protocol
 
 import dspy
 
+from ctxopt.endpoint import fatal_in
 from ctxopt.errors import ConfigError, ProgramError
 from ctxopt.metrics import Score
 from ctxopt.selector import ContextSelector, ScopeSelector
@@ -525,6 +531,8 @@ class Evaluator:
             with dspy.context(trace=trace, lm=self.lm):
                 pred = prog(**inputs)
         except Exception as exc:  # noqa: BLE001 - one failure is one bad score
+            if (fatal := fatal_in(exc)) is not None:
+                raise fatal from None  # a dead endpoint is not a score
             return ExampleResult(eid, 0.0, _failure_feedback(exc), {}, _trace(trace, names), _short_error(exc))
         try:
             score = task.metric(example, pred)
@@ -590,6 +598,8 @@ class _Run:
     Workers are daemon threads pulling example indices from a shared list. When
     an example runs past the timeout it is recorded as failed and a replacement
     worker is started, so a hung call neither blocks the run nor the process.
+    An :class:`~ctxopt.errors.EndpointError` in any worker stops the others from
+    starting new examples and is re-raised by :meth:`execute`.
     """
 
     def __init__(
@@ -608,18 +618,25 @@ class _Run:
         self.total = len(todo)
         self.done: dict[int, ExampleResult] = {}
         self.started: dict[int, float] = {}
+        self.fatal: BaseException | None = None
         self.cond = threading.Condition()
 
     def _worker(self) -> None:
         while True:
             with self.cond:
-                if not self.pending:
+                if not self.pending or self.fatal is not None:
                     return
                 i = self.pending.pop()
                 self.started[i] = time.monotonic()
             try:
                 res = self.ev._run_one(self.progs[i], self.task, self.examples[i], self.aware, self.names)
             except BaseException as exc:  # noqa: BLE001 - never lose an example
+                if (fatal := fatal_in(exc)) is not None:
+                    with self.cond:
+                        self.fatal = self.fatal or fatal
+                        self.started.pop(i, None)
+                        self.cond.notify_all()
+                    return
                 res = ExampleResult(example_id(self.examples[i]), 0.0, _failure_feedback(exc), {}, [], _short_error(exc))
             with self.cond:
                 if i not in self.done:  # a timed-out example keeps its timeout result
@@ -637,6 +654,8 @@ class _Run:
         timeout = self.ev.timeout_s
         with self.cond:
             while len(self.done) < self.total:
+                if self.fatal is not None:
+                    raise self.fatal
                 self.cond.wait(timeout=min(1.0, max(0.05, timeout / 4)))
                 now = time.monotonic()
                 for i, t0 in list(self.started.items()):

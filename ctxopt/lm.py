@@ -6,13 +6,20 @@
 * ``"local:qwen2.5-coder-0.5b"`` / ``"local:qwen2.5-coder-1.5b"`` — the second
   is the default reflection model;
 * a path to any ``.gguf`` file;
-* any litellm model string, e.g. ``"openai/gpt-4o-mini"`` or ``"ollama_chat/qwen2.5"``.
+* any litellm model string, e.g. ``"openai/gpt-4o-mini"`` or ``"ollama_chat/qwen2.5"``;
+* a litellm model string with its server, ``"MODEL@URL"``: e.g.
+  ``"openai/qwen2.5-coder-0.5b@http://127.0.0.1:8080/v1"`` reaches any OpenAI-compatible
+  server (``ctxopt model-server``, vLLM, llama.cpp's server, Ollama's ``/v1``). Without
+  ``OPENAI_API_KEY`` (or the provider's key) in the environment a placeholder key is sent,
+  which such local servers accept.
 
 Local models run in-process on llama-cpp-python through :class:`LocalEngine`,
 which implements DSPy 3.4's engine interface (``complete(Request) -> Response``).
 They go through DSPy's request cache like any other LM, so a rerun makes no new
 model calls. Every LM returned by :func:`get_lm` is a :class:`TrackedLM` whose
-``usage`` counts calls, cache hits, tokens and seconds.
+``usage`` counts calls, cache hits, retries, tokens and seconds, and whose requests go
+through :class:`ctxopt.endpoint.RetryPolicy`: transient failures are retried, persistent
+ones stop the run with one line (:class:`~ctxopt.errors.EndpointError`).
 
 Example:
     >>> import ctxopt
@@ -26,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -36,7 +44,8 @@ from typing import Any
 
 import dspy
 
-from ctxopt.errors import ConfigError, LMError, MissingDependencyError
+from ctxopt.endpoint import Health, RetryPolicy
+from ctxopt.errors import ConfigError, EndpointError, LMError, MissingDependencyError
 from ctxopt.models import MODELS, model_path
 
 __all__ = [
@@ -51,10 +60,15 @@ __all__ = [
     "UsageSnapshot",
     "available_cores",
     "get_lm",
+    "llama_threads",
     "lm_name",
     "resolve_local",
+    "reuse_whole_blocks_only",
+    "split_api_base",
     "usage_of",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TASK_MODEL = "qwen2.5-coder-0.5b"
 DEFAULT_REFLECTION_MODEL = "qwen2.5-coder-1.5b"
@@ -78,12 +92,15 @@ class UsageSnapshot:
     ``calls`` counts every request the program made, ``cache_hits`` those
     answered from DSPy's cache, ``model_calls`` those that reached the model.
     ``seconds`` is wall time spent inside model calls (cache hits excluded).
+    ``retries`` counts transient failures that were retried (a call is counted
+    once however many attempts it took).
     """
 
     calls: int = 0
     cache_hits: int = 0
     model_calls: int = 0
     errors: int = 0
+    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -127,6 +144,11 @@ class Usage:
         with self._lock:
             self._totals = self._totals + delta
 
+    def retried(self, exc: BaseException | None = None) -> None:
+        """Count one retried transient failure."""
+        with self._lock:
+            self._totals = self._totals + UsageSnapshot(retries=1)
+
     def snapshot(self) -> UsageSnapshot:
         with self._lock:
             return self._totals
@@ -136,25 +158,40 @@ class Usage:
 
 
 class TrackedLM(dspy.LM):
-    """A ``dspy.LM`` that counts its own usage in ``self.usage``.
+    """A ``dspy.LM`` that counts its own usage in ``self.usage`` and retries under ``self.retry``.
 
     A call is a cache hit when DSPy answered it without usage (DSPy strips
     usage from cached responses). Copies made by ``lm.copy()`` and deep copies
-    of programs share the same counters.
+    of programs share the same counters. DSPy's own retries are off
+    (``num_retries=0``); ``retry`` (:class:`~ctxopt.endpoint.RetryPolicy`) decides.
+    Once a call raised :class:`~ctxopt.errors.EndpointError`, every later call raises
+    it again without a request (a dead endpoint is not asked again; DSPy's optimizers,
+    which score a failed call 0, cannot keep going on it). Build a new LM to retry.
     """
 
-    def __init__(self, model: str, *, spec: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str, *, spec: str | None = None, retry: RetryPolicy | None = None, **kwargs: Any) -> None:
+        kwargs["num_retries"] = 0
         super().__init__(model, **kwargs)
         self.spec = spec or model
+        self.retry = retry or RetryPolicy()
         self.usage = Usage()
+        self._health = Health()
+        self._down: EndpointError | None = None
         self._local = threading.local()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._down is not None:
+            raise EndpointError(str(self._down))
         self._local.entry = None
         start = time.perf_counter()
         error = False
         try:
-            return super().__call__(*args, **kwargs)
+            return self.retry.call(lambda: super(TrackedLM, self).__call__(*args, **kwargs), spec=self.spec,
+                                   health=self._health, api_base=self.kwargs.get("api_base"),
+                                   on_retry=self.usage.retried)
+        except EndpointError as exc:
+            error, self._down = True, exc
+            raise
         except Exception:
             error = True
             raise
@@ -186,26 +223,46 @@ class TrackedLM(dspy.LM):
 
 
 class _LoadedModel:
-    """One llama.cpp model in memory, shared by every engine on the same file."""
+    """One llama.cpp model in memory, shared by every engine on the same file.
+
+    ``lock`` is held for the whole of each native call; ``closed`` is set, under the
+    lock, when the process frees the model, after which no call may start.
+    """
 
     def __init__(self, llama: Any) -> None:
         self.llama = llama
         self.lock = threading.Lock()
+        self.closed = False
 
 
 _loaded: dict[tuple[str, int, int], _LoadedModel] = {}
 _loaded_lock = threading.Lock()
 
+EXIT_WAIT_S = 300.0
+"""How long exit waits for a native call in flight to finish before freeing its model anyway."""
+
 
 @atexit.register
 def _close_models() -> None:
-    """Free llama.cpp models before interpreter teardown (avoids noisy errors at exit)."""
+    """Free llama.cpp models at exit, never under a native call in flight.
+
+    On SIGTERM or Ctrl-C the main thread unwinds (state is saved by then) while an
+    evaluator's daemon thread may still be inside llama.cpp. Freeing the model under it
+    crashed the process (exit 139 instead of 143). Each model's lock is taken first, so
+    the call in flight finishes; then the model is marked closed and freed, and a daemon
+    thread that gets the lock afterwards raises instead of calling into freed memory.
+    """
     with _loaded_lock:
         for loaded in _loaded.values():
+            got = loaded.lock.acquire(timeout=EXIT_WAIT_S)
+            loaded.closed = True
             try:
                 loaded.llama.close()
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
+            finally:
+                if got:
+                    loaded.lock.release()
         _loaded.clear()
 
 
@@ -214,6 +271,20 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def llama_threads() -> int:
+    """Threads of each in-process llama.cpp model: ``$CTXOPT_LLAMA_THREADS``, else every available core.
+
+    llama.cpp's threads spin at barriers, so two processes that each take every core slow
+    each other down many times over; give concurrent processes one share each.
+    """
+    value = os.environ.get("CTXOPT_LLAMA_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"CTXOPT_LLAMA_THREADS must be a positive integer, got {value!r}")
+        return int(value)
+    return available_cores()
 
 
 def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
@@ -226,9 +297,9 @@ def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
                 raise MissingDependencyError(
                     "llama_cpp is not installed; run: pip install 'ctxopt[local]'"
                 ) from exc
-            llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=available_cores(), seed=seed, verbose=False,
+            llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=llama_threads(), seed=seed, verbose=False,
                           n_batch=PROMPT_BLOCK)
-            _reuse_whole_blocks_only(llama)
+            reuse_whole_blocks_only(llama)
             _loaded[key] = _LoadedModel(llama)
         return _loaded[key]
 
@@ -237,7 +308,7 @@ PROMPT_BLOCK = 64
 """Prompt tokens llama.cpp evaluates per batch; the KV cache is reused only in whole blocks from position 0."""
 
 
-def _reuse_whole_blocks_only(llama: Any) -> None:
+def reuse_whole_blocks_only(llama: Any) -> None:
     """Make ``llama`` reuse its KV cache so that no answer depends on the request before it.
 
     llama.cpp reuses the cached prefix a new prompt shares with the previous one and
@@ -302,6 +373,9 @@ class LocalEngine:
         stop = config.stop if config.stop else None
         loaded = self._model()
         with loaded.lock:
+            if loaded.closed:
+                raise LMError(f"local model {Path(self.model_path).name} is closed: the process is exiting")
+            logger.debug("local model call started: %s", Path(self.model_path).name)
             try:
                 out = loaded.llama.create_chat_completion(
                     messages=messages,
@@ -313,6 +387,7 @@ class LocalEngine:
                 )
             except ValueError as exc:  # e.g. prompt longer than the context window
                 raise LMError(f"local model {Path(self.model_path).name}: {exc}") from exc
+            logger.debug("local model call finished: %s", Path(self.model_path).name)
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
@@ -396,10 +471,37 @@ def get_lm(
         name, path = resolve_local(spec)
         engine = LocalEngine(path, n_ctx=n_ctx, seed=seed)
         return TrackedLM(f"local/{name}", spec=spec, engine=engine, temperature=temperature,
-                         max_tokens=max_tokens, cache=cache, num_retries=0)
-    if "/" not in spec or spec.startswith("/") or spec.endswith("/"):
+                         max_tokens=max_tokens, cache=cache)
+    model, api_base = split_api_base(spec)
+    if "/" not in model or model.startswith("/") or model.endswith("/"):
         raise ConfigError(f"unknown LM spec {spec!r}; accepted LM specs: {ACCEPTED_FORMS}")
-    return TrackedLM(spec, spec=spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+    if api_base:
+        kwargs.setdefault("api_base", api_base)
+        key = f"{model.split('/', 1)[0].upper()}_API_KEY"
+        if not os.environ.get(key):
+            kwargs.setdefault("api_key", "no-key")  # local OpenAI-compatible servers accept any key
+    kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+    return TrackedLM(model, spec=spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+
+
+HTTP_TIMEOUT_S = 60.0
+"""Seconds an HTTP request may take before it counts as a (transient, retried) timeout."""
+
+
+def split_api_base(spec: str) -> tuple[str, str | None]:
+    """Split ``"MODEL@http(s)://…"`` into the model and its server URL (``None`` when there is no URL).
+
+    Example:
+        >>> split_api_base("openai/qwen@http://127.0.0.1:8080/v1")
+        ('openai/qwen', 'http://127.0.0.1:8080/v1')
+        >>> split_api_base("vertex_ai/claude-3-sonnet@20240229")
+        ('vertex_ai/claude-3-sonnet@20240229', None)
+    """
+    for scheme in ("@http://", "@https://"):
+        model, sep, rest = spec.rpartition(scheme)
+        if sep and model:
+            return model, scheme[1:] + rest
+    return spec, None
 
 
 def lm_name(lm: Any) -> str:

@@ -45,7 +45,7 @@ from ctxopt.edits import (
     RewriteInstruction,
     UpdateItem,
 )
-from ctxopt.errors import EditError
+from ctxopt.errors import EditError, EndpointError
 
 __all__ = [
     "DemoProposer",
@@ -246,6 +246,8 @@ class ReflectionProposer:
             kwargs = {} if s == 0 else {"temperature": 0.7, "seed": pc.seed * 1000 + s}
             try:
                 text = self.lm(prompt, **kwargs)[0]
+            except EndpointError:
+                raise  # a dead endpoint stops the run (ctxopt.endpoint)
             except Exception as exc:  # one failed reflection is one lost sample, never a crash
                 log.warning("reflection sample %d failed: %s", s, exc)
                 continue

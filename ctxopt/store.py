@@ -43,8 +43,10 @@ when a process dies, so a kill never leaves the store locked; git processes
 started under the lock inherit it, so one orphaned by a kill holds the lock
 until it exits and never races the next writer. History is never
 rewritten: rollback makes a new commit. Loading reads YAML with the safe
-loader and JSON; nothing is unpickled or executed. Durability against power
-loss needs ``git config core.fsync committed`` in the store.
+loader and JSON; nothing is unpickled or executed. Every git command runs with
+``core.fsync=committed`` (objects and refs reach the disk before a ref moves), so
+a committed version survives a power loss, not only a kill; the cost per commit
+is in ``experiments/results/bench_store.json``.
 
 Revisions accept a full or short sha, a branch, a tag, ``HEAD``, ``HEAD~N``.
 

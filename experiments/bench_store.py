@@ -38,11 +38,36 @@ def _ms(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _fsync_cost(ctx: LearnedContext, n: int) -> dict[str, dict[str, float]]:
+    """Median commit time with the store's ``core.fsync=committed`` and with it switched off, alternating."""
+    import ctxopt._git as git
+
+    on = git._BASE
+    off = tuple("core.fsync=none" if a == "core.fsync=committed" else a for a in on)
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    rng = random.Random(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {"on": Store.init(Path(tmp) / "on"), "off": Store.init(Path(tmp) / "off")}
+        try:
+            for step in range(n):
+                ids = [it.id for it in ctx.items("qa")]
+                ctx = ctx.apply_edits([UpdateItem("qa", rng.choice(ids), f"fsync bench {step}")], step=step, task="bench")
+                for mode in ("on", "off") if step % 2 else ("off", "on"):
+                    git._BASE = on if mode == "on" else off
+                    t0 = time.perf_counter()
+                    stores[mode].commit(ctx, f"step {step}", {"step": step})
+                    times[mode].append(time.perf_counter() - t0)
+        finally:
+            git._BASE = on
+    return {mode: _ms(t) for mode, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=1000)
     ap.add_argument("--versions", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--fsync-commits", type=int, default=100, help="commits timed with and without core.fsync")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_store.json"))
     args = ap.parse_args(argv)
     rng = random.Random(0)
@@ -97,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             log_t.append(time.perf_counter() - t0)
         repo_kb = sum(f.stat().st_size for f in (store.path / ".git").rglob("*") if f.is_file()) // 1024
 
+    fsync_cost = _fsync_cost(ctx, args.fsync_commits)
+
     result = {
         "config": {"items": args.items, "versions": args.versions, "samples": args.samples},
+        "fsync": fsync_cost,
         "commit": _ms(commit_t),
         "checkout": _ms(checkout_t),
         "show": _ms(show_t),
@@ -121,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("commit", "checkout", "show", "diff", "log_full_history"):
         r = result[key]
         print(f"{key:>18}: median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   (n={r['n']})")
+    f = result["fsync"]
+    print(f"commit with core.fsync=committed: median {f['on']['median_ms']:.1f} ms vs {f['off']['median_ms']:.1f} ms "
+          f"without (n={f['on']['n']} each)")
     print(f"wrote {out}")
     return 0
 

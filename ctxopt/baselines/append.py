@@ -32,7 +32,7 @@ from ctxopt._text import shorten
 from ctxopt.baselines.base import LearnContext, Outcome, sample
 from ctxopt.context import Item, LearnedContext, count_tokens
 from ctxopt.edits import AddItem, DeleteItem
-from ctxopt.errors import EditError
+from ctxopt.errors import EditError, EndpointError
 
 __all__ = ["SUMMARY_PROMPT", "Append", "Summarize", "parse_summary"]
 
@@ -176,6 +176,8 @@ class Summarize(Append):
             calls += 1
             try:
                 reply = ctx.reflection_lm(prompt)[0]
+            except EndpointError:
+                raise  # a dead endpoint stops the run (ctxopt.endpoint)
             except Exception as exc:  # noqa: BLE001 - one failed summary is one lost call, never a crash
                 log.warning("summary of %s failed: %s", scope, exc)
                 errors.append(f"{type(exc).__name__}: {exc}")

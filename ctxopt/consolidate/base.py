@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ctxopt.context import LearnedContext
 from ctxopt.edits import Edit, edit_from_dict
+from ctxopt.errors import EndpointError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctxopt.consolidate.rejections import RejectionMemory
@@ -139,6 +140,8 @@ class ReflectionAllowance:
         self.calls += 1
         try:
             out = self.lm(prompt)[0]
+        except EndpointError:
+            raise  # a dead endpoint stops the run (ctxopt.endpoint)
         except Exception as exc:  # noqa: BLE001 - one failed LM call is one lost candidate, never a crash
             log.warning("consolidation LM call failed: %s", exc)
             return None
