@@ -254,11 +254,17 @@ class PredictorContext:
     instruction: str
     items: tuple[Item, ...] = ()
     demos: tuple[Demo, ...] = ()
+    retrieval: tuple[tuple[str, int | float], ...] = ()
+    """Learned retrieval settings (:data:`RETRIEVAL_SETTINGS`) as sorted pairs; empty: the selector's own."""
 
     def __post_init__(self) -> None:
         _check_str(self.instruction, "instruction", empty_ok=True)
         object.__setattr__(self, "items", tuple(self.items))
         object.__setattr__(self, "demos", tuple(self.demos))
+        settings = dict(self.retrieval.items() if isinstance(self.retrieval, Mapping) else self.retrieval)
+        for key, value in settings.items():
+            check_retrieval_setting(key, value)
+        object.__setattr__(self, "retrieval", tuple(sorted(settings.items())))
         for kind, values in (("item", self.items), ("demo", self.demos)):
             seen: set[str] = set()
             for v in values:
@@ -292,24 +298,50 @@ class PredictorContext:
         """The task scopes (every scope but :data:`GLOBAL`) of its items and demos, sorted."""
         return tuple(sorted(({it.scope for it in self.items} | {d.scope for d in self.demos}) - {GLOBAL}))
 
+    def retrieval_settings(self) -> dict[str, int | float]:
+        """The learned retrieval settings, e.g. ``{"k_demos": 8}`` (only those set)."""
+        return dict(self.retrieval)
+
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-compatible dict; :meth:`from_dict` inverts it."""
-        return {
+        """Return a JSON-compatible dict; :meth:`from_dict` inverts it. ``retrieval`` only when set."""
+        out: dict[str, Any] = {
             "instruction": self.instruction,
             "items": [it.to_dict() for it in self.items],
             "demos": [d.to_dict() for d in self.demos],
         }
+        if self.retrieval:
+            out["retrieval"] = dict(self.retrieval)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PredictorContext:
         """Build from :meth:`to_dict` output; raises EditError if invalid."""
         if not isinstance(d, Mapping) or "instruction" not in d:
             raise EditError("a predictor context must be a mapping with an 'instruction'")
+        retrieval = d.get("retrieval") or {}
+        if not isinstance(retrieval, Mapping):
+            raise EditError("'retrieval' must be a mapping of settings")
         return cls(
             instruction=d["instruction"],
             items=tuple(Item.from_dict(x) for x in d.get("items") or ()),
             demos=tuple(Demo.from_dict(x) for x in d.get("demos") or ()),
+            retrieval=tuple(retrieval.items()),
         )
+
+
+RETRIEVAL_SETTINGS = ("k_items", "k_demos", "min_score")
+"""Retrieval settings a context may carry (:class:`ctxopt.retrieval.RetrievalSelector` reads them)."""
+
+
+def check_retrieval_setting(key: str, value: Any) -> None:
+    """Raise EditError unless ``key`` is a retrieval setting and ``value`` fits it (k ≥ 0 integers, score in [0, 1])."""
+    if key not in RETRIEVAL_SETTINGS:
+        raise EditError(f"unknown retrieval setting {key!r}; known: {', '.join(RETRIEVAL_SETTINGS)}")
+    if key == "min_score":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+            raise EditError(f"retrieval setting min_score must be a number in [0, 1], got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EditError(f"retrieval setting {key} must be a non-negative integer, got {value!r}")
 
 
 @runtime_checkable
@@ -585,6 +617,8 @@ __all__ = [
     "Demo",
     "Edit",
     "PredictorContext",
+    "RETRIEVAL_SETTINGS",
+    "check_retrieval_setting",
     "LearnedContext",
     "canonical_json",
     "count_tokens",  # re-exported from ctxopt.tokens for existing importers; new code imports it from there

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ctxopt._text import shorten
-from ctxopt.context import GLOBAL, KINDS, Demo, Item, PredictorContext, replace_item
+from ctxopt.context import GLOBAL, KINDS, Demo, Item, PredictorContext, check_retrieval_setting, replace_item
 from ctxopt.errors import EditError
 
 
@@ -271,6 +271,36 @@ class RewriteInstruction(_EditBase):
 
 
 @dataclass(frozen=True)
+class SetRetrieval(_EditBase):
+    """Set one of the predictor's retrieval settings (``k_items``, ``k_demos``, ``min_score``).
+
+    The settings are part of C's versioned state; a retrieving selector reads them per input
+    (:class:`ctxopt.retrieval.RetrievalSelector`), so the search can choose them like any edit.
+
+    Example:
+        >>> from ctxopt.context import PredictorContext
+        >>> SetRetrieval("qa", "k_demos", 8).apply_predictor(PredictorContext("A."), step=1, task=None).retrieval
+        (('k_demos', 8),)
+    """
+
+    op: ClassVar[str] = "set_retrieval"
+    predictor: str
+    setting: str
+    value: int | float
+    rationale: str = ""
+
+    def __post_init__(self) -> None:
+        self._check()
+        check_retrieval_setting(self.setting, self.value)
+
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        settings = pc.retrieval_settings()
+        if settings.get(self.setting) == self.value:
+            raise EditError(f"set_retrieval is a no-op: {self.setting} is already {self.value}")
+        return replace(pc, retrieval=tuple({**settings, self.setting: self.value}.items()))
+
+
+@dataclass(frozen=True)
 class AddDemo(_EditBase):
     """Append a demo.
 
@@ -347,7 +377,8 @@ Edit = Union[AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, Ad
 
 EDIT_TYPES: dict[str, type] = {
     cls.op: cls
-    for cls in (AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem)
+    for cls in (AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem,
+                SetRetrieval)
 }
 
 
@@ -393,6 +424,8 @@ def describe(edit: Edit) -> str:
         return f"{p}: add demo {edit.demo.id}{_scope_note(edit.demo.scope)}"
     if isinstance(edit, RemoveDemo):
         return f"{p}: remove demo {edit.demo_id}"
+    if isinstance(edit, SetRetrieval):
+        return f"{p}: set retrieval {edit.setting} = {edit.value}"
     if isinstance(edit, CountItem):
         return f"{p}: count item {edit.item_id} helpful {edit.helpful:+d} harmful {edit.harmful:+d}"
     raise EditError(f"not an edit: {edit!r}")
@@ -418,6 +451,7 @@ __all__ = [
     "DeleteItem",
     "MergeItems",
     "RewriteInstruction",
+    "SetRetrieval",
     "AddDemo",
     "RemoveDemo",
     "CountItem",

@@ -44,15 +44,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ctxopt._text import shorten
-from ctxopt.context import Demo, Item, LearnedContext, canonical_json
-from ctxopt.edits import AddItem, RemoveDemo, RewriteInstruction
+from ctxopt.context import Demo, Item, LearnedContext, PredictorContext, canonical_json
+from ctxopt.edits import AddItem, RemoveDemo, RewriteInstruction, SetRetrieval
 from ctxopt.errors import ConfigError
 from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
 from ctxopt.tasks import TASK_FIELD
 from ctxopt.tokens import count_tokens
 
-__all__ = ["MAX_KEYS", "Hit", "Retrieval", "RetrievalSelector", "archival", "hit_rates", "input_text"]
+__all__ = ["MAX_KEYS", "RETRIEVAL_CHOICES", "Hit", "Retrieval", "RetrievalSelector", "archival", "core_or_archival",
+           "hit_rates", "input_text", "setting_proposals"]
 
 MAX_KEYS = 6
 """Retrieval keys one new item gets at most (the first inputs that produced it)."""
@@ -158,13 +159,14 @@ class RetrievalSelector:
         query = input_text(inputs)
         out: dict[str, Retrieval] = {}
         for name, pc in context.predictors.items():
+            k_items, k_demos, min_score = self.settings(pc)
             items = pc.scoped_items(task)
             archival = [it for it in items if not it.pinned]
             why = Retrieval(
                 query=query,
                 pinned=tuple(it.id for it in items if it.pinned),
-                items=self._top(query, [(it.id, _item_keys(it)) for it in archival], self.k_items),
-                demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], self.k_demos),
+                items=self._top(query, [(it.id, _item_keys(it)) for it in archival], k_items, min_score),
+                demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], k_demos, min_score),
             )
             out[name] = why if self.max_tokens is None else self._within_budget(why, pc, task)
         return out
@@ -195,7 +197,15 @@ class RetrievalSelector:
                 out = out.with_predictor(name, kept)
         return out
 
-    def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...]]], k: int) -> tuple[Hit, ...]:
+    def settings(self, pc: PredictorContext) -> tuple[int, int, float]:
+        """``(k_items, k_demos, min_score)`` for one predictor: its learned settings (C's versioned state), else this
+        selector's."""
+        learned = pc.retrieval_settings()
+        return (int(learned.get("k_items", self.k_items)), int(learned.get("k_demos", self.k_demos)),
+                float(learned.get("min_score", self.min_score)))
+
+    def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...]]], k: int,
+             min_score: float) -> tuple[Hit, ...]:
         """The best ``k`` candidates scoring at least ``min_score`` (ties: smaller id first), in the given order."""
         if k == 0 or not candidates:
             return ()
@@ -205,7 +215,7 @@ class RetrievalSelector:
             per_key = [(next(scores), key) for key in keys]
             best = max(score for score, _ in per_key)
             hits.append((position, Hit(cid, best, next(key for score, key in per_key if score == best))))
-        ranked = sorted((h for h in hits if h[1].score >= self.min_score), key=lambda h: (-h[1].score, h[1].id))
+        ranked = sorted((h for h in hits if h[1].score >= min_score), key=lambda h: (-h[1].score, h[1].id))
         return tuple(hit for _, hit in sorted(ranked[:k], key=lambda h: h[0]))
 
 
@@ -242,6 +252,61 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposa
             edits.append(e)
         if edits:
             out.append(replace(p, edits=tuple(edits)))
+    return out
+
+
+RETRIEVAL_CHOICES: dict[str, tuple[int, ...]] = {"k_demos": (2, 4, 8), "k_items": (1, 3, 6)}
+"""The values the search may choose for each retrieval setting (bounded, so prompts stay bounded)."""
+
+
+def setting_proposals(context: LearnedContext, predictor: str, selector: RetrievalSelector) -> list[Proposal]:
+    """Alternatives to the predictor's retrieval settings, one group per setting (``retrieval:k_demos``, …).
+
+    Each group offers the other values of :data:`RETRIEVAL_CHOICES`, larger first; the search
+    may keep the current value (its ``"none"``) or pick one, and the gate judges the result
+    on replay like any edit. A chosen value is stored in C (:class:`~ctxopt.edits.SetRetrieval`).
+
+    Example:
+        >>> from ctxopt.context import PredictorContext
+        >>> ctx = LearnedContext({"p": PredictorContext("Answer.")})
+        >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]
+        ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1']
+    """
+    k_items, k_demos, _ = selector.settings(context.predictor(predictor))
+    out = []
+    for setting, current in (("k_demos", k_demos), ("k_items", k_items)):
+        for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}, reverse=True):
+            out.append(Proposal(f"{setting}={value}", (SetRetrieval(predictor, setting, value,
+                                                                    rationale=f"retrieve {value} instead of {current}"),),
+                                "retrieval", rationale=f"{setting} {current} → {value}", group=f"retrieval:{setting}"))
+    return out
+
+
+def core_or_archival(proposals: Sequence[Proposal]) -> list[Proposal]:
+    """Let the search place each new rule in archival memory (retrieved by its keys) or in core memory (pinned).
+
+    Every ungrouped proposal that only adds unpinned rules becomes a group ``memory:<name>`` of
+    two alternatives: the proposal as it is (archival, first) and the same rules pinned with no
+    keys (``<name>+core``). A pinned rule is shown to every input, so it lands only if replay of
+    the earlier tasks says it hurts none of them.
+
+    Example:
+        >>> from ctxopt.edits import AddItem
+        >>> out = core_or_archival([Proposal("r", (AddItem("p", "Answer in one word.", keys=("a word",)),), "reflection")])
+        >>> [(p.name, p.group, p.edits[0].pinned) for p in out]
+        [('r', 'memory:r', False), ('r+core', 'memory:r', True)]
+    """
+    out: list[Proposal] = []
+    for p in proposals:
+        rules = p.group is None and p.edits and all(
+            isinstance(e, AddItem) and e.kind == "rule" and not e.pinned for e in p.edits)
+        if not rules:
+            out.append(p)
+            continue
+        group = f"memory:{p.name}"
+        out.append(replace(p, group=group))
+        out.append(replace(p, name=f"{p.name}+core", group=group, rationale=f"{p.rationale} (core memory)".strip(),
+                           edits=tuple(replace(e, pinned=True, keys=()) for e in p.edits)))
     return out
 
 

@@ -70,7 +70,8 @@ def test_demos_accumulate_as_archival_memory_and_are_retrieved_per_input(tmp_pat
     ctx = Store.open(tmp_path / "run" / "store").current()
     ex = make_example({"input": "apple0", "output": "apple0zz"}, ["input"])
     shown = opt.selector.select(ctx, None, dict(ex.inputs().items()))
-    assert len(shown.predictor("predict").demos) <= 2
+    k_demos = opt.selector.settings(ctx.predictor("predict"))[1]  # the selector's 2, or what the search chose
+    assert len(shown.predictor("predict").demos) <= k_demos < len(ctx.predictor("predict").demos)
 
 
 def test_retrieval_hit_rates_say_whose_items_each_task_retrieves_and_reach_the_report(tmp_path):
@@ -109,3 +110,30 @@ def test_reflection_in_a_shared_memory_writes_rules_with_their_applies_when_key(
     [item] = [it for it in Store.open(tmp_path / "run" / "store").current().predictor("predict").items]
     assert item.text == RULES["suffix"][0]  # the condition is a key, not part of the rule
     assert item.keys[0] == "a single word to transform" and len(item.keys) > 1  # then the inputs behind it
+
+
+def test_learned_retrieval_settings_change_what_the_selector_shows():
+    from ctxopt.context import Demo
+    from ctxopt.edits import AddDemo, SetRetrieval
+
+    demos = [AddDemo("predict", Demo(inputs={"input": f"word{i}"}, outputs={"output": f"w{i}"})) for i in range(6)]
+    base = LearnedContext({"predict": PredictorContext("Answer.")}).apply_edits(demos)
+    selector = RetrievalSelector("lexical", k_demos=2)
+    assert len(selector.select(base, None, {"input": "word3"}).predictor("predict").demos) == 2
+    more = base.apply_edits([SetRetrieval("predict", "k_demos", 4)])
+    assert len(selector.select(more, None, {"input": "word3"}).predictor("predict").demos) == 4
+    assert selector.settings(more.predictor("predict")) == (3, 4, 0.0)
+
+
+def test_the_search_may_choose_retrieval_settings_and_core_or_archival_for_each_rule(tmp_path):
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    events = []
+    _fit(tmp_path, stream, callbacks=[events.append])
+    proposed = [p for e in events if e.kind == "propose" for p in e.data["proposals"]]
+    groups = {p["group"] for p in proposed if p.get("group")}
+    assert {"retrieval:k_demos", "retrieval:k_items"} <= groups
+    assert any(g.startswith("memory:") for g in groups)
+    cores = [p for p in proposed if p["name"].endswith("+core")]
+    assert cores and all(e.get("pinned") and not e.get("keys") for p in cores for e in p["edits"])
+    settings = [p for p in proposed if p["group"] and p["group"].startswith("retrieval:")]
+    assert all(e["op"] == "set_retrieval" for p in settings for e in p["edits"])

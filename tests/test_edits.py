@@ -14,6 +14,7 @@ from ctxopt.edits import (
     MergeItems,
     RemoveDemo,
     RewriteInstruction,
+    SetRetrieval,
     UpdateItem,
     apply_edit,
     describe,
@@ -114,6 +115,7 @@ ALL_EDITS = [
     AddDemo("qa", DEMO, rationale="demo"),
     RemoveDemo("qa", DEMO.id),
     CountItem("qa", "r-a", helpful=1, harmful=2),
+    SetRetrieval("qa", "k_demos", 8, rationale="more demos"),
 ]
 
 
@@ -156,3 +158,18 @@ def test_every_edit_type_is_covered_and_apply_edit_still_works_for_old_callers(c
         apply_edit(ctx.predictors, {"op": "add_item"})  # type: ignore[arg-type]
     with pytest.raises(EditError, match="add_item: no predictor named 'nope' \\(known: qa\\)"):
         apply_edit(ctx.predictors, AddItem("nope", "x"))
+
+
+def test_retrieval_settings_are_versioned_state_validated_and_absent_until_set(ctx):
+    before = ctx.predictor("qa")
+    assert "retrieval" not in before.to_dict() and before.retrieval_settings() == {}
+    after = ctx.apply_edits([SetRetrieval("qa", "k_demos", 8), SetRetrieval("qa", "min_score", 0.25)], step=1, task="t")
+    pc = after.predictor("qa")
+    assert pc.retrieval_settings() == {"k_demos": 8, "min_score": 0.25}
+    assert pc.to_dict()["retrieval"] == {"k_demos": 8, "min_score": 0.25}
+    assert LearnedContext.from_dict(after.to_dict()) == after and after.hash != ctx.hash
+    with pytest.raises(EditError, match="no-op"):
+        after.apply_edits([SetRetrieval("qa", "k_demos", 8)], step=2, task="t")
+    for bad in (("k_demos", -1), ("k_items", 2.5), ("min_score", 1.5), ("top_p", 1)):
+        with pytest.raises(EditError):
+            SetRetrieval("qa", *bad)

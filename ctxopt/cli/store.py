@@ -118,6 +118,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             _out(ctx.render(name, args.task))
             continue
         _out(f"instruction: {pc.instruction}")
+        if pc.retrieval:
+            learned = ", ".join(f"{k} {v:g}" for k, v in pc.retrieval)
+            _out(f"retrieval: {learned}  (learned; a retrieving selector uses these)")
         for it in pc.scoped_items(args.task):
             counts = f" +{it.helpful}/-{it.harmful}" if it.helpful or it.harmful else ""
             pin = ", pinned" if it.pinned else ""
@@ -183,8 +186,9 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
         _out(head)
         _out(f"shown: all {len(pc.scoped_items(args.task))} items and {len(pc.scoped_demos(args.task))} demos in scope")
     else:
-        _out(f"{head} ({selector.sim.name}, k_items {args.k_items}, k_demos {args.k_demos}, "
-             f"min_score {args.min_score:g})")
+        k_items, k_demos, min_score = selector.settings(pc)
+        learned = " learned" if pc.retrieval else ""
+        _out(f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g})")
         items = {it.id: it for it in pc.items}
         for item_id in why.pinned:
             _out(f"  pinned      {item_id} {_clip(items[item_id].text)}")
@@ -314,7 +318,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--similarity", choices=("auto", "embedding", "lexical"), default="auto",
                    help="retrieval similarity: sentence embeddings if installed (auto), or lexical")
     p.add_argument("--k-items", type=int, default=3, metavar="N", help="items retrieved per input (default 3)")
-    p.add_argument("--k-demos", type=int, default=4, metavar="N", help="demos retrieved per input (default 4)")
+    p.add_argument("--k-demos", type=int, default=4, metavar="N",
+                   help="demos retrieved per input (default 4; C's learned settings win)")
     p.add_argument("--min-score", type=float, default=0.0, metavar="S",
                    help="similarity a retrieved item or demo needs (default 0)")
     p.add_argument("--stream", default=None, metavar="SPEC",
