@@ -109,6 +109,33 @@ def test_static_never_learns_and_spends_nothing(tmp_path):
     assert len({s.extra["context_hash"] for s in result.steps}) == 1
 
 
+def test_labeled_fewshot_keeps_k_demos_per_task_scoped_and_makes_no_lm_call(tmp_path):
+    from ctxopt.baselines.fewshot import LabeledFewShot
+    from ctxopt.store import Store
+
+    result, tl, rl = run(tmp_path, LabeledFewShot(k=3))
+    assert usage_calls(rl) == 0 and all(s.task_calls == 0 for s in result.steps)
+    final = Store.open(tmp_path / "run" / "labeled-fewshot" / "store").current().predictor("predict")
+    stream = toy_stream("task-aware")
+    assert sorted(d.scope for d in final.demos) == sorted(["suffix"] * 3 + ["reverse"] * 3 + ["double"] * 3)
+    for task in stream.tasks:  # each demo is a train example of its task, labelled with its gold output
+        gold = {ex.input: ex.output for ex in task.train}
+        for d in final.scoped_demos(task.name):
+            if d.scope == task.name:
+                assert gold[d.inputs["input"]] == d.outputs["output"] and d.inputs["task"] == task.name
+    assert diag(result)[0] >= result.r0[0]
+
+
+def test_labeled_fewshot_replaces_the_previous_tasks_demos_without_labels(tmp_path):
+    from ctxopt.baselines.fewshot import LabeledFewShot
+    from ctxopt.store import Store
+
+    run(tmp_path, LabeledFewShot(k=3), scenario="task-agnostic")
+    final = Store.open(tmp_path / "run" / "labeled-fewshot" / "store").current().predictor("predict")
+    double = {ex.input for ex in toy_stream("task-agnostic").tasks[-1].train}
+    assert len(final.demos) == 3 and all(d.scope == "global" and d.inputs["input"] in double for d in final.demos)
+
+
 def test_append_adds_failures_with_feedback_until_the_context_budget_is_full(tmp_path):
     result, _, rl = run(tmp_path, Append(), tokens=200)
     from ctxopt.store import Store

@@ -16,6 +16,7 @@ gepa-seq        ``dspy.GEPA`` on each task in turn (current task's train/val onl
 mipro-seq       ``dspy.MIPROv2`` on each task in turn
 gepa-joint      ``dspy.GEPA`` once on all tasks' train/val (upper reference)
 oracle-human    the human-written instruction of each Instruction Induction task
+labeled-fewshot k labelled train examples of each task as demos (DSPy's LabeledFewShot)
 ctxopt          the continual optimizer (propose, search, gate, commit)
 ==============  ================================================================
 
@@ -55,6 +56,7 @@ METHODS: dict[str, str] = {
     "mipro-seq": "ctxopt.baselines.dspy_optimizers:MiproSeq",
     "gepa-joint": "ctxopt.baselines.dspy_optimizers:GepaJoint",
     "oracle-human": "ctxopt.baselines.oracle:OracleHuman",
+    "labeled-fewshot": "ctxopt.baselines.fewshot:LabeledFewShot",
     "ctxopt": "ctxopt.baselines.continual:CtxoptMethod",
 }
 

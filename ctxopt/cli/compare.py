@@ -10,7 +10,7 @@ from typing import Any
 from ctxopt.cli._args import sizes
 from ctxopt.gate import DEFAULT_GATE, GATES
 
-ALL_METHODS = "static,append,summarize,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
+ALL_METHODS = "static,append,summarize,labeled-fewshot,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
