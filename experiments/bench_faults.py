@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,12 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.fault_proxy
 
 TASKS = "first_word_letter,singular_to_plural,antonyms"  # ii-8's first three
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(port: int) -> subprocess.Popen:
@@ -96,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=0.10, help="share of requests answered with a fault")
     ap.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, seconds")
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-faults"))
+    ap.add_argument("--port", type=int, default=18631,
+                    help="the server's port; the proxy takes the next one (fixed, because a run resumes only "
+                         "with the same LM spec, URL included)")
     ap.add_argument("--fresh", action="store_true", help="delete earlier runs first (a cold measurement)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_faults.json"))
     args = ap.parse_args(argv)
@@ -103,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.run_dir)
     if args.fresh and root.exists():
         shutil.rmtree(root)
-    port = _free_port()
+    port = args.port
     server = _start_server(port)
     base = f"http://127.0.0.1:{port}"
     share = {"429": 0.3, "500": 0.3, "drop": 0.3, "timeout": 0.1}
     rates = {k: args.rate * v for k, v in share.items()}
     try:
         clean = _run("clean", base, root / "clean", sizes, args.timeout)
-        with FaultProxy(base, rates=rates, seed=0, hang_s=args.timeout + 5) as proxy:
+        with FaultProxy(base, rates=rates, seed=0, hang_s=args.timeout + 5, port=port + 1) as proxy:
             faulty = _run("faults", proxy.url, root / "faults", sizes, args.timeout)
         faulty["faults_injected"] = dict(proxy.counts)
     finally:
