@@ -13,6 +13,7 @@ Example ``config.yaml``::
     run_dir: runs/ii-8
     num_threads: 2
     sizes: [40, 30, 50]               # optional train/val/test sizes for built-in streams
+    scenario: task-agnostic           # optional: override the stream's scenario (task-aware or task-agnostic)
     consolidate: auto                 # sleep-time consolidation after every task: true, false, or auto (task-agnostic only)
     similarity: auto                  # consolidation's duplicate detection: auto, embedding or lexical
 
@@ -59,6 +60,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     num_threads: int = Field(2, ge=1, le=64)
     sizes: tuple[int, int, int] | None = None
+    scenario: Literal["task-aware", "task-agnostic"] | None = None
     instruction: str | None = None
     consolidate: bool | None = None
     similarity: Literal["auto", "embedding", "lexical"] = "auto"

@@ -30,7 +30,7 @@ def execute(config: Any, *, console: Any = None) -> Any:
 
     console = console or Console()
     dspy.configure_cache(disk_cache_dir=str(Path(config.run_dir) / "dspy_cache"))  # the request cache lives with the run
-    stream = load_stream(config.stream, seed=config.seed, sizes=config.sizes)
+    stream = load_stream(config.stream, seed=config.seed, sizes=config.sizes, scenario=config.scenario)
     program = build_program(config.program, stream, config.instruction)
     task_lm, reflection_lm = get_lm(config.task_lm), get_lm(config.reflection_lm, max_tokens=768)
     started = time.perf_counter()
