@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
-from ctxopt.errors import MissingDependencyError
+from ctxopt.errors import ConfigError, MissingDependencyError
 from ctxopt.lm import PROMPT_BLOCK, llama_threads, resolve_local, reuse_whole_blocks_only
 
 __all__ = ["build_app", "serve"]
@@ -77,11 +78,21 @@ def build_app(model: str = "local", *, n_ctx: int = 4096, seed: int = 0, n_threa
     return app, name
 
 
+def _check_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another --port") from None
+
+
 def serve(model: str = "local", *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = 4096, seed: int = 0,
           n_threads: int | None = None, ready: Any = None) -> None:
     """Run the server until interrupted (blocks). ``ready(name)`` is called once it is listening."""
     import uvicorn
 
+    _check_free(host, port)  # before the model loads: a taken port is one line, not a traceback
     app, name = build_app(model, n_ctx=n_ctx, seed=seed, n_threads=n_threads, host=host, port=port)
 
     class _Server(uvicorn.Server):
