@@ -24,5 +24,11 @@ def run(args: argparse.Namespace) -> int:
         base = f"http://{args.host}:{args.port}/v1"
         print(f"serving {name} at {base}; LM spec: openai/{name}@{base}", file=sys.stderr, flush=True)
 
-    serve(args.model, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.n_threads, ready=ready)
+    from ctxopt.cli import Terminated
+
+    try:
+        serve(args.model, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.n_threads, ready=ready)
+    except KeyboardInterrupt as exc:  # SIGTERM or Ctrl-C: a server has nothing to resume
+        print("ctxopt: model server stopped", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     return 0
