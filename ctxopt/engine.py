@@ -164,11 +164,17 @@ class Engine:
         self.lms = {"task_lm": lm_name(self.task_lm), "reflection_lm": lm_name(self.reflection_lm)}
         self._measurer = self.measure_evaluator
         self._sim: Similarity | None = None
+        self._redundancy: dict[str, dict[str, Any]] = {}  # by context hash: computed once per distinct context
 
     def _similarity(self) -> Similarity:
         if self._sim is None:
             self._sim = get_similarity("auto")
         return self._sim
+
+    def _redundancy_of(self, context: LearnedContext) -> dict[str, Any]:
+        if context.hash not in self._redundancy:
+            self._redundancy[context.hash] = redundancy(context, self._similarity())
+        return dict(self._redundancy[context.hash])
 
     def emit(self, kind: str, method: str, step: int = 0, task: str = "", **data: Any) -> None:
         event = RunEvent(kind, method, step, task, data)
@@ -256,7 +262,7 @@ class Engine:
                 **self.meta}
         if context is not None:
             meta.update(final_context_hash=context.hash, final_context_tokens=context.token_count(),
-                        redundancy=redundancy(context, self._similarity()))
+                        redundancy=self._redundancy_of(context))
         if head is not None:
             meta["final_rev"] = head.rev
         return RunResult(method=method.name, tasks=list(self.stream.names) if measured else [],
