@@ -272,7 +272,7 @@ class RewriteInstruction(_EditBase):
 
 @dataclass(frozen=True)
 class SetRetrieval(_EditBase):
-    """Set one of the predictor's retrieval settings (``k_items``, ``k_demos``, ``min_score``).
+    """Set one of the predictor's retrieval settings (``k_items``, ``k_demos``, ``min_score``, ``max_tokens``).
 
     The settings are part of C's versioned state; a retrieving selector reads them per input
     (:class:`ctxopt.retrieval.RetrievalSelector`), so the search can choose them like any edit.

@@ -168,14 +168,15 @@ class RetrievalSelector:
                 items=self._top(query, [(it.id, _item_keys(it)) for it in archival], k_items, min_score),
                 demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], k_demos, min_score),
             )
-            out[name] = why if self.max_tokens is None else self._within_budget(why, pc, task)
+            budget = pc.retrieval_settings().get("max_tokens", self.max_tokens)
+            out[name] = why if budget is None else self._within_budget(why, pc, task, int(budget))
         return out
 
-    def _within_budget(self, why: Retrieval, pc: Any, task: str | None) -> Retrieval:
+    def _within_budget(self, why: Retrieval, pc: Any, task: str | None, budget: int) -> Retrieval:
         """``why`` cut to ``max_tokens``: the best-scoring hits first (items and demos together) while they fit."""
         cost = {it.id: count_tokens(it.text) for it in pc.scoped_items(task)}
         cost.update({d.id: count_tokens(canonical_json([d.inputs, d.outputs])) for d in pc.scoped_demos(task)})
-        left = self.max_tokens - count_tokens(pc.instruction) - sum(cost[i] for i in why.pinned)
+        left = budget - count_tokens(pc.instruction) - sum(cost[i] for i in why.pinned)
         kept: set[str] = set()
         for hit in sorted((*why.items, *why.demos), key=lambda h: (-h.score, h.id)):
             if cost[hit.id] <= left:

@@ -137,3 +137,18 @@ def test_the_search_may_choose_retrieval_settings_and_core_or_archival_for_each_
     assert cores and all(e.get("pinned") and not e.get("keys") for p in cores for e in p["edits"])
     settings = [p for p in proposed if p["group"] and p["group"].startswith("retrieval:")]
     assert all(e["op"] == "set_retrieval" for p in settings for e in p["edits"])
+
+
+def test_a_learned_token_budget_caps_what_is_retrieved():
+    from ctxopt.context import Demo
+    from ctxopt.edits import AddDemo, SetRetrieval
+    from ctxopt.tokens import count_tokens
+
+    demos = [AddDemo("predict", Demo(inputs={"input": f"word{i} " * 10}, outputs={"output": f"w{i}"})) for i in range(4)]
+    base = LearnedContext({"predict": PredictorContext("Answer.")}).apply_edits(demos)
+    selector = RetrievalSelector("lexical", k_demos=4)
+    assert len(selector.select(base, None, {"input": "word1"}).predictor("predict").demos) == 4
+    one = count_tokens("Answer.") + 40  # room for about one demo
+    capped = base.apply_edits([SetRetrieval("predict", "max_tokens", one)])
+    assert capped.predictor("predict").to_dict()["retrieval"] == {"max_tokens": one}
+    assert 1 <= len(selector.select(capped, None, {"input": "word1"}).predictor("predict").demos) < 4
