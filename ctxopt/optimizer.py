@@ -75,7 +75,7 @@ from ctxopt.proposer import (
     ReflectionProposer,
     dedupe,
 )
-from ctxopt.retrieval import RetrievalSelector, archival, core_or_archival, input_text, setting_proposals
+from ctxopt.retrieval import CORE_AFTER, RetrievalSelector, archival, core_or_archival, input_text, setting_proposals
 from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord
 from ctxopt.selector import ContextSelector, default_selector, retrieves
@@ -497,7 +497,8 @@ class ContinualOptimizer:
             raw = archival(raw, [input_text(dict(o.example.inputs().items())) for o in observed.observations
                                  if o.score < 1] or [input_text(dict(o.example.inputs().items()))
                                                       for o in observed.observations])
-            raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned for every input
+            if len(setup.earlier) >= CORE_AFTER:  # pinned = shown to every input: only where replay can check it
+                raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned
             if isinstance(setup.selector, RetrievalSelector):  # and chooses how much is retrieved
                 raw += setting_proposals(setup.base, setup.predictor, setup.selector)
         proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)

@@ -52,7 +52,7 @@ from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
 from ctxopt.tasks import TASK_FIELD
 from ctxopt.tokens import count_tokens
 
-__all__ = ["MAX_KEYS", "RETRIEVAL_CHOICES", "Hit", "Retrieval", "RetrievalSelector", "archival", "core_or_archival",
+__all__ = ["CORE_AFTER", "MAX_KEYS", "RETRIEVAL_CHOICES", "Hit", "Retrieval", "RetrievalSelector", "archival", "core_or_archival",
            "hit_rates", "input_text", "setting_proposals"]
 
 MAX_KEYS = 6
@@ -266,21 +266,37 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
     Each group offers the other values of :data:`RETRIEVAL_CHOICES`, larger first; the search
     may keep the current value (its ``"none"``) or pick one, and the gate judges the result
     on replay like any edit. A chosen value is stored in C (:class:`~ctxopt.edits.SetRetrieval`).
+    A group is offered only once the memory holds more entries of its kind than the smallest
+    choice: before that no value changes what an input sees, and each extra search dimension
+    costs the search trials.
 
     Example:
-        >>> from ctxopt.context import PredictorContext
-        >>> ctx = LearnedContext({"p": PredictorContext("Answer.")})
+        >>> from ctxopt.context import Demo, Item, PredictorContext
+        >>> small = LearnedContext({"p": PredictorContext("Answer.")})
+        >>> setting_proposals(small, "p", RetrievalSelector("lexical"))
+        []
+        >>> demos = tuple(Demo(inputs={"q": str(i)}, outputs={"a": str(i)}) for i in range(3))
+        >>> items = tuple(Item(id=f"r-{i}", text=f"Rule {i}.") for i in range(2))
+        >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=items, demos=demos)})
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]
         ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1']
     """
-    k_items, k_demos, _ = selector.settings(context.predictor(predictor))
+    pc = context.predictor(predictor)
+    k_items, k_demos, _ = selector.settings(pc)
+    held = {"k_demos": len(pc.demos), "k_items": sum(not it.pinned for it in pc.items)}
     out = []
     for setting, current in (("k_demos", k_demos), ("k_items", k_items)):
+        if held[setting] <= min(RETRIEVAL_CHOICES[setting]):
+            continue  # memory too small for any choice to change what an input sees
         for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}, reverse=True):
             out.append(Proposal(f"{setting}={value}", (SetRetrieval(predictor, setting, value,
                                                                     rationale=f"retrieve {value} instead of {current}"),),
                                 "retrieval", rationale=f"{setting} {current} → {value}", group=f"retrieval:{setting}"))
     return out
+
+
+CORE_AFTER = 2
+"""Earlier tasks a step must have before a new rule may go to core memory (see :func:`core_or_archival`)."""
 
 
 def core_or_archival(proposals: Sequence[Proposal]) -> list[Proposal]:
@@ -289,7 +305,10 @@ def core_or_archival(proposals: Sequence[Proposal]) -> list[Proposal]:
     Every ungrouped proposal that only adds unpinned rules becomes a group ``memory:<name>`` of
     two alternatives: the proposal as it is (archival, first) and the same rules pinned with no
     keys (``<name>+core``). A pinned rule is shown to every input, so it lands only if replay of
-    the earlier tasks says it hurts none of them.
+    the earlier tasks says it hurts none of them; the optimizer offers this choice only from the
+    step that has :data:`CORE_AFTER` earlier tasks to replay. On the first task nothing would
+    protect the others: a format rule learned there ("answer with a single character") pinned for
+    every input took the agent over on ii-8 (stop 23).
 
     Example:
         >>> from ctxopt.edits import AddItem
