@@ -496,7 +496,8 @@ class ContinualOptimizer:
         if retrieves(setup.selector):  # one memory for all inputs: keyed items, accumulating demos
             raw = archival(raw, [input_text(dict(o.example.inputs().items())) for o in observed.observations
                                  if o.score < 1] or [input_text(dict(o.example.inputs().items()))
-                                                      for o in observed.observations])
+                                                      for o in observed.observations],
+                           instruction=setup.base.predictor(setup.predictor).instruction)
             if len(setup.earlier) >= CORE_AFTER:  # pinned = shown to every input: only where replay can check it
                 raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned
             if isinstance(setup.selector, RetrievalSelector):  # and chooses how much is retrieved

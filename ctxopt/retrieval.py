@@ -220,7 +220,7 @@ class RetrievalSelector:
         return tuple(hit for _, hit in sorted(ranked[:k], key=lambda h: h[0]))
 
 
-def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposal]:
+def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: str | None = None) -> list[Proposal]:
     """``proposals`` rewritten for one memory shared by every input (a retrieving selector).
 
     * A new item gets ``keys`` after its own (the reflector's "applies when"
@@ -228,7 +228,8 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposa
       at most :data:`MAX_KEYS`, so it is retrieved for inputs like them.
     * A rewrite of the instruction becomes a keyed ``strategy`` item: the
       instruction is core memory, shown to every input, and one task's
-      instruction must not take over the others.
+      instruction must not take over the others. A rewrite that only restates
+      ``instruction`` (the current one) is dropped: as an item it would add nothing.
     * A demo set adds its demos and removes none: the demos already there are
       other inputs' archival memory.
 
@@ -247,6 +248,8 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str]) -> list[Proposa
             if isinstance(e, RemoveDemo):
                 continue
             if isinstance(e, RewriteInstruction):
+                if instruction is not None and " ".join(e.text.split()) == " ".join(instruction.split()):
+                    continue
                 e = AddItem(e.predictor, e.text, kind="strategy", rationale=e.rationale, keys=unique)
             elif isinstance(e, AddItem) and not e.pinned:
                 e = replace(e, keys=tuple(dict.fromkeys((*e.keys, *unique))))  # its "applies when", then inputs

@@ -279,3 +279,15 @@ def test_a_per_call_token_budget_keeps_the_best_hits_that_fit():
     budget = count_tokens("Answer.") + count_tokens("Reverse it.") + 5
     bounded = RetrievalSelector("lexical", k_items=2, max_tokens=budget)
     assert [it.id for it in bounded.select(ctx, None, {"input": "reverse the word apple"}).items("p")] == ["r-short"]
+
+
+def test_an_instruction_rewrite_that_restates_the_instruction_adds_no_strategy_item():
+    from ctxopt.edits import AddItem, RewriteInstruction
+    from ctxopt.proposer import Proposal
+    from ctxopt.retrieval import archival
+
+    same = Proposal("same", (RewriteInstruction("p", "Given the input,  produce the output."),), "instruction")
+    new = Proposal("new", (RewriteInstruction("p", "Give the opposite word."), AddItem("p", "Be brief.")), "reflection")
+    out = archival([same, new], ["hot"], instruction="Given the input, produce the output.")
+    assert [p.name for p in out] == ["new"]
+    assert [(e.kind, e.text) for e in out[0].edits] == [("strategy", "Give the opposite word."), ("rule", "Be brief.")]
