@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxopt-installed
 
-.PHONY: demo test bench clean-venv browser
+.PHONY: demo test bench clean-venv browser postgres
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed (not root); the report screenshot test will skip"; }
 
-test: $(STAMP) browser
+# PostgreSQL from Debian runs the parallel-search tests (tests/pg.py starts a server in a temp folder).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "postgresql not installed (not root); the PostgreSQL tests will skip"; }
+
+test: $(STAMP) browser postgres
 	CTXOPT_REQUIRE_REAL_LM=1 $(PY) -m pytest
 
 bench: $(STAMP)

@@ -162,6 +162,12 @@ class Charge:
     source: str
     keep: int = 0
 
+    def share(self, parts: int, kind: Kind = "task") -> Charge:
+        """A handle that may spend only ``1/parts`` of what this one may spend of ``kind`` now (one of
+        ``parts`` search workers): it keeps the rest back, on top of this handle's own ``keep``."""
+        room = max(0, self.ledger.remaining(kind) - self.keep)
+        return Charge(self.ledger, self.source, self.keep + room - room // max(1, parts))
+
     def __call__(self, n: int, kind: Kind = "reflection") -> bool:
         if self.ledger.task is None or not self.ledger.can_spend(kind, n + self.keep):
             return False

@@ -16,6 +16,8 @@ Example ``config.yaml``::
     scenario: task-agnostic           # optional: override the stream's scenario (task-aware or task-agnostic)
     consolidate: auto                 # sleep-time consolidation after every task: true, false, or auto (task-agnostic only)
     similarity: auto                  # consolidation's duplicate detection: auto, embedding or lexical
+    storage: postgresql+psycopg://ctxopt@localhost/ctxopt   # optional: Optuna studies in a database server
+    search_workers: 2                 # optional: search processes per step (needs a database server)
 
 The hard context budget is a budget field: ``budget: {preset: light,
 max_context_tokens: 1500}`` (per predictor, on the rendered context; see
@@ -64,6 +66,8 @@ class RunConfig(BaseModel):
     instruction: str | None = None
     consolidate: bool | None = None
     similarity: Literal["auto", "embedding", "lexical"] = "auto"
+    storage: str | None = None
+    search_workers: int = Field(1, ge=1, le=64)
 
     @field_validator("consolidate", mode="before")
     @classmethod

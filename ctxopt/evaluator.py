@@ -66,9 +66,11 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +316,17 @@ def _failure_feedback(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- cache
 
 
+_OPEN_CACHES: weakref.WeakSet[_Cache] = weakref.WeakSet()
+
+
+def _reconnect_caches_after_fork() -> None:
+    for cache in list(_OPEN_CACHES):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_reconnect_caches_after_fork)
+
+
 class _Cache:
     """Example results by key: in memory, and in SQLite when a folder is given."""
 
@@ -326,9 +339,19 @@ class _Cache:
             folder = Path(cache_dir).expanduser()
             folder.mkdir(parents=True, exist_ok=True)
             self.path = folder / "evals.sqlite"
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._connect()
+            _OPEN_CACHES.add(self)
+
+    def _connect(self) -> None:
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def _after_fork(self) -> None:
+        """In a forked child (a search worker): a connection of its own, never the parent's."""
+        self._lock = threading.Lock()
+        if self._db is not None:
+            self._connect()
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:

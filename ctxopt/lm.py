@@ -11,7 +11,10 @@
   ``"openai/qwen2.5-coder-0.5b@http://127.0.0.1:8080/v1"`` reaches any OpenAI-compatible
   server (``ctxopt model-server``, vLLM, llama.cpp's server, Ollama's ``/v1``). Without
   ``OPENAI_API_KEY`` (or the provider's key) in the environment a placeholder key is sent,
-  which such local servers accept.
+  which such local servers accept;
+* ``"py:MODULE:FACTORY"`` — an LM your own code builds: ``MODULE.FACTORY()`` is called
+  and must return a :class:`TrackedLM` (a custom engine, a scripted LM in tests). This is
+  how a spec names such an LM in another process (a Ray worker, a search worker).
 
 Local models run in-process on llama-cpp-python through :class:`LocalEngine`,
 which implements DSPy 3.4's engine interface (``complete(Request) -> Response``).
@@ -37,6 +40,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -78,7 +82,8 @@ DEFAULT_REFLECTION_LM = f"local:{DEFAULT_REFLECTION_MODEL}"
 ACCEPTED_FORMS = (
     "'local' (Qwen2.5-Coder-0.5B), "
     + ", ".join(f"'local:{name}'" for name in MODELS)
-    + ", a path to a .gguf file, or a litellm model string such as 'openai/gpt-4o-mini'"
+    + ", a path to a .gguf file, a litellm model string such as 'openai/gpt-4o-mini' (MODEL@URL for a server), "
+    "or py:MODULE:FACTORY"
 )
 
 
@@ -129,6 +134,12 @@ class Usage:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals = UsageSnapshot()
+        _ALL_USAGE.add(self)
+
+    def add(self, delta: UsageSnapshot) -> None:
+        """Add counters recorded elsewhere (a forked search worker's calls)."""
+        with self._lock:
+            self._totals = self._totals + delta
 
     def record(self, *, cache_hit: bool, error: bool, prompt_tokens: int, completion_tokens: int,
                seconds: float) -> None:
@@ -155,6 +166,22 @@ class Usage:
 
     def __deepcopy__(self, memo: dict) -> Usage:
         return self  # counters belong to the LM, not to a copy of a program
+
+
+_ALL_USAGE: weakref.WeakSet[Usage] = weakref.WeakSet()
+
+
+def usage_marks() -> dict[int, UsageSnapshot]:
+    """Every live LM's counters, by object id: a forked process has the same ids as its parent."""
+    return {id(u): u.snapshot() for u in list(_ALL_USAGE)}
+
+
+def absorb_usage(deltas: dict[int, dict[str, Any]]) -> None:
+    """Add counter deltas that a forked child measured (:func:`usage_marks` there) to the same LMs here."""
+    live = {id(u): u for u in list(_ALL_USAGE)}
+    for key, delta in deltas.items():
+        if key in live:
+            live[key].add(UsageSnapshot.from_dict(delta))
 
 
 class TrackedLM(dspy.LM):
@@ -467,6 +494,8 @@ def get_lm(
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"empty LM spec; accepted LM specs: {ACCEPTED_FORMS}")
     spec = spec.strip()
+    if spec.startswith("py:"):
+        return _from_factory(spec)
     if spec == "local" or spec.startswith("local:") or spec.endswith(".gguf"):
         name, path = resolve_local(spec)
         engine = LocalEngine(path, n_ctx=n_ctx, seed=seed)
@@ -482,6 +511,22 @@ def get_lm(
             kwargs.setdefault("api_key", "no-key")  # local OpenAI-compatible servers accept any key
     kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
     return TrackedLM(model, spec=spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+
+
+def _from_factory(spec: str) -> TrackedLM:
+    import importlib
+
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(parts[1:]):
+        raise ConfigError(f"LM spec {spec!r}: write py:MODULE:FACTORY, e.g. py:mypkg.lms:make_lm")
+    try:
+        factory = getattr(importlib.import_module(parts[1]), parts[2])
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"LM spec {spec!r}: {type(exc).__name__}: {exc}") from None
+    lm = factory()
+    if not isinstance(lm, TrackedLM):
+        raise ConfigError(f"LM spec {spec!r}: {parts[2]}() returned {type(lm).__name__}, not a TrackedLM")
+    return lm
 
 
 HTTP_TIMEOUT_S = 60.0

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -77,7 +78,7 @@ from ctxopt.proposer import (
 )
 from ctxopt.retrieval import CORE_AFTER, RetrievalSelector, archival, core_or_archival, input_text, setting_proposals
 from ctxopt.rundir import RunDir
-from ctxopt.search import EditSearch, Search, TrialRecord
+from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
 from ctxopt.selector import ContextSelector, default_selector, retrieves
 from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup
 from ctxopt.store import Store
@@ -173,6 +174,11 @@ class ContinualOptimizer:
             :class:`~ctxopt.retrieval.RetrievalSelector`) in a task-agnostic one. With a retrieving selector,
             new items carry retrieval keys and demos accumulate as archival memory (:func:`~ctxopt.retrieval.archival`).
         search: The :class:`~ctxopt.search.Search` that combines proposals; default: TPE (``EditSearch``).
+        storage: The Optuna storage of the default search's studies; default ``sqlite:///RUN_DIR/optuna.db``.
+            A database server (``postgresql+psycopg://USER@HOST/DB``) can hold the studies of many runs:
+            each run's study names start with a key of its run directory.
+        search_workers: Processes that search at once on the same study (more than one needs a database
+            server in ``storage``; see :class:`~ctxopt.search.EditSearch`). One (the default) is deterministic.
         evaluator: The :class:`Evaluator` to learn and measure with; default: a cached one in the run directory
             (on ``task_lm``, with ``selector``).
     """
@@ -198,7 +204,10 @@ class ContinualOptimizer:
         selector: ContextSelector | None = None,
         evaluator: Evaluator | None = None,
         search: Search | None = None,
+        storage: str | None = None,
+        search_workers: int = 1,
     ) -> None:
+        check_workers(search_workers, storage)
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
         self.budget = get_budget(budget)
@@ -214,6 +223,7 @@ class ContinualOptimizer:
         self.selector = selector
         self._selectors: dict[str, ContextSelector] = {}
         self.search = search  # default: a seeded TPE study in RUN_DIR/optuna.db (EditSearch)
+        self.storage, self.search_workers = storage, search_workers
         self.consolidate = consolidate
         self.consolidator: ConsolidationProposer = (
             Consolidator(self.reflection_lm, similarity=consolidator or "auto",
@@ -525,9 +535,12 @@ class ContinualOptimizer:
         def on_trial(rec: TrialRecord) -> None:
             self.emit("trial", task.name, **rec.to_dict())
 
-        search = self.search or EditSearch(EditSearch.sqlite_url(run.path), seed=self.seed,
-                                           n_trials=self.budget.n_trials)
-        result = search.run(f"step{setup.step:02d}-{task.name}", setup.base, list(proposed.proposals), objective,
+        search = self.search or EditSearch(self.storage or EditSearch.sqlite_url(run.path), seed=self.seed,
+                                           n_trials=self.budget.n_trials, workers=self.search_workers)
+        study = f"step{setup.step:02d}-{task.name}"
+        if self.storage:  # a shared database: the run's key keeps its studies apart from other runs'
+            study = f"{hashlib.sha256(str(run.path.resolve()).encode()).hexdigest()[:12]}/{study}"
+        result = search.run(study, setup.base, list(proposed.proposals), objective,
                             step=setup.step, task=task.name, on_trial=on_trial, on_resumed=objective.resumed)
         return Searched(result.best, tuple(result.best_proposals), result.stopped_by_budget)
 

@@ -12,6 +12,18 @@ before every ``ask`` from the seed and the number of finished trials, so each
 suggestion depends only on the study's finished history; a trial left running
 by a killed process is marked failed and does not count.
 
+**Several workers** (``workers=N``, Optuna's pattern for parallel search): the
+study lives in a database server (``postgresql+psycopg://…``) and, after the
+seeded points, N forked worker processes each run ask/tell on the same study;
+the contexts still to score are split between them (worker i scores at most
+its share), so the study never holds more than ``n_trials`` distinct contexts. TPE then sees other workers'
+running trials (``constant_liar``), so the decisions are no longer
+bit-identical to one worker's; one worker (the default) stays deterministic.
+Budget: each worker may spend 1/N of what the search may spend when the
+workers start (``objective.share(N)``); afterwards the parent charges every
+distinct context in the study once, exactly as a resumed search does, so a
+rerun after a kill charges the same.
+
 Example:
     >>> from ctxopt.search import search_space
     >>> sorted(search_space([]))
@@ -21,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +48,8 @@ from ctxopt.context import LearnedContext
 from ctxopt.errors import EditError
 from ctxopt.proposer import Proposal
 
-__all__ = ["FAILED", "NONE", "EditSearch", "Objective", "Search", "SearchResult", "TrialRecord", "chosen", "search_space"]
+__all__ = ["FAILED", "NONE", "EditSearch", "Objective", "Search", "SearchResult", "TrialRecord", "check_workers", "chosen",
+           "search_space"]
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,14 +121,20 @@ class EditSearch:
     """Choose the best combination of proposals with a seeded TPE study.
 
     Args:
-        storage: an Optuna storage URL (``sqlite:///run/optuna.db``) or None for in-memory.
+        storage: an Optuna storage URL (``sqlite:///run/optuna.db``, ``postgresql+psycopg://…``) or None
+            for in-memory.
         seed: the sampler seed.
         n_trials: finished trials per study, seeded points included.
+        workers: processes that run ask/tell on the study at once (more than one needs a database server).
     """
 
     storage: str | None
     seed: int = 0
     n_trials: int = 8
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        check_workers(self.workers, self.storage)
 
     @staticmethod
     def sqlite_url(run_dir: str | Path) -> str:
@@ -192,10 +213,21 @@ class EditSearch:
             """Value of every distinct context evaluated so far (conflicting params share ``None``)."""
             return {t.user_attrs.get("context_hash"): t.value for t in finished()}
 
+        if self.workers > 1 and not stopped:
+            before = {t.number for t in finished()}
+            stopped = self._in_workers(study_name, space, build, objective)
+            for t in finished():  # charge what the workers scored, once per distinct context, as a resume does
+                ctx, on = build(t.params)
+                if t.number in before or t.user_attrs.get("repeat"):
+                    continue
+                if ctx is not None and on_resumed is not None:
+                    on_resumed(ctx)
+                record(t.number, t.params, t.value, ctx, on)
+
         # TPE may suggest a combination it has already scored: answer it from the study and ask again
         # (no evaluation, no budget), so n_trials counts distinct contexts; asks are capped.
         asks = 0
-        while not stopped and len(distinct()) < self.n_trials and asks < 4 * self.n_trials:
+        while self.workers == 1 and not stopped and len(distinct()) < self.n_trials and asks < 4 * self.n_trials:
             asks += 1
             n_done = len(finished())
             study.sampler = optuna.samplers.TPESampler(seed=self.seed * 7919 + n_done, n_startup_trials=3)
@@ -225,3 +257,139 @@ class EditSearch:
         best = max(complete, key=lambda t: (t.value, -len(chosen(proposals, t.params)), -t.number))
         ctx, on = build(best.params)
         return SearchResult(ctx or base, float(best.value), on, records, stopped)
+
+    def _in_workers(self, study_name: str, space: dict, build: Callable, objective: Objective) -> bool:
+        """Run the TPE trials in ``workers`` forked processes on the shared study; True if the budget stopped one.
+
+        A worker's LM usage comes back to the parent (:func:`ctxopt.lm.absorb_usage`); an error in a worker
+        (a dead endpoint, say) is raised here, and a worker that dies is one line.
+        """
+        import multiprocessing
+
+        from ctxopt.lm import absorb_usage
+
+        fork = multiprocessing.get_context("fork")
+        part = objective.share(self.workers) if hasattr(objective, "share") else objective
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
+        left = self.n_trials - len({t.user_attrs.get("context_hash")
+                                    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))})
+        procs, pipes = [], []
+        for index in range(self.workers):
+            quota = left // self.workers + (index < left % self.workers)  # new contexts this worker may score
+            reader, writer = fork.Pipe(duplex=False)
+            proc = fork.Process(target=_worker, args=(self, index, quota, study_name, space, build, part, writer),
+                                name=f"ctxopt-search-{index}", daemon=True)
+            proc.start()
+            writer.close()
+            procs.append(proc)
+            pipes.append(reader)
+        messages: list[dict] = []
+        try:
+            for index, (proc, reader) in enumerate(zip(procs, pipes, strict=True)):
+                try:
+                    messages.append(reader.recv())
+                except EOFError:
+                    proc.join()
+                    raise RuntimeError(f"search worker {index} died (exit code {proc.exitcode}) "
+                                       "before it reported; rerun the same command to resume") from None
+                proc.join()
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        for msg in messages:
+            absorb_usage(msg["usage"])
+        for msg in messages:
+            if msg.get("error") is not None:
+                raise msg["error"]
+        return any(msg["stopped"] for msg in messages)
+
+
+def check_workers(workers: int, storage: str | None) -> None:
+    """Raise ConfigError unless ``workers`` search processes can share ``storage``."""
+    from ctxopt.errors import ConfigError
+
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"search workers must be a positive integer, got {workers!r}")
+    if workers > 1 and (storage is None or storage.startswith("sqlite")):
+        raise ConfigError(f"{workers} search workers need a database server for the study "
+                          "(--storage postgresql+psycopg://USER@HOST/DB); SQLite serialises writers")
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies, so a killed run leaves no worker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _worker(search: EditSearch, index: int, quota: int, study_name: str, space: dict, build: Callable,
+            objective: Objective, out) -> None:
+    """One search worker (a forked process): ask/tell on the shared study until it scored ``quota`` new contexts."""
+    from ctxopt.lm import usage_marks
+
+    _die_with_parent()
+    start = usage_marks()
+    msg: dict = {"stopped": False, "error": None}
+    try:
+        msg["stopped"] = _ask_tell(search, index, quota, study_name, space, build, objective)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        try:
+            import pickle
+
+            pickle.dumps(exc)
+            msg["error"] = exc
+        except Exception:  # noqa: BLE001
+            msg["error"] = RuntimeError(f"search worker {index}: {type(exc).__name__}: {exc}")
+    end = usage_marks()
+    msg["usage"] = {key: (end[key] - start[key]).to_dict() for key in end if key in start}
+    out.send(msg)
+    out.close()
+    os._exit(0)  # skip the parent's atexit handlers and finalizers (its models, its database connections)
+
+
+def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space: dict, build: Callable,
+              objective: Objective) -> bool:
+    study = optuna.load_study(study_name=study_name, storage=search.storage)  # its own connections
+
+    def claimed() -> dict[str | None, float | None]:
+        """Every distinct context finished or being scored by some worker (None: not scored yet)."""
+        out: dict[str | None, float | None] = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if "context_hash" in t.user_attrs:
+                key = t.user_attrs["context_hash"]
+                if t.state == TrialState.COMPLETE or key not in out:
+                    out[key] = t.value
+        return out
+
+    asks = scored = 0
+    while scored < quota and asks < 4 * search.n_trials:
+        known = claimed()
+        asks += 1
+        n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        study.sampler = optuna.samplers.TPESampler(seed=search.seed * 7919 + n_done + 104729 * (index + 1),
+                                                   n_startup_trials=3, constant_liar=True)
+        trial = study.ask(space)
+        ctx, on = build(dict(trial.params))
+        key = ctx.hash if ctx is not None else None
+        if key in known:  # scored, or being scored by another worker: not a new context
+            if known[key] is None:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                trial.set_user_attr("context_hash", key)
+                trial.set_user_attr("repeat", True)
+                study.tell(trial, known[key])
+            continue
+        trial.set_user_attr("context_hash", key)  # claim it before scoring
+        trial.set_user_attr("worker", index)
+        value = objective(ctx) if ctx is not None else FAILED
+        if value is None:
+            study.tell(trial, state=TrialState.FAIL)
+            return True
+        study.tell(trial, value)
+        scored += 1
+    return False

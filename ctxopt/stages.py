@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ctxopt.budget import Charge
@@ -210,6 +210,12 @@ class SearchObjective:
         self.scored[ctx.hash] = ctx
         self.replayed.update(self.changed(ctx))
         return True
+
+    def share(self, parts: int) -> SearchObjective:
+        """This objective for one of ``parts`` search workers: it may charge ``1/parts`` of what is left."""
+        share = getattr(self.charge, "share", None)
+        return replace(self, charge=share(parts) if share else self.charge, scored=dict(self.scored),
+                       replayed=set(self.replayed))
 
     def resumed(self, ctx: LearnedContext) -> None:
         """A context an earlier process scored for this search: charge it as if scored now."""

@@ -39,14 +39,21 @@ class CtxoptMethod:
         callbacks: Receive the optimizer's own events (trials, gate decisions…).
         optimizer: Drive this optimizer (``fit``); by default one is built on the engine's LMs, budget,
             seed, store and evaluator at the first step.
+        storage: Optuna storage URL of the search studies (default: SQLite in the run directory).
+        search_workers: Search processes per step (more than one needs a database server in ``storage``).
     """
 
     name = "ctxopt"
     joint = False
 
     def __init__(self, gate: Any = DEFAULT_GATE, epsilon: float = 0.02, proposers: Sequence[Any] | None = None,
-                 callbacks: Sequence[Callable[[Any], None]] = (), optimizer: ContinualOptimizer | None = None) -> None:
+                 callbacks: Sequence[Callable[[Any], None]] = (), optimizer: ContinualOptimizer | None = None,
+                 storage: str | None = None, search_workers: int = 1) -> None:
+        from ctxopt.search import check_workers
+
+        check_workers(search_workers, storage)
         self.gate, self.epsilon = gate, epsilon
+        self.storage, self.search_workers = storage, search_workers
         self.proposers = proposers
         self.callbacks = list(callbacks)
         self.optimizer = optimizer
@@ -59,7 +66,8 @@ class CtxoptMethod:
             self.optimizer = ContinualOptimizer(
                 ctx.task_lm, ctx.reflection_lm, budget=ctx.budget, gate=self.gate, epsilon=self.epsilon,
                 seed=ctx.seed, num_threads=ctx.num_threads, callbacks=self.callbacks, measure_test=False,
-                proposers=self.proposers, run_dir=ctx.work_dir, store=ctx.store, evaluator=ctx.evaluator)
+                proposers=self.proposers, run_dir=ctx.work_dir, store=ctx.store, evaluator=ctx.evaluator,
+                storage=self.storage, search_workers=self.search_workers)
             self.optimizer.restore(self._saved)
         return self.optimizer
 

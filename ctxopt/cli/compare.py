@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-threads", type=int, default=2)
     p.add_argument("--gate", choices=tuple(GATES), default=DEFAULT_GATE,
                    help=f"ctxopt's gate (default {DEFAULT_GATE}; strict: the gate before paired tests)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage of ctxopt's search studies, e.g. postgresql+psycopg://USER@HOST/DB "
+                        "(default: SQLite in the run directory)")
+    p.add_argument("--search-workers", type=int, default=1,
+                   help="processes that search each step at once, on the same study (default 1; more than one "
+                        "needs --storage on a database server, and is not bit-identical to one)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -86,8 +92,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console = Console()
     stream = load_stream(args.stream, seed=args.seed, sizes=args.sizes, scenario=args.scenario)
     methods = args.methods or default_methods(stream.names)
-    chosen = [CtxoptMethod(gate=args.gate) if m.strip() == "ctxopt" else m.strip() for m in methods.split(",")
-              if m.strip()]
+    chosen = [CtxoptMethod(gate=args.gate, storage=args.storage, search_workers=args.search_workers)
+              if m.strip() == "ctxopt" else m.strip() for m in methods.split(",") if m.strip()]
     safe = args.stream.replace("/", "_").replace(":", "-").replace(",", "_")
     run_dir = Path(args.run_dir or f"runs/compare-{safe}-{args.budget}-s{args.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,8 @@ def execute(config: Any, *, console: Any = None) -> Any:
         opt = ContinualOptimizer(task_lm, reflection_lm, budget=config.budget_obj(), gate=config.gate,
                                  epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
                                  callbacks=[progress.on_event], consolidate=config.consolidate,
-                                 consolidator=config.similarity)
+                                 consolidator=config.similarity, storage=config.storage,
+                                 search_workers=config.search_workers)
         result = opt.fit(program, stream, run_dir=config.run_dir)
     console.print(matrix_table(result))
     console.print(summary_line(result, task_lm, reflection_lm, time.perf_counter() - started))

@@ -1,0 +1,86 @@
+"""Parallel search: several worker processes run ask/tell on one study in a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ctxopt.budget import get_budget
+from ctxopt.errors import ConfigError
+from ctxopt.optimizer import ContinualOptimizer
+from ctxopt.program import program_for
+from ctxopt.search import EditSearch
+from ctxopt.store import Store
+from tests.pg import postgres_url  # noqa: F401 - the fixture
+from tests.toy import reflection_lm, task_lm, toy_stream
+
+BUDGET = dict(n_trials=6, train_minibatch=6, val_minibatch=5, replay_per_task=3, gate_replay_per_task=5)
+EXTRA = "ADD: Answer in lowercase letters.\nADD: Never add spaces."
+
+
+def _fit(tmp_path, name, **kw):
+    stream = toy_stream(names=("suffix", "reverse"))
+    tl = task_lm()
+    opt = ContinualOptimizer(tl, reflection_lm(extra=EXTRA), budget=get_budget("light", **BUDGET), seed=0,
+                             num_threads=2, **kw)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / name)
+    return result, opt, tl
+
+
+def _studies(url):
+    return {s.study_name: s for s in optuna.get_all_study_summaries(storage=url)}
+
+
+def test_two_workers_search_one_study_in_postgres_and_every_call_is_counted(tmp_path, postgres_url):  # noqa: F811
+    result, opt, tl = _fit(tmp_path, "two", storage=postgres_url, search_workers=2)
+    assert [result.R[i][i] for i in range(2)] == [1.0, 1.0]  # both tasks learned
+    studies = _studies(postgres_url)
+    mine = sorted(n for n in studies if n.endswith("step01-suffix") or n.endswith("step02-reverse"))
+    assert len(mine) == 2 and len({n.split("/")[0] for n in mine}) == 1  # one run key, one study per step
+    workers = set()
+    for name in mine:
+        study = optuna.load_study(study_name=name, storage=postgres_url)
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len({t.user_attrs.get("context_hash") for t in done}) <= BUDGET["n_trials"]
+        workers |= {t.user_attrs["worker"] for t in done if "worker" in t.user_attrs}
+        assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert workers == {0, 1}  # both processes asked and told
+    # the workers' model calls reached the parent's counters, and the budget charged within its limit
+    steps = result.steps
+    for s in steps:
+        assert s.extra["charged_task_calls"] <= opt.budget.task_calls_per_task
+    assert tl.usage.snapshot().model_calls >= sum(s.task_calls for s in steps)
+
+
+def test_a_second_run_in_the_same_database_keeps_its_own_studies(tmp_path, postgres_url):  # noqa: F811
+    before = set(_studies(postgres_url))
+    _fit(tmp_path, "other", storage=postgres_url)
+    new = set(_studies(postgres_url)) - before
+    assert len(new) == 2 and len({n.split("/")[0] for n in new}) == 1
+
+
+def test_rerunning_a_finished_parallel_run_is_free_and_equal(tmp_path, postgres_url):  # noqa: F811
+    first, _, _ = _fit(tmp_path, "again", storage=postgres_url, search_workers=2)
+    head = Store.open(tmp_path / "again" / "store").current().hash
+    second, _, tl = _fit(tmp_path, "again", storage=postgres_url, search_workers=2)
+    assert second.R == first.R
+    assert Store.open(tmp_path / "again" / "store").current().hash == head
+    assert tl.usage.snapshot().model_calls == 0
+
+
+@pytest.mark.parametrize("storage", [None, "sqlite:///x.db"])
+def test_several_workers_without_a_database_server_is_one_line(storage):
+    with pytest.raises(ConfigError, match="need a database server"):
+        EditSearch(storage, workers=2)
+    with pytest.raises(ConfigError, match="need a database server"):
+        ContinualOptimizer(task_lm(), reflection_lm(), storage=storage, search_workers=2)
+
+
+def test_cli_refuses_two_workers_on_sqlite(tmp_path, capsys):
+    from ctxopt.cli import main
+
+    assert main(["compare", "--stream", "ii:antonyms", "--methods", "static,ctxopt", "--search-workers", "2",
+                 "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "need a database server" in err[0]
