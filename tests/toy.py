@@ -66,3 +66,35 @@ def reflection_lm(extra: str = "", **kw):
         return "\n".join(lines)
 
     return scripted_lm(respond, name="scripted/reflect", **kw)
+
+
+def slow_task_lm(**kw):
+    """The toy task LM, 20 ms a call: slow enough for a test to kill a worker mid-run."""
+    import time
+
+    def respond(system: str, user: str) -> str:
+        time.sleep(0.02)
+        return task_answer(system, user)
+
+    return scripted_lm(respond, name="scripted/task", **kw)
+
+
+def write_toy_stream(folder, scenario: str = "task-aware", names=("suffix", "reverse", "double")):
+    """The toy stream as a stream YAML with JSONL splits (for jobs in other processes); returns its path."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["name: toy", f"scenario: {scenario}", "inputs: [input]", "output: output", "metric: exact_match",
+             "tasks:"]
+    for k, name in enumerate(names):
+        fn = RULES[name][1]
+        rows = [{"input": f"{w}{k}", "output": fn(f"{w}{k}")} for w in WORDS]
+        for split, part in (("train", rows[:12]), ("val", rows[12:22]), ("test", rows[22:30])):
+            (folder / f"{name}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        lines += [f"  - name: {name}", f"    train: {name}.train.jsonl", f"    val: {name}.val.jsonl",
+                  f"    test: {name}.test.jsonl"]
+    path = folder / "stream.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated methods (default: all that fit the stream: {ALL_METHODS}; "
                         "oracle-human only for ii streams)")
     p.add_argument("--budget", default="light", help="budget preset: light, medium or heavy (default light)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seeds, default=[0],
+                   help="seed, or several (0,1,2): each seed is its own run (RUN_DIR/s<seed> with --run-dir)")
     p.add_argument("--run-dir", default=None, help="default runs/compare-<stream>-<budget>-s<seed>")
     p.add_argument("--task-lm", default="local", help="LM spec of the task model (default local, 0.5B)")
     p.add_argument("--reflection-lm", default="local:qwen2.5-coder-1.5b", help="LM spec of the reflection model")
@@ -42,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-workers", type=int, default=1,
                    help="processes that search each step at once, on the same study (default 1; more than one "
                         "needs --storage on a database server, and is not bit-identical to one)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: methods one after another in this process (default); ray: each method and seed "
+                        "is a Ray task with its own process and one llama thread (resumes if a worker dies)")
+    p.add_argument("--ray-cpus", type=int, default=None,
+                   help="slots of the local Ray cluster, one job each (default: every core; $RAY_ADDRESS joins "
+                        "an existing cluster)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -78,35 +85,66 @@ class _Printer:
                                f"{rec['wall_s']:.0f} s; test row {row}  [{time.perf_counter() - self.started:.0f} s]")
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, e.g. 0 or 0,1,2; got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"give one seed or several distinct ones, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    import dspy
     from rich.console import Console
 
-    from ctxopt.baselines.continual import CtxoptMethod
     from ctxopt.cli._progress import matrix_table
-    from ctxopt.compare import compare
-    from ctxopt.lm import get_lm
-    from ctxopt.program import program_for
+    from ctxopt.compare import compare_specs, write_comparison
+    from ctxopt.executor import Job, run_jobs
+    from ctxopt.matrix import load_results
+    from ctxopt.search import check_workers
     from ctxopt.streams import load_stream
 
     console = Console()
-    stream = load_stream(args.stream, seed=args.seed, sizes=args.sizes, scenario=args.scenario)
-    methods = args.methods or default_methods(stream.names)
-    chosen = [CtxoptMethod(gate=args.gate, storage=args.storage, search_workers=args.search_workers)
-              if m.strip() == "ctxopt" else m.strip() for m in methods.split(",") if m.strip()]
+    check_workers(args.search_workers, args.storage)
+    seeds = args.seed
     safe = args.stream.replace("/", "_").replace(":", "-").replace(",", "_")
-    run_dir = Path(args.run_dir or f"runs/compare-{safe}-{args.budget}-s{args.seed}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dspy.configure_cache(disk_cache_dir=str(run_dir / "dspy_cache"))  # the request cache lives with the run
-    task_lm = get_lm(args.task_lm)
-    reflection_lm = get_lm(args.reflection_lm, max_tokens=768)
-    console.print(f"comparing {methods} on {stream.name} ({len(stream)} tasks), budget {args.budget}, "
-                  f"seed {args.seed}; run dir {run_dir}")
-    results = compare(program_for(stream), stream, chosen, task_lm=task_lm, reflection_lm=reflection_lm,
-                      run_dir=run_dir, budget=args.budget, seed=args.seed, num_threads=args.num_threads,
-                      max_context_tokens=args.context_tokens, callbacks=[_Printer(console, len(stream))])
-    for r in results:
-        console.print(matrix_table(r))
-    console.print((run_dir / "comparison.md").read_text(encoding="utf-8"))
-    console.print(f"results: {run_dir / 'results.json'}\nreport: {run_dir / 'report.html'}")
+    base = {"stream": args.stream, "task_lm": args.task_lm, "reflection_lm": args.reflection_lm,
+            "budget": args.budget, "sizes": list(args.sizes) if args.sizes else None, "scenario": args.scenario,
+            "context_tokens": args.context_tokens, "num_threads": args.num_threads, "gate": args.gate,
+            "storage": args.storage, "search_workers": args.search_workers}
+    runs = []  # (seed, run dir, stream, methods)
+    for seed in seeds:
+        stream = load_stream(args.stream, seed=seed, sizes=args.sizes, scenario=args.scenario)
+        methods = args.methods or default_methods(stream.names)
+        if args.run_dir:
+            run_dir = Path(args.run_dir) if len(seeds) == 1 else Path(args.run_dir) / f"s{seed}"
+        else:
+            run_dir = Path(f"runs/compare-{safe}-{args.budget}-s{seed}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.append((seed, run_dir, stream, [m.strip() for m in methods.split(",") if m.strip()]))
+    for seed, run_dir, stream, methods in runs:
+        console.print(f"comparing {','.join(methods)} on {stream.name} ({len(stream)} tasks), budget {args.budget}, "
+                      f"seed {seed}; run dir {run_dir}" + (f"; executor {args.executor}" if args.executor != "local"
+                                                           else ""))
+    if args.executor == "local":
+        for seed, run_dir, stream, methods in runs:
+            compare_specs(**base, methods=",".join(methods), run_dir=str(run_dir), seed=seed,
+                          callbacks=[_Printer(console, len(stream))])
+    else:  # one job per method and seed; each writes its own folder and its entry in results.json
+        jobs = [Job(f"{m} s{seed}", "ctxopt.compare:compare_specs",
+                    {**base, "methods": m, "run_dir": str(run_dir.resolve()), "seed": seed, "report": False},
+                    state_file=str((run_dir / m / "state.json").resolve()), total=len(stream))
+                for seed, run_dir, stream, methods in runs for m in methods]
+        run_jobs(jobs, args.executor, cpus=args.ray_cpus, progress=True)
+        for _, run_dir, _, methods in runs:
+            by_name = {r.method: r for r in load_results(run_dir)}
+            write_comparison(run_dir, [by_name[m] for m in methods if m in by_name])
+    for _, run_dir, _, methods in runs:
+        by_name = {r.method: r for r in load_results(run_dir)}
+        for m in methods:
+            if m in by_name:
+                console.print(matrix_table(by_name[m]))
+        console.print((run_dir / "comparison.md").read_text(encoding="utf-8"))
+        console.print(f"results: {run_dir / 'results.json'}\nreport: {run_dir / 'report.html'}")
     return 0
