@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ctxopt.budget import Budget, get_budget
 from ctxopt.errors import ConfigError
 
-__all__ = ["RunConfig", "build_program", "load_config", "resolve_budget"]
+__all__ = ["RunConfig", "build_program", "fit_config", "load_config", "resolve_budget"]
 
 
 class RunConfig(BaseModel):
@@ -141,3 +142,28 @@ def build_program(spec: str, stream: Any, instruction: str | None = None) -> Any
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"program {spec!r} cannot be imported: {exc}") from exc
     return factory(stream) if callable(factory) else factory
+
+
+def fit_config(config: RunConfig, callbacks: Sequence[Callable[[Any], None]] = (),
+               lms: tuple[Any, Any] | None = None) -> Any:
+    """Run what ``config`` says (``ctxopt run``, one agent of ``ctxopt fleet``); return the :class:`RunResult`.
+
+    Points DSPy's request cache at ``RUN_DIR/dspy_cache``; resumes a killed run from its last finished task.
+    ``lms`` (task LM, reflection LM) reuses LMs already built from ``config``'s specs.
+    """
+    import dspy
+
+    from ctxopt.lm import get_lm
+    from ctxopt.optimizer import ContinualOptimizer
+    from ctxopt.streams import load_stream
+
+    dspy.configure_cache(disk_cache_dir=str(Path(config.run_dir) / "dspy_cache"))  # the request cache lives with the run
+    stream = load_stream(config.stream, seed=config.seed, sizes=config.sizes, scenario=config.scenario)
+    program = build_program(config.program, stream, config.instruction)
+    task_lm, reflection_lm = lms or (get_lm(config.task_lm), get_lm(config.reflection_lm, max_tokens=768))
+    opt = ContinualOptimizer(task_lm, reflection_lm, budget=config.budget_obj(), gate=config.gate,
+                             epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
+                             callbacks=list(callbacks), consolidate=config.consolidate,
+                             consolidator=config.similarity, storage=config.storage,
+                             search_workers=config.search_workers)
+    return opt.fit(program, stream, run_dir=config.run_dir)

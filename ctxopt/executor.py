@@ -24,8 +24,8 @@ Progress: while jobs run, a bar per job counts its finished steps, read from the
 ``state.json`` its run directory keeps.
 
 Example:
-    >>> run_jobs([Job("double", "operator:mul", {"a": 2, "b": 21})])
-    [42]
+    >>> run_jobs([Job("gcd", "math:gcd", {}), Job("json", "json:dumps", {"obj": [1, 2]})])
+    [0, '[1, 2]']
 """
 
 from __future__ import annotations
@@ -100,7 +100,18 @@ def run_jobs(jobs: Sequence[Job], executor: str = "local", *, cpus: int | None =
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     if executor == "local":
-        return [call(job.fn, job.kwargs) for job in jobs]
+        if not progress or len(jobs) < 2:
+            return [call(job.fn, job.kwargs) for job in jobs]
+        from rich.progress import Progress
+
+        with Progress() as bars:
+            bar = bars.add_task("jobs", total=len(jobs))
+            out = []
+            for job in jobs:
+                bars.update(bar, description=job.name)
+                out.append(call(job.fn, job.kwargs))
+                bars.advance(bar)
+            return out
     return _run_on_ray(list(jobs), cpus=cpus, progress=progress)
 
 

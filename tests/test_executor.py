@@ -47,7 +47,7 @@ def _ray_workers(name: str) -> list[int]:
 
 def test_unknown_executor_is_one_line():
     with pytest.raises(ConfigError, match="unknown executor"):
-        run_jobs([Job("x", "operator:add", {"a": 1, "b": 2})], "spark")
+        run_jobs([Job("x", "json:dumps", {"obj": 1})], "spark")
 
 
 def test_a_job_error_on_ray_is_raised_unchanged():

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from ctxopt.errors import CtxoptError
 
 # Modules under ctxopt.cli that register subcommands, in --help order.
-COMMAND_MODULES = ("demo", "run", "compare", "sleep", "transfer", "store", "streams", "model_server")
+COMMAND_MODULES = ("demo", "run", "compare", "fleet", "sleep", "transfer", "store", "streams", "model_server")
 
 
 class Terminated(KeyboardInterrupt):

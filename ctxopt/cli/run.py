@@ -18,29 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def execute(config: Any, *, console: Any = None) -> Any:
     """Run a validated :class:`~ctxopt.config.RunConfig`; print progress, matrix, summary and report path."""
-    import dspy
     from rich.console import Console
 
     from ctxopt.cli._progress import RunProgress, matrix_table, summary_line
-    from ctxopt.config import build_program
+    from ctxopt.config import fit_config
     from ctxopt.lm import get_lm
-    from ctxopt.optimizer import ContinualOptimizer
     from ctxopt.report import write_report
     from ctxopt.streams import load_stream
 
     console = console or Console()
-    dspy.configure_cache(disk_cache_dir=str(Path(config.run_dir) / "dspy_cache"))  # the request cache lives with the run
-    stream = load_stream(config.stream, seed=config.seed, sizes=config.sizes, scenario=config.scenario)
-    program = build_program(config.program, stream, config.instruction)
+    n_tasks = len(load_stream(config.stream, seed=config.seed, sizes=config.sizes, scenario=config.scenario))
     task_lm, reflection_lm = get_lm(config.task_lm), get_lm(config.reflection_lm, max_tokens=768)
     started = time.perf_counter()
-    with RunProgress(len(stream), task_lm, reflection_lm, console) as progress:
-        opt = ContinualOptimizer(task_lm, reflection_lm, budget=config.budget_obj(), gate=config.gate,
-                                 epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
-                                 callbacks=[progress.on_event], consolidate=config.consolidate,
-                                 consolidator=config.similarity, storage=config.storage,
-                                 search_workers=config.search_workers)
-        result = opt.fit(program, stream, run_dir=config.run_dir)
+    with RunProgress(n_tasks, task_lm, reflection_lm, console) as progress:
+        result = fit_config(config, callbacks=[progress.on_event], lms=(task_lm, reflection_lm))
     console.print(matrix_table(result))
     console.print(summary_line(result, task_lm, reflection_lm, time.perf_counter() - started))
     report = write_report(config.run_dir)
