@@ -7,6 +7,7 @@ Without the binaries the tests that need the server skip, saying why.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -29,13 +30,12 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A SQLAlchemy URL (psycopg 3) of a fresh PostgreSQL server, stopped at the end of the session."""
+@contextlib.contextmanager
+def temporary_postgres(port: int = PORT) -> Iterator[str]:
+    """Start a fresh PostgreSQL server in a temporary folder (Unix socket only); yield its SQLAlchemy URL."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
-    pytest.importorskip("psycopg")
+        raise FileNotFoundError("PostgreSQL is not installed (make test installs Debian's postgresql package)")
     base = Path(tempfile.mkdtemp(prefix="ctxopt-pg-"))
     base.chmod(0o755)
     if os.geteuid() == 0:
@@ -43,11 +43,21 @@ def postgres_url() -> Iterator[str]:
     data = base / "data"
     subprocess.run(_as_server_user([initdb, "-D", str(data), "-A", "trust", "-U", "ctxopt", "--no-sync",
                                     "-E", "UTF8"]), check=True, capture_output=True)
-    opts = f"-k {base} -p {PORT} -c listen_addresses='' -c fsync=off -c max_connections=50"
+    opts = f"-k {base} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=50"
     subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"]),
                    check=True, capture_output=True)
     try:
-        yield f"postgresql+psycopg://ctxopt@/postgres?host={base}&port={PORT}"
+        yield f"postgresql+psycopg://ctxopt@/postgres?host={base}&port={port}"
     finally:
         subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL (psycopg 3) of a fresh PostgreSQL server, stopped at the end of the session."""
+    if not _bin("initdb") or not _bin("pg_ctl"):
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    pytest.importorskip("psycopg")
+    with temporary_postgres() as url:
+        yield url
