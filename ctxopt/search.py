@@ -352,6 +352,12 @@ def _worker(search: EditSearch, index: int, quota: int, study_name: str, space: 
     os._exit(0)  # skip the parent's atexit handlers and finalizers (its models, its database connections)
 
 
+def _beaten(study: optuna.Study, number: int, key: str | None) -> bool:
+    """An earlier trial claims the same context: it is that trial's to score."""
+    return any(t.number < number and t.user_attrs.get("context_hash") == key
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+
 def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space: dict, build: Callable,
               objective: Objective) -> bool:
     study = optuna.load_study(study_name=study_name, storage=search.storage)  # its own connections
@@ -386,10 +392,16 @@ def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space
             continue
         trial.set_user_attr("context_hash", key)  # claim it before scoring
         trial.set_user_attr("worker", index)
+        if _beaten(study, trial.number, key):
+            study.tell(trial, state=TrialState.FAIL)
+            continue
         value = objective(ctx) if ctx is not None else FAILED
         if value is None:
             study.tell(trial, state=TrialState.FAIL)
             return True
+        if _beaten(study, trial.number, key):  # claimed at the same moment by an earlier trial: keep one copy
+            study.tell(trial, state=TrialState.FAIL)
+            continue
         study.tell(trial, value)
         scored += 1
     return False

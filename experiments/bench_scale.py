@@ -12,6 +12,9 @@ Three parts, each a ``ctxopt`` command run as a subprocess from its own run dire
   killed once it has finished a step; Ray retries its job, which resumes.
 * ``fleet``: ``ctxopt fleet`` with 3 agents on the real models (one ii task each, ``--sizes 16,12,16``),
   as Ray tasks; each store must hold its own history.
+* ``storage``: Optuna ask/tell latency and rows per trial, SQLite against PostgreSQL, with 1 and 2
+  processes on one study (TPE with ``constant_liar``, 10 on/off switches, an instant objective): the cost
+  of the study itself, apart from any LM call.
 
 Writes ``experiments/results/bench_scale.json`` and prints the figures.
 
@@ -152,11 +155,64 @@ def part_fleet() -> dict:
     return {"command_wall_s": round(wall, 1), "agents": summary}
 
 
+def _ask_tell_loop(url: str, name: str, n: int, seed: int) -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=url)
+    space = {f"use:p{i}": CategoricalDistribution([False, True]) for i in range(10)}
+    for k in range(n):
+        study.sampler = optuna.samplers.TPESampler(seed=seed * 1000 + k, n_startup_trials=3, constant_liar=True)
+        trial = study.ask(space)
+        trial.set_user_attr("context_hash", f"{seed}-{k}")
+        study.tell(trial, sum(bool(v) for v in trial.params.values()) / 10)
+
+
+def _rows(url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    tables = ("trials", "trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes")
+    with engine.connect() as conn:
+        return sum(conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in tables)
+
+
+def part_storage(n: int = 40) -> dict:
+    import multiprocessing
+
+    import optuna
+
+    from tests.pg import temporary_postgres
+
+    out = {}
+    with temporary_postgres(port=5443) as pg:
+        sqlite = f"sqlite:///{BASE / 'storage.db'}"
+        (BASE / "storage.db").unlink(missing_ok=True)
+        for backend, url in (("sqlite", sqlite), ("postgresql", pg)):
+            for workers in (1, 2):
+                name = f"{backend}-{workers}"
+                optuna.create_study(study_name=name, storage=url, direction="maximize")
+                procs = [multiprocessing.get_context("spawn").Process(target=_ask_tell_loop, args=(url, name, n, w))
+                         for w in range(workers)]
+                start = time.perf_counter()
+                for proc in procs:
+                    proc.start()
+                for proc in procs:
+                    proc.join()
+                wall = time.perf_counter() - start
+                trials = len(optuna.load_study(study_name=name, storage=url).trials)
+                out[name] = {"trials": trials, "wall_s": round(wall, 2),
+                             "s_per_trial_per_worker": round(wall / n, 4)}
+            out[f"{backend}_rows_per_trial"] = round(_rows(url) / sum(out[f"{backend}-{w}"]["trials"] for w in (1, 2)), 1)
+    return out
+
+
 def main(argv: list[str]) -> int:
-    parts = argv or ["search", "ray", "fleet"]
+    parts = argv or ["search", "ray", "fleet", "storage"]
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for part in parts:
-        results[part] = {"search": part_search, "ray": part_ray, "fleet": part_fleet}[part]()
+        results[part] = {"search": part_search, "ray": part_ray, "fleet": part_fleet, "storage": part_storage}[part]()
         OUT.write_text(json.dumps(results, indent=1))
         print(json.dumps(results[part], indent=1)[:4000], flush=True)
     print(f"wrote {OUT}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -84,3 +86,44 @@ def test_cli_refuses_two_workers_on_sqlite(tmp_path, capsys):
                  "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "need a database server" in err[0]
+
+
+def _props():
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.edits import AddItem
+    from ctxopt.proposer import Proposal
+
+    base = LearnedContext({"p": PredictorContext("Answer.")})
+    return base, [Proposal(f"r{i}", (AddItem("p", f"Rule number {i}."),), "test") for i in range(6)]
+
+
+def test_workers_keep_to_n_trials_and_find_the_best(postgres_url):  # noqa: F811
+    base, props = _props()
+
+    def objective(ctx):  # rule 2 helps, rule 4 hurts
+        texts = {it.text for it in ctx.items("p")}
+        return ("Rule number 2." in texts) - ("Rule number 4." in texts)
+
+    result = EditSearch(postgres_url, seed=0, n_trials=10, workers=2).run("unit-best", base, props, objective,
+                                                                          step=1, task="t")
+    study = optuna.load_study(study_name="unit-best", storage=postgres_url)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len({t.user_attrs["context_hash"] for t in done}) == 10
+    assert {t.user_attrs["worker"] for t in done if "worker" in t.user_attrs} == {0, 1}
+    assert result.best_value == 1.0 and "r2" in [p.name for p in result.best_proposals]
+
+
+def test_a_dead_endpoint_in_a_worker_stops_the_search_with_its_one_line(postgres_url):  # noqa: F811
+    from ctxopt.errors import EndpointError
+
+    base, props = _props()
+    parent = os.getpid()
+
+    def objective(ctx):
+        if os.getpid() != parent:
+            raise EndpointError("LM scripted/x: LMTransportError (connection refused); start the server")
+        return 0.0
+
+    with pytest.raises(EndpointError, match="connection refused"):
+        EditSearch(postgres_url, seed=0, n_trials=8, workers=2).run("unit-dead", base, props, objective,
+                                                                    step=1, task="t")
