@@ -140,6 +140,7 @@ def run_fleet(fleet: FleetConfig, executor: str = "local", *, cpus: int | None =
               progress: bool = False) -> list[dict[str, Any]]:
     """Run every agent (resuming any that stopped); write ``FLEET_DIR/fleet.json``; return the summaries."""
     from ctxopt.executor import Job, run_jobs
+    from ctxopt.rundir import STATE_FILE
     from ctxopt.streams import load_stream
 
     configs = agent_configs(fleet)
@@ -154,7 +155,7 @@ def run_fleet(fleet: FleetConfig, executor: str = "local", *, cpus: int | None =
         run_dir = Path(cfg.run_dir).resolve()
         jobs.append(Job(Path(cfg.run_dir).name, "ctxopt.fleet:run_agent",
                         cfg.model_copy(update={"run_dir": str(run_dir)}).model_dump(),
-                        state_file=str(run_dir / "state.json"), total=sizes[key]))
+                        state_file=str(run_dir / STATE_FILE), total=sizes[key]))
     summaries = run_jobs(jobs, executor, cpus=cpus, progress=progress)
     for s, cfg in zip(summaries, configs, strict=True):
         s["run_dir"] = cfg.run_dir

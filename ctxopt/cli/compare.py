@@ -102,6 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ctxopt.compare import compare_specs, write_comparison
     from ctxopt.executor import Job, run_jobs
     from ctxopt.matrix import load_results
+    from ctxopt.rundir import STATE_FILE
     from ctxopt.search import check_workers
     from ctxopt.streams import load_stream
 
@@ -134,7 +135,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:  # one job per method and seed; each writes its own folder and its entry in results.json
         jobs = [Job(f"{m} s{seed}", "ctxopt.compare:compare_specs",
                     {**base, "methods": m, "run_dir": str(run_dir.resolve()), "seed": seed, "report": False},
-                    state_file=str((run_dir / m / "state.json").resolve()), total=len(stream))
+                    state_file=str((run_dir / m / STATE_FILE).resolve()), total=len(stream))
                 for seed, run_dir, stream, methods in runs for m in methods]
         run_jobs(jobs, args.executor, cpus=args.ray_cpus, progress=True)
         for _, run_dir, _, methods in runs:
