@@ -170,11 +170,16 @@ class EditSearch:
             return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
         records: list[TrialRecord] = []
-        if on_resumed is not None:
-            for t in finished():
-                ctx = build(t.params)[0] if t.user_attrs.get("context_hash") else None
-                if ctx is not None:
-                    on_resumed(ctx)
+        resumed: set[str] = set()  # contexts reported to on_resumed: each once
+
+        def report_resumed(ctx: LearnedContext | None) -> None:
+            if ctx is not None and on_resumed is not None and ctx.hash not in resumed:
+                resumed.add(ctx.hash)
+                on_resumed(ctx)
+
+        for t in finished():
+            if t.user_attrs.get("context_hash"):
+                report_resumed(build(t.params)[0])
 
         def record(number: int, params: dict, value: float | None, ctx: LearnedContext | None,
                    on: list[Proposal]) -> None:
@@ -220,8 +225,7 @@ class EditSearch:
                 ctx, on = build(t.params)
                 if t.number in before or t.user_attrs.get("repeat"):
                     continue
-                if ctx is not None and on_resumed is not None:
-                    on_resumed(ctx)
+                report_resumed(ctx)
                 record(t.number, t.params, t.value, ctx, on)
 
         # TPE may suggest a combination it has already scored: answer it from the study and ask again
@@ -353,8 +357,9 @@ def _worker(search: EditSearch, index: int, quota: int, study_name: str, space: 
 
 
 def _beaten(study: optuna.Study, number: int, key: str | None) -> bool:
-    """An earlier trial claims the same context: it is that trial's to score."""
-    return any(t.number < number and t.user_attrs.get("context_hash") == key
+    """Another trial has scored the same context, or an earlier one claims it: it is that trial's to score."""
+    return any(t.number != number and t.user_attrs.get("context_hash") == key
+               and (t.state == TrialState.COMPLETE or t.number < number)
                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 

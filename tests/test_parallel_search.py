@@ -127,3 +127,38 @@ def test_a_dead_endpoint_in_a_worker_stops_the_search_with_its_one_line(postgres
     with pytest.raises(EndpointError, match="connection refused"):
         EditSearch(postgres_url, seed=0, n_trials=8, workers=2).run("unit-dead", base, props, objective,
                                                                     step=1, task="t")
+
+
+def test_a_parallel_search_cut_short_resumes_and_reports_each_finished_context_once(postgres_url):  # noqa: F811
+    base, props = _props()
+
+    def score(ctx):
+        return float(len(ctx.items("p")))
+
+    # The parent scores the seeded points; each worker may score one context, then the budget refuses
+    # (as in a step whose budget runs out, or a killed one).
+    parent, budgeted = os.getpid(), {"left": 1}
+
+    def stingy(ctx):
+        if os.getpid() == parent:
+            return score(ctx)
+        if budgeted["left"] == 0:
+            return None
+        budgeted["left"] -= 1
+        return score(ctx)
+
+    first = EditSearch(postgres_url, seed=0, n_trials=9, workers=2).run("unit-resume", base, props, stingy,
+                                                                        step=1, task="t")
+    assert first.stopped_by_budget
+    study = optuna.load_study(study_name="unit-resume", storage=postgres_url)
+    assert {t.user_attrs.get("worker") for t in study.get_trials(states=(TrialState.COMPLETE,))} >= {0, 1}
+    reported: list[str] = []
+    resumed = EditSearch(postgres_url, seed=0, n_trials=9, workers=2).run(
+        "unit-resume", base, props, score, step=1, task="t", on_resumed=lambda ctx: reported.append(ctx.hash))
+    study = optuna.load_study(study_name="unit-resume", storage=postgres_url)
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    hashes = {t.user_attrs["context_hash"] for t in done}
+    assert len(hashes) == 9  # the resumed search completed n_trials distinct contexts
+    assert len(reported) == len(set(reported))  # charged once each ...
+    assert set(reported) <= set(hashes)  # ... and only contexts the study holds
+    assert resumed.best_value == max(t.value for t in done)
