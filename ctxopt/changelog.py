@@ -192,7 +192,7 @@ def commit_message(subject: str, body: str, meta: Mapping[str, Any]) -> str:
     if meta.get("scores") is not None:
         trailers.append(f"{TRAILER_PREFIX}Scores: " + json.dumps(meta["scores"], sort_keys=True, separators=(",", ":"))[:500])
     parts.append("\n".join(trailers))
-    return "\n\n".join(parts) + "\n"
+    return ("\n\n".join(parts) + "\n").replace("\x00", "\\0")  # git refuses a NUL byte in a commit message
 
 
 def parse_commit(raw: bytes) -> CommitText:

@@ -131,3 +131,18 @@ def test_parse_commit_strips_the_trailers_commit_message_writes():
     parsed = parse_commit(raw)
     assert parsed.parents == ("1" * 40,) and parsed.timestamp == "2023-11-14T23:43:20+01:30"
     assert parsed.message == "step 3\n\nbody line\n\nEdits:\n- qa: rewrite instruction: 'Name the antonym of the word.'"
+
+
+def test_a_nul_byte_in_an_edit_is_committed_escaped(tmp_path):
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.edits import AddItem
+    from ctxopt.store import Store
+
+    store = Store.init(tmp_path / "s")
+    base = LearnedContext({"p": PredictorContext("Answer.")})
+    store.commit(base, "C0")
+    edit = AddItem("p", "0", rationale="\x00")  # found by the property test in test_store.py
+    ctx = base.apply_edits([edit], step=0, task="t")
+    v = store.commit(ctx, "step 0", {"step": 0, "edits": [edit.to_dict()]})
+    assert store.current().hash == ctx.hash
+    assert "\x00" not in v.message and store.log()[0].rev == v.rev
