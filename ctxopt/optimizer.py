@@ -511,7 +511,8 @@ class ContinualOptimizer:
             if len(setup.earlier) >= CORE_AFTER:  # pinned = shown to every input: only where replay can check it
                 raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned
             if isinstance(setup.selector, RetrievalSelector):  # and chooses how much is retrieved
-                raw += setting_proposals(setup.base, setup.predictor, setup.selector)
+                raw += setting_proposals(setup.base, setup.predictor, setup.selector,
+                                        threshold=bool(setup.earlier))
         proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)
         self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
         return Proposed(tuple(proposals), tuple(dropped))

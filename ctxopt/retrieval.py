@@ -259,19 +259,29 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
     return out
 
 
-RETRIEVAL_CHOICES: dict[str, tuple[int, ...]] = {"k_demos": (2, 4, 8), "k_items": (1, 3, 6)}
-"""The values the search may choose for each retrieval setting (bounded, so prompts stay bounded)."""
+RETRIEVAL_CHOICES: dict[str, tuple[float, ...]] = {"k_demos": (2, 4, 8), "k_items": (1, 3, 6),
+                                                   "min_score": (0.0, 0.25, 0.4, 0.55)}
+"""The values the search may choose for each retrieval setting (bounded, so prompts stay bounded).
+
+``min_score`` lets a step trade recall for isolation: with a threshold, an input unlike
+every key of a memory entry sees none of it, so one task's lessons stop reaching other
+tasks' inputs (the first steps of ii-8 task-agnostic, where a small memory was retrieved
+for every input)."""
 
 
-def setting_proposals(context: LearnedContext, predictor: str, selector: RetrievalSelector) -> list[Proposal]:
+def setting_proposals(context: LearnedContext, predictor: str, selector: RetrievalSelector, *,
+                      threshold: bool = True) -> list[Proposal]:
     """Alternatives to the predictor's retrieval settings, one group per setting (``retrieval:k_demos``, …).
 
-    Each group offers the other values of :data:`RETRIEVAL_CHOICES`, larger first; the search
+    Each group offers the other values of :data:`RETRIEVAL_CHOICES` (k larger first, ``min_score``
+    smaller first); the search
     may keep the current value (its ``"none"``) or pick one, and the gate judges the result
     on replay like any edit. A chosen value is stored in C (:class:`~ctxopt.edits.SetRetrieval`).
     A group is offered only once the memory holds more entries of its kind than the smallest
     choice: before that no value changes what an input sees, and each extra search dimension
-    costs the search trials.
+    costs the search trials. ``min_score`` is offered once anything is retrieved, and only with
+    ``threshold`` (the optimizer passes it when earlier tasks are replayed: a threshold can only
+    cost the current task, and shows its worth on the others).
 
     Example:
         >>> from ctxopt.context import Demo, Item, PredictorContext
@@ -282,20 +292,30 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
         >>> items = tuple(Item(id=f"r-{i}", text=f"Rule {i}.") for i in range(2))
         >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=items, demos=demos)})
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]
+        ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1', 'min_score=0.25', 'min_score=0.4', 'min_score=0.55']
+        >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"), threshold=False)]
         ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1']
     """
     pc = context.predictor(predictor)
-    k_items, k_demos, _ = selector.settings(pc)
+    k_items, k_demos, min_score = selector.settings(pc)
     held = {"k_demos": len(pc.demos), "k_items": sum(not it.pinned for it in pc.items)}
     out = []
     for setting, current in (("k_demos", k_demos), ("k_items", k_items)):
         if held[setting] <= min(RETRIEVAL_CHOICES[setting]):
             continue  # memory too small for any choice to change what an input sees
         for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}, reverse=True):
-            out.append(Proposal(f"{setting}={value}", (SetRetrieval(predictor, setting, value,
-                                                                    rationale=f"retrieve {value} instead of {current}"),),
-                                "retrieval", rationale=f"{setting} {current} → {value}", group=f"retrieval:{setting}"))
+            out.append(_setting(predictor, setting, current, int(value)))
+    if threshold and held["k_demos"] + held["k_items"]:  # a threshold matters as soon as anything is retrieved
+        for value in sorted(set(RETRIEVAL_CHOICES["min_score"]) - {min_score}):
+            out.append(_setting(predictor, "min_score", min_score, value))
     return out
+
+
+def _setting(predictor: str, setting: str, current: float, value: float) -> Proposal:
+    """One alternative value of one retrieval setting, in the setting's search group."""
+    return Proposal(f"{setting}={value:g}", (SetRetrieval(predictor, setting, value,
+                                                        rationale=f"retrieve with {setting} {value:g} instead of {current:g}"),),
+                    "retrieval", rationale=f"{setting} {current:g} → {value:g}", group=f"retrieval:{setting}")
 
 
 CORE_AFTER = 2

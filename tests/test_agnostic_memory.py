@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ctxopt.budget import get_budget
-from ctxopt.context import LearnedContext, PredictorContext
+from ctxopt.context import Item, LearnedContext, PredictorContext
 from ctxopt.edits import AddItem
 from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
@@ -138,6 +138,9 @@ def test_the_search_may_place_a_rule_in_core_memory_only_once_replay_can_check_i
     # (Which retrieval settings are offered, and when, is setting_proposals' doctest.)
     settings = [p for ps in by_step.values() for p in ps if p["group"] and p["group"].startswith("retrieval:")]
     assert all(e["op"] == "set_retrieval" for p in settings for e in p["edits"])
+    # A similarity threshold is offered from the first step that replays an earlier task, not before.
+    thresholds = {step for step, ps in by_step.items() for p in ps if p["group"] == "retrieval:min_score"}
+    assert thresholds and min(thresholds) > 1
     # A rule pinned for every input is offered only once CORE_AFTER earlier tasks can be replayed against it.
     for step, ps in by_step.items():
         cores = [p for p in ps if p["name"].endswith("+core")]
@@ -146,6 +149,19 @@ def test_the_search_may_place_a_rule_in_core_memory_only_once_replay_can_check_i
     late = [p for step, ps in by_step.items() if step > CORE_AFTER for p in ps]
     cores = [p for p in late if p["name"].endswith("+core")]
     assert cores and all(e.get("pinned") and not e.get("keys") for p in cores for e in p["edits"])
+
+
+def test_a_learned_threshold_keeps_memory_from_inputs_unlike_its_keys():
+    from ctxopt.edits import SetRetrieval
+
+    rule = Item(id="r-plural", text="Add s.", keys=("plural of cat", "plural of dog"))
+    base = LearnedContext({"predict": PredictorContext("Answer.", items=(rule,))})
+    selector = RetrievalSelector("lexical", k_items=3)
+    unlike = {"input": "antonym of hot"}
+    assert [it.id for it in selector.select(base, None, unlike).predictor("predict").items] == ["r-plural"]
+    strict = base.apply_edits([SetRetrieval("predict", "min_score", 0.4)])
+    assert selector.select(strict, None, unlike).predictor("predict").items == ()
+    assert [it.id for it in selector.select(strict, None, {"input": "plural of cat"}).predictor("predict").items] == ["r-plural"]
 
 
 def test_a_learned_token_budget_caps_what_is_retrieved():
