@@ -1,0 +1,115 @@
+"""Issue 16's acceptance figures for a task-agnostic ``ctxopt compare`` run, read from its results.
+
+Reads ``RUN_DIR/results.json`` (no LM calls) and prints, for the ``ctxopt`` method:
+
+* ACC, BWT, FWT and how many steps were accepted, with the gate's first decisions;
+* ACC against ``static`` and against the best continual peer run in the same directory
+  (append, summarize, gepa-seq, mipro-seq), where they were run;
+* ACC against the same method's *task-aware* ACC, from ``--aware`` (a compare results
+  JSON such as ``experiments/results/compare-babi-10-light-s0.json``);
+* **damage before arrival**: every cell ``R[i][j]`` with ``i < j`` (task ``j`` not yet met)
+  where ctxopt scores below static's ``R[i][j]``;
+* the redundancy figure of the final C (near-duplicate pairs and contradictions).
+
+Every figure comes from the test rows the compare wrote; the script only does arithmetic.
+It writes ``experiments/results/agnostic_<name>.json``.
+
+Usage:
+    python experiments/agnostic_targets.py RUN_DIR [--aware RESULTS_JSON] [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ctxopt.matrix import RunResult, acc, load_results  # noqa: E402
+
+PEERS = ("append", "summarize", "gepa-seq", "mipro-seq")
+
+
+def _runs(path: Path) -> dict[str, RunResult]:
+    if path.is_dir():
+        return {r.method: r for r in load_results(path)}
+    data = json.loads(path.read_text())
+    return {d["method"]: RunResult.from_dict(d) for d in data["runs"]}
+
+
+def targets(runs: dict[str, RunResult], aware: dict[str, RunResult] | None = None, method: str = "ctxopt") -> dict:
+    """The figures, from finished runs (a method still running is reported as such and skipped)."""
+    if method not in runs or not runs[method].complete:
+        done = len(runs[method].R) if method in runs else 0
+        raise SystemExit(f"agnostic_targets: {method} has {done} of {len(next(iter(runs.values())).tasks)} "
+                         "steps; rerun the compare to finish it")
+    run = runs[method]
+    s = run.summary()
+    out: dict = {"method": method, "tasks": run.tasks, "acc": s["acc"], "bwt": s["bwt"], "fwt": s["fwt"],
+                 "accepted_steps": sum(bool(st.accepted) for st in run.steps), "steps": len(run.steps),
+                 "gate_counts": s.get("gate_counts"), "redundancy": run.meta.get("redundancy"),
+                 "final_context_tokens": run.meta.get("final_context_tokens")}
+    if "static" in runs and runs["static"].complete:
+        static = runs["static"]
+        out["static_acc"] = acc(static.R)
+        out["over_static"] = round(out["acc"] - out["static_acc"], 4)
+        n = len(run.tasks)
+        out["damage_before_arrival"] = [
+            {"after_step": i + 1, "task": run.tasks[j], "ctxopt": run.R[i][j], "static": static.R[i][j]}
+            for i in range(n) for j in range(i + 1, n) if run.R[i][j] < static.R[i][j] - 1e-9]
+    peers = {m: acc(r.R) for m, r in runs.items() if m in PEERS and r.complete}
+    if peers:
+        best = max(peers, key=peers.__getitem__)
+        out["peers"] = peers
+        out["over_best_peer"] = {"peer": best, "delta": round(out["acc"] - peers[best], 4)}
+    if aware and method in aware and aware[method].complete:
+        out["task_aware_acc"] = acc(aware[method].R)
+        out["vs_task_aware"] = round(out["acc"] - out["task_aware_acc"], 4)
+    return out
+
+
+def _print(name: str, t: dict) -> None:
+    print(f"{name}: {t['method']} ACC {t['acc']:.3f}  BWT {t['bwt']:+.3f}  FWT {t['fwt']:+.3f}  "
+          f"accepted {t['accepted_steps']}/{t['steps']}  final C {t['final_context_tokens']} tokens")
+    if t.get("gate_counts"):
+        g = t["gate_counts"]
+        print(f"  gate (first decision): {g['accepted']} accepted, {g['rejected']} rejected, {g['undecided']} undecided")
+    if "static_acc" in t:
+        print(f"  static ACC {t['static_acc']:.3f}  (ctxopt {t['over_static']:+.3f})")
+        bad = t["damage_before_arrival"]
+        print(f"  unseen-task cells below static before arrival: {len(bad)}"
+              + "".join(f"\n    after step {d['after_step']}: {d['task']} {d['ctxopt']:.2f} < {d['static']:.2f}"
+                        for d in bad[:10]))
+    if "over_best_peer" in t:
+        b = t["over_best_peer"]
+        print(f"  best continual peer {b['peer']} ACC {t['peers'][b['peer']]:.3f}  (ctxopt {b['delta']:+.3f})")
+    if "task_aware_acc" in t:
+        print(f"  task-aware ctxopt ACC {t['task_aware_acc']:.3f}  (task-agnostic {t['vs_task_aware']:+.3f})")
+    r = t.get("redundancy") or {}
+    if r:
+        print(f"  final C: {r['items']} items, {r['near_duplicates']} near-duplicate pairs "
+              f"(similarity ≥ {r['threshold']}), {r['contradictions']} contradictions")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--aware", type=Path, help="task-aware compare results (JSON or run dir) to compare ACC with")
+    ap.add_argument("--name", help="name of the JSON written (default: the run dir's name)")
+    args = ap.parse_args(argv)
+    if not (args.run_dir / "results.json").is_file():
+        ap.error(f"{args.run_dir}: no results.json (not a compare run directory)")
+    t = targets(_runs(args.run_dir), _runs(args.aware) if args.aware else None)
+    name = args.name or args.run_dir.name
+    _print(name, t)
+    out = ROOT / "experiments" / "results" / f"agnostic_{name}.json"
+    out.write_text(json.dumps(t, indent=1) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
