@@ -260,13 +260,14 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
 
 
 RETRIEVAL_CHOICES: dict[str, tuple[float, ...]] = {"k_demos": (2, 4, 8), "k_items": (1, 3, 6),
-                                                   "min_score": (0.0, 0.25, 0.4, 0.55)}
+                                                   "min_score": (0.0, 0.3, 0.5, 0.7, 0.85)}
 """The values the search may choose for each retrieval setting (bounded, so prompts stay bounded).
 
 ``min_score`` lets a step trade recall for isolation: with a threshold, an input unlike
 every key of a memory entry sees none of it, so one task's lessons stop reaching other
 tasks' inputs (the first steps of ii-8 task-agnostic, where a small memory was retrieved
-for every input)."""
+for every input). The values span what all-MiniLM-L6-v2 gives between tasks: about 0.1–0.35
+between different ii-8 tasks' inputs, 0.5–0.9 between bAbI stories of different tasks."""
 
 
 def setting_proposals(context: LearnedContext, predictor: str, selector: RetrievalSelector, *,
@@ -292,7 +293,7 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
         >>> items = tuple(Item(id=f"r-{i}", text=f"Rule {i}.") for i in range(2))
         >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=items, demos=demos)})
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]
-        ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1', 'min_score=0.25', 'min_score=0.4', 'min_score=0.55']
+        ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1', 'min_score=0.3', 'min_score=0.5', 'min_score=0.7', 'min_score=0.85']
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"), threshold=False)]
         ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1']
     """
