@@ -19,6 +19,11 @@ the contexts still to score are split between them (worker i scores at most
 its share), so the study never holds more than ``n_trials`` distinct contexts. TPE then sees other workers'
 running trials (``constant_liar``), so the decisions are no longer
 bit-identical to one worker's; one worker (the default) stays deterministic.
+
+**Parsimony.** Among equal scores the best has the fewest proposals, and after
+the trials each proposal of the best combination is switched off in turn (last
+first) and dropped if the combination scores as well without it. A bundle of
+near-identical rules, where one would do, so lands as one.
 Budget: each worker may spend 1/N of what the search may spend when the
 workers start (``objective.share(N)``); afterwards the parent charges every
 distinct context in the study once, exactly as a resumed search does, so a
@@ -126,12 +131,15 @@ class EditSearch:
         seed: the sampler seed.
         n_trials: finished trials per study, seeded points included.
         workers: processes that run ask/tell on the study at once (more than one needs a database server).
+        prune: after the trials, drop from the best combination every proposal it scores as well without
+            (one extra candidate per chosen proposal at most): the smaller context wins ties.
     """
 
     storage: str | None
     seed: int = 0
     n_trials: int = 8
     workers: int = 1
+    prune: bool = True
 
     def __post_init__(self) -> None:
         check_workers(self.workers, self.storage)
@@ -214,9 +222,10 @@ class EditSearch:
             record(len(study.trials) - 1, params, value, ctx, on)
             done_params.append(params)
 
-        def distinct() -> dict[str | None, float]:
+        def distinct(prunes: bool = True) -> dict[str | None, float]:
             """Value of every distinct context evaluated so far (conflicting params share ``None``)."""
-            return {t.user_attrs.get("context_hash"): t.value for t in finished()}
+            return {t.user_attrs.get("context_hash"): t.value for t in finished()
+                    if prunes or not t.user_attrs.get("prune")}
 
         if self.workers > 1 and not stopped:
             before = {t.number for t in finished()}
@@ -231,7 +240,7 @@ class EditSearch:
         # TPE may suggest a combination it has already scored: answer it from the study and ask again
         # (no evaluation, no budget), so n_trials counts distinct contexts; asks are capped.
         asks = 0
-        while self.workers == 1 and not stopped and len(distinct()) < self.n_trials and asks < 4 * self.n_trials:
+        while self.workers == 1 and not stopped and len(distinct(False)) < self.n_trials and asks < 4 * self.n_trials:
             asks += 1
             n_done = len(finished())
             study.sampler = optuna.samplers.TPESampler(seed=self.seed * 7919 + n_done, n_startup_trials=3)
@@ -254,13 +263,47 @@ class EditSearch:
             study.tell(trial, value)
             record(trial.number, params, value, ctx, on)
 
-        complete = [t for t in finished() if t.value is not None and t.value != FAILED]
-        if not complete:
+        def best() -> optuna.trial.FrozenTrial | None:
+            """Best value; ties go to fewer proposals, then to the earlier trial."""
+            complete = [t for t in finished() if t.value is not None and t.value != FAILED]
+            return max(complete, key=lambda t: (t.value, -len(chosen(proposals, t.params)), -t.number), default=None)
+
+        top = best()
+        if top is None:
             return SearchResult(base, FAILED, [], records, stopped)
-        # Best value; ties go to fewer proposals, then to the earlier trial.
-        best = max(complete, key=lambda t: (t.value, -len(chosen(proposals, t.params)), -t.number))
-        ctx, on = build(best.params)
-        return SearchResult(ctx or base, float(best.value), on, records, stopped)
+        if self.prune and not stopped:
+            stopped = self._prune(study, space, proposals, top, build, objective, distinct, record)
+            top = best()
+        ctx, on = build(top.params)
+        return SearchResult(ctx or base, float(top.value), on, records, stopped)
+
+    def _prune(self, study: optuna.Study, space: dict, proposals: Sequence[Proposal], top: optuna.trial.FrozenTrial,
+               build: Callable, objective: Objective, distinct: Callable, record: Callable) -> bool:
+        """Parsimony: switch off the best combination's proposals one at a time, last first, keeping each
+        drop that scores at least as well (so the best's tie-break, fewer proposals, takes the smaller one).
+
+        Each candidate is a trial of the study (``prune`` user attr), so a resumed search re-reads it
+        instead of scoring it again. Returns True if the budget refused a candidate.
+        """
+        params, value = dict(top.params), float(top.value)
+        for p in reversed(chosen(proposals, params)):
+            trial_params = {**params, _param(p): NONE if p.group else False}
+            ctx, on = build(trial_params)
+            if ctx is None:
+                continue  # another chosen proposal edits what this one adds
+            known = distinct()
+            if ctx.hash in known:
+                score = known[ctx.hash]
+            else:
+                score = objective(ctx)
+                if score is None:
+                    return True
+                study.add_trial(create_trial(params=trial_params, distributions=space, value=score,
+                                             user_attrs={"prune": True, "context_hash": ctx.hash}))
+                record(len(study.trials) - 1, trial_params, score, ctx, on)
+            if score is not None and score >= value:
+                params, value = trial_params, score
+        return False
 
     def _in_workers(self, study_name: str, space: dict, build: Callable, objective: Objective) -> bool:
         """Run the TPE trials in ``workers`` forked processes on the shared study; True if the budget stopped one.

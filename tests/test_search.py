@@ -53,3 +53,46 @@ def test_search_is_deterministic_and_resumes_to_the_same_answer(tmp_path):
                     on_resumed=lambda ctx: evaluated.setdefault(ctx.hash, ctx))
     assert resumed.best.hash == first.best.hash
     assert len(evaluated) >= 3  # the finished contexts of the first process are reported for charging
+
+
+def test_parsimony_drops_chosen_proposals_the_best_scores_as_well_without(tmp_path):
+    # Three paraphrases of one rule: any of them alone gives the whole gain.
+    props = [Proposal(name, (AddItem("p", text),), "test") for name, text in
+             (("one-word", "Answer with one word."), ("single", "Give a single word."), ("short", "One word only."))]
+
+    def objective(ctx, calls):
+        calls.append(ctx.hash)
+        return 1.0 if ctx.items("p") else 0.0
+
+    calls: list = []
+    plain = EditSearch(EditSearch.sqlite_url(tmp_path / "plain"), n_trials=2, prune=False)
+    bundled = plain.run("s", BASE, props, lambda c: objective(c, calls), step=1, task="t")
+    assert len(bundled.best_proposals) == 3  # two trials: nothing, and everything on
+
+    calls = []
+    search = EditSearch(EditSearch.sqlite_url(tmp_path / "pruned"), n_trials=2)
+    result = search.run("s", BASE, props, lambda c: objective(c, calls), step=1, task="t")
+    assert [p.name for p in result.best_proposals] == ["one-word"] and result.best_value == 1.0
+    assert len(calls) == len(set(calls)) == 2 + 2  # one per chosen proposal; the last is the unedited context
+    # A rerun re-reads the pruning candidates from the study: nothing is scored again.
+    again: list = []
+    rerun = search.run("s", BASE, props, lambda c: objective(c, again), step=1, task="t")
+    assert again == [] and rerun.best.hash == result.best.hash
+
+
+def test_parsimony_keeps_a_proposal_that_helps_and_stops_when_the_budget_refuses(tmp_path):
+    calls: list = []
+    result = EditSearch(EditSearch.sqlite_url(tmp_path / "a"), n_trials=2).run(
+        "s", BASE, _props()[:1] + _props()[2:], _objective(calls), step=1, task="t")
+    assert [p.name for p in result.best_proposals] == ["good", "meh"]  # each adds to the score
+    seen: list = []
+
+    def refuse_after_two(ctx):
+        if len(seen) == 2:
+            return None
+        seen.append(ctx.hash)
+        return _objective([])(ctx)
+
+    cut = EditSearch(EditSearch.sqlite_url(tmp_path / "b"), n_trials=2).run(
+        "s", BASE, _props()[:1] + _props()[2:], refuse_after_two, step=1, task="t")
+    assert cut.stopped_by_budget and [p.name for p in cut.best_proposals] == ["good", "meh"]
