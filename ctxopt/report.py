@@ -307,10 +307,12 @@ def _method_section(run: RunResult) -> str:
         parts.append(f"<p>{html.escape(gate_summary(run).capitalize())}.</p>")
     red = run.meta.get("redundancy")
     if red:
+        para = (f", {red['paraphrases']} paraphrase pair(s) (similarity ≥ {red['merge_threshold']})"
+                if "paraphrases" in red else "")
         parts.append(f"<p>Redundancy of the final context: {red['near_duplicates']} near-duplicate and "
                      f"{red['contradictions']} contradicting pair(s) among {red['pairs']} item pairs in overlapping "
                      f"scopes ({red['items']} items; {html.escape(str(red['similarity']))} similarity ≥ "
-                     f"{red['threshold']}).</p>")
+                     f"{red['threshold']}){para}.</p>")
     hits = [(st.step, st.task, st.extra["retrieval_hits"]) for st in run.steps if st.extra.get("retrieval_hits")]
     if hits:
         rows = [[f"after {task} (step {step})", *(_fmt(h.get(t)) for t in run.tasks)] for step, task, h in hits]

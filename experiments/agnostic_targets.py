@@ -90,8 +90,9 @@ def _print(name: str, t: dict) -> None:
         print(f"  task-aware ctxopt ACC {t['task_aware_acc']:.3f}  (task-agnostic {t['vs_task_aware']:+.3f})")
     r = t.get("redundancy") or {}
     if r:
+        para = f", {r['paraphrases']} paraphrase pairs (≥ {r['merge_threshold']})" if "paraphrases" in r else ""
         print(f"  final C: {r['items']} items, {r['near_duplicates']} near-duplicate pairs "
-              f"(similarity ≥ {r['threshold']}), {r['contradictions']} contradictions")
+              f"(similarity ≥ {r['threshold']}){para}, {r['contradictions']} contradictions")
 
 
 def main(argv: list[str] | None = None) -> int:

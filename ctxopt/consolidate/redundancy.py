@@ -3,9 +3,11 @@
 :func:`redundancy` looks at every pair of items of one predictor whose scopes
 overlap (both global, or one global, or the same task): a pair is a
 *near-duplicate* when its similarity reaches the backend's ``dedupe``
-threshold, and a *contradiction* when :func:`lexical_contradiction` finds the
-two disagree. Clean memory has neither; the gate lets redundant bundles through
-as long as val does not drop, so this figure is how a run shows it stayed
+threshold, a *paraphrase* when it reaches the lower ``merge`` threshold (the
+same thing in other words; near-duplicates count here too), and a
+*contradiction* when :func:`lexical_contradiction` finds the two disagree.
+Clean memory has none; the gate lets redundant bundles through as long as
+val does not drop, so this figure is how a run shows it stayed
 refined rather than piled up.
 
 Example:
@@ -16,8 +18,8 @@ Example:
     ...     [AddItem("qa", "Answer with one word."), AddItem("qa", "Answer with one word!"),
     ...      AddItem("qa", "Always use digits."), AddItem("qa", "Never use digits.")])
     >>> r = redundancy(ctx, get_similarity("lexical"))
-    >>> r["pairs"], r["near_duplicates"], r["contradictions"]
-    (6, 1, 1)
+    >>> r["pairs"], r["near_duplicates"], r["paraphrases"], r["contradictions"]
+    (6, 1, 1, 1)
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ def redundancy(context: LearnedContext, similarity: Similarity) -> dict[str, Any
     """Pairs of items in overlapping scopes, how many are near-duplicates or contradict, and the share.
 
     Returns:
-        ``{"items", "pairs", "near_duplicates", "contradictions", "share", "similarity", "threshold"}``;
-        ``share`` is near-duplicate pairs over all pairs (0.0 without pairs).
+        ``{"items", "pairs", "near_duplicates", "paraphrases", "contradictions", "share", "similarity",
+        "threshold", "merge_threshold"}``; ``share`` is near-duplicate pairs over all pairs (0.0 without pairs).
     """
-    items = pairs = dups = contra = 0
+    items = pairs = dups = para = contra = 0
     for pc in context.predictors.values():
         its = list(pc.items)
         items += len(its)
@@ -52,7 +54,8 @@ def redundancy(context: LearnedContext, similarity: Similarity) -> dict[str, Any
                     continue
                 pairs += 1
                 dups += sims[i][j] >= similarity.dedupe
+                para += sims[i][j] >= similarity.merge
                 contra += lexical_contradiction(its[i].text, its[j].text) is not None
-    return {"items": items, "pairs": pairs, "near_duplicates": dups, "contradictions": contra,
+    return {"items": items, "pairs": pairs, "near_duplicates": dups, "paraphrases": para, "contradictions": contra,
             "share": round(dups / pairs, 4) if pairs else 0.0, "similarity": similarity.name,
-            "threshold": similarity.dedupe}
+            "threshold": similarity.dedupe, "merge_threshold": similarity.merge}
