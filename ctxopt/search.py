@@ -406,6 +406,26 @@ def _beaten(study: optuna.Study, number: int, key: str | None) -> bool:
                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 
+def _retried(call: Callable, *args, **kwargs):
+    """``call(*args, **kwargs)``, again after a short wait while the database reports a commit failure.
+
+    Two workers writing the same study at once can make PostgreSQL abort one transaction
+    (optuna raises ``StorageInternalError``); the aborted write left nothing behind, so it is
+    safe to repeat. The last failure is raised.
+    """
+    import time
+
+    attempts = 6
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except optuna.exceptions.StorageInternalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)
+    return None  # pragma: no cover
+
+
 def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space: dict, build: Callable,
               objective: Objective) -> bool:
     study = optuna.load_study(study_name=study_name, storage=search.storage)  # its own connections
@@ -427,29 +447,29 @@ def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space
         n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         study.sampler = optuna.samplers.TPESampler(seed=search.seed * 7919 + n_done + 104729 * (index + 1),
                                                    n_startup_trials=3, constant_liar=True)
-        trial = study.ask(space)
+        trial = _retried(study.ask, space)
         ctx, on = build(dict(trial.params))
         key = ctx.hash if ctx is not None else None
         if key in known:  # scored, or being scored by another worker: not a new context
             if known[key] is None:
-                study.tell(trial, state=TrialState.FAIL)
+                _retried(study.tell, trial, state=TrialState.FAIL)
             else:
                 trial.set_user_attr("context_hash", key)
                 trial.set_user_attr("repeat", True)
-                study.tell(trial, known[key])
+                _retried(study.tell, trial, known[key])
             continue
         trial.set_user_attr("context_hash", key)  # claim it before scoring
         trial.set_user_attr("worker", index)
         if _beaten(study, trial.number, key):
-            study.tell(trial, state=TrialState.FAIL)
+            _retried(study.tell, trial, state=TrialState.FAIL)
             continue
         value = objective(ctx) if ctx is not None else FAILED
         if value is None:
-            study.tell(trial, state=TrialState.FAIL)
+            _retried(study.tell, trial, state=TrialState.FAIL)
             return True
         if _beaten(study, trial.number, key):  # claimed at the same moment by an earlier trial: keep one copy
-            study.tell(trial, state=TrialState.FAIL)
+            _retried(study.tell, trial, state=TrialState.FAIL)
             continue
-        study.tell(trial, value)
+        _retried(study.tell, trial, value)
         scored += 1
     return False
