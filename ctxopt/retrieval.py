@@ -14,7 +14,8 @@ For one input, the query is the text of its input fields (the ``task`` label
 left out, joined by newlines). Each candidate scores the highest similarity of
 the query to any of its keys (:meth:`ctxopt.similarity.Similarity.scores`).
 The ``k_items`` best items and ``k_demos`` best demos scoring at least
-``min_score`` are kept; ties go to the smaller id, and the kept ones stay in
+``min_score``, and within ``margin`` of the best score of any item or demo
+for this input, are kept; ties go to the smaller id, and the kept ones stay in
 C's order, so the same input always gets the same prompt. With a task label
 (a task-aware call) only items and demos in the task's scope are candidates;
 without one (task-agnostic) retrieval alone decides.
@@ -120,6 +121,9 @@ class RetrievalSelector:
         k_items: How many unpinned items to show at most.
         k_demos: How many demos to show at most.
         min_score: The similarity a retrieved item or demo needs at least.
+        margin: How far below the input's best-matching item or demo a retrieved one may score (1.0: no
+            limit). An absolute threshold cannot serve tasks whose inputs match their own keys weakly
+            and other tasks' keys weaker still; a margin shows each input the memory it matches best.
         max_tokens: A per-call token budget (:func:`~ctxopt.tokens.count_tokens`) for the instruction, the
             pinned items and what is retrieved; the best-scoring hits are kept while they fit. None: no budget.
 
@@ -128,18 +132,19 @@ class RetrievalSelector:
     """
 
     def __init__(self, similarity: str | Similarity = "auto", *, k_items: int = 3, k_demos: int = 4,
-                 min_score: float = 0.0, max_tokens: int | None = None) -> None:
+                 min_score: float = 0.0, margin: float = 1.0, max_tokens: int | None = None) -> None:
         if isinstance(similarity, str):
             check_similarity_name(similarity)
         for name, k in (("k_items", k_items), ("k_demos", k_demos)):
             if not isinstance(k, int) or isinstance(k, bool) or k < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {k!r}")
-        if not 0.0 <= float(min_score) <= 1.0:
-            raise ConfigError(f"min_score must be in [0, 1], got {min_score!r}")
+        for name, x in (("min_score", min_score), ("margin", margin)):
+            if not 0.0 <= float(x) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {x!r}")
         self.similarity = similarity
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise ConfigError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
-        self.k_items, self.k_demos, self.min_score = k_items, k_demos, float(min_score)
+        self.k_items, self.k_demos, self.min_score, self.margin = k_items, k_demos, float(min_score), float(margin)
         self.max_tokens = max_tokens
         self._sim: Similarity | None = None
 
@@ -152,7 +157,7 @@ class RetrievalSelector:
 
     def __repr__(self) -> str:
         return (f"RetrievalSelector({self.similarity!r}, k_items={self.k_items}, k_demos={self.k_demos}, "
-                f"min_score={self.min_score}, max_tokens={self.max_tokens})")
+                f"min_score={self.min_score}, margin={self.margin}, max_tokens={self.max_tokens})")
 
     def explain(self, context: LearnedContext, task: str | None, inputs: Mapping[str, Any]) -> dict[str, Retrieval]:
         """What each predictor shows for this input, and why: the pinned ids and the retrieved hits with scores."""
@@ -168,6 +173,7 @@ class RetrievalSelector:
                 items=self._top(query, [(it.id, _item_keys(it)) for it in archival], k_items, min_score),
                 demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], k_demos, min_score),
             )
+            why = _within_margin(why, float(pc.retrieval_settings().get("margin", self.margin)))
             budget = pc.retrieval_settings().get("max_tokens", self.max_tokens)
             out[name] = why if budget is None else self._within_budget(why, pc, task, int(budget))
         return out
@@ -220,6 +226,16 @@ class RetrievalSelector:
         return tuple(hit for _, hit in sorted(ranked[:k], key=lambda h: h[0]))
 
 
+def _within_margin(why: Retrieval, margin: float) -> Retrieval:
+    """``why`` without the hits scoring more than ``margin`` below its best item or demo."""
+    hits = (*why.items, *why.demos)
+    if margin >= 1.0 or not hits:
+        return why
+    floor = max(h.score for h in hits) - margin
+    return replace(why, items=tuple(h for h in why.items if h.score >= floor),
+                   demos=tuple(h for h in why.demos if h.score >= floor))
+
+
 def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: str | None = None) -> list[Proposal]:
     """``proposals`` rewritten for one memory shared by every input (a retrieving selector).
 
@@ -260,14 +276,17 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
 
 
 RETRIEVAL_CHOICES: dict[str, tuple[float, ...]] = {"k_demos": (2, 4, 8), "k_items": (1, 3, 6),
-                                                   "min_score": (0.0, 0.3, 0.5, 0.7, 0.85)}
+                                                   "min_score": (0.0, 0.3, 0.5, 0.7, 0.85),
+                                                   "margin": (0.05, 0.1, 0.2, 1.0)}
 """The values the search may choose for each retrieval setting (bounded, so prompts stay bounded).
 
 ``min_score`` lets a step trade recall for isolation: with a threshold, an input unlike
 every key of a memory entry sees none of it, so one task's lessons stop reaching other
 tasks' inputs (the first steps of ii-8 task-agnostic, where a small memory was retrieved
 for every input). The values span what all-MiniLM-L6-v2 gives between tasks: about 0.1–0.35
-between different ii-8 tasks' inputs, 0.5–0.9 between bAbI stories of different tasks."""
+between different ii-8 tasks' inputs, 0.5–0.9 between bAbI stories of different tasks.
+``margin`` (1.0: off) keeps only what scores within it of the input's best match, whatever
+the scale."""
 
 
 def setting_proposals(context: LearnedContext, predictor: str, selector: RetrievalSelector, *,
@@ -275,12 +294,12 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
     """Alternatives to the predictor's retrieval settings, one group per setting (``retrieval:k_demos``, …).
 
     Each group offers the other values of :data:`RETRIEVAL_CHOICES` (k larger first, ``min_score``
-    smaller first); the search
+    and ``margin`` smaller first); the search
     may keep the current value (its ``"none"``) or pick one, and the gate judges the result
     on replay like any edit. A chosen value is stored in C (:class:`~ctxopt.edits.SetRetrieval`).
     A group is offered only once the memory holds more entries of its kind than the smallest
     choice: before that no value changes what an input sees, and each extra search dimension
-    costs the search trials. ``min_score`` is offered once anything is retrieved, and only with
+    costs the search trials. ``min_score`` and ``margin`` are offered once anything is retrieved, and only with
     ``threshold`` (the optimizer passes it when earlier tasks are replayed: a threshold can only
     cost the current task, and shows its worth on the others).
 
@@ -292,8 +311,9 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
         >>> demos = tuple(Demo(inputs={"q": str(i)}, outputs={"a": str(i)}) for i in range(3))
         >>> items = tuple(Item(id=f"r-{i}", text=f"Rule {i}.") for i in range(2))
         >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=items, demos=demos)})
-        >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]
-        ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1', 'min_score=0.3', 'min_score=0.5', 'min_score=0.7', 'min_score=0.85']
+        >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]  # doctest: +NORMALIZE_WHITESPACE
+        ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1', 'min_score=0.3', 'min_score=0.5', 'min_score=0.7',
+         'min_score=0.85', 'margin=0.05', 'margin=0.1', 'margin=0.2']
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"), threshold=False)]
         ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1']
     """
@@ -307,8 +327,10 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
         for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}, reverse=True):
             out.append(_setting(predictor, setting, current, int(value)))
     if threshold and held["k_demos"] + held["k_items"]:  # a threshold matters as soon as anything is retrieved
-        for value in sorted(set(RETRIEVAL_CHOICES["min_score"]) - {min_score}):
-            out.append(_setting(predictor, "min_score", min_score, value))
+        margin = float(pc.retrieval_settings().get("margin", selector.margin))
+        for setting, current in (("min_score", min_score), ("margin", margin)):
+            for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}):
+                out.append(_setting(predictor, setting, current, value))
     return out
 
 

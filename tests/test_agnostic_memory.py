@@ -177,3 +177,26 @@ def test_a_learned_token_budget_caps_what_is_retrieved():
     capped = base.apply_edits([SetRetrieval("predict", "max_tokens", one)])
     assert capped.predictor("predict").to_dict()["retrieval"] == {"max_tokens": one}
     assert 1 <= len(selector.select(capped, None, {"input": "word1"}).predictor("predict").demos) < 4
+
+
+def test_a_learned_margin_shows_each_input_only_the_memory_it_matches_best():
+    from ctxopt.context import Demo
+    from ctxopt.edits import AddDemo, SetRetrieval
+
+    # One task's inputs are single words, the other's are sentences; every similarity is weak.
+    word = Item(id="r-letter", text="Answer with the first letter.", keys=("album", "budget"))
+    base = LearnedContext({"predict": PredictorContext("Answer.", items=(word,))}).apply_edits(
+        [AddDemo("predict", Demo(inputs={"input": "the film was a delight from start to end"},
+                                 outputs={"output": "positive"}))])
+    selector = RetrievalSelector("lexical")
+    sentence = {"input": "the film was dull from start to end"}
+
+    def shown(ctx, inputs):
+        pc = selector.select(ctx, None, inputs).predictor("predict")
+        return [it.id for it in pc.items], len(pc.demos)
+
+    assert shown(base, sentence) == (["r-letter"], 1)  # no margin: the word task's rule reaches sentences
+    narrow = base.apply_edits([SetRetrieval("predict", "margin", 0.1)])
+    assert shown(narrow, sentence) == ([], 1)
+    assert shown(narrow, {"input": "album"}) == (["r-letter"], 0)
+    assert "margin=0.1" in repr(RetrievalSelector("lexical", margin=0.1))

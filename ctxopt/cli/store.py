@@ -188,7 +188,9 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
     else:
         k_items, k_demos, min_score = selector.settings(pc)
         learned = " learned" if pc.retrieval else ""
-        _out(f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g})")
+        margin = float(pc.retrieval_settings().get("margin", selector.margin))
+        _out(f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g}"
+             + (f", margin {margin:g})" if margin < 1 else ")"))
         items = {it.id: it for it in pc.items}
         for item_id in why.pinned:
             _out(f"  pinned      {item_id} {_clip(items[item_id].text)}")
