@@ -197,11 +197,15 @@ class EditSearch:
                 on_trial(rec)
 
         stopped = False
-        # Seeded points, most informative first: the unedited context, every switch on, the first
+        # Seeded points, most informative first: the unedited context, every switch on (but those that
+        # conflict with an earlier one), the first
         # alternative of each group alone, then both together. They take at most half the trials.
         groups = sorted({p.group for p in proposals if p.group})
         unedited = {k: (NONE if k in groups else False) for k in space}
-        all_on = {**unedited, **{_param(p): True for p in proposals if not p.group}}
+        all_on = dict(unedited)
+        for p in proposals:  # every switch on that applies with the ones before it (conflicts stay off)
+            if not p.group and build({**all_on, _param(p): True})[0] is not None:
+                all_on[_param(p)] = True
         firsts = {g: next(p.name for p in proposals if p.group == g) for g in groups}
         seeds: list[dict] = []
         for params in (unedited, all_on, {**unedited, **firsts}, {**all_on, **firsts}):

@@ -96,3 +96,18 @@ def test_parsimony_keeps_a_proposal_that_helps_and_stops_when_the_budget_refuses
     cut = EditSearch(EditSearch.sqlite_url(tmp_path / "b"), n_trials=2).run(
         "s", BASE, _props()[:1] + _props()[2:], refuse_after_two, step=1, task="t")
     assert cut.stopped_by_budget and [p.name for p in cut.best_proposals] == ["good", "meh"]
+
+
+def test_the_every_switch_on_seed_leaves_out_a_proposal_that_conflicts_with_an_earlier_one(tmp_path):
+    from ctxopt.context import Item
+    from ctxopt.edits import DeleteItem
+
+    base = LearnedContext({"p": PredictorContext("Answer.", items=(Item(id="r-old", text="Say it somehow."),))})
+    props = [Proposal("drop-a", (DeleteItem("p", "r-old"),), "test"),
+             Proposal("drop-b", (DeleteItem("p", "r-old"),), "test"),  # cannot apply after drop-a
+             Proposal("good", (AddItem("p", GOOD),), "test")]
+    calls: list = []
+    result = EditSearch(EditSearch.sqlite_url(tmp_path), n_trials=2).run(
+        "s", base, props, _objective(calls), step=1, task="t")
+    # Two trials: the unedited context (0.1), and drop-a + good (1.0); parsimony then keeps good alone.
+    assert [p.name for p in result.best_proposals] == ["good"] and result.best_value == 1.1
