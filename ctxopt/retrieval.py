@@ -122,8 +122,10 @@ class RetrievalSelector:
         k_demos: How many demos to show at most.
         min_score: The similarity a retrieved item or demo needs at least.
         margin: How far below the input's best-matching item or demo a retrieved one may score (1.0: no
-            limit). An absolute threshold cannot serve tasks whose inputs match their own keys weakly
-            and other tasks' keys weaker still; a margin shows each input the memory it matches best.
+            limit; the default 0.1 keeps apart the tasks of the built-in streams whose inputs differ,
+            ``experiments/task_separability.py``). An absolute threshold cannot serve tasks whose inputs
+            match their own keys weakly and other tasks' keys weaker still; a margin shows each input the
+            memory it matches best.
         max_tokens: A per-call token budget (:func:`~ctxopt.tokens.count_tokens`) for the instruction, the
             pinned items and what is retrieved; the best-scoring hits are kept while they fit. None: no budget.
 
@@ -132,7 +134,7 @@ class RetrievalSelector:
     """
 
     def __init__(self, similarity: str | Similarity = "auto", *, k_items: int = 3, k_demos: int = 4,
-                 min_score: float = 0.0, margin: float = 1.0, max_tokens: int | None = None) -> None:
+                 min_score: float = 0.0, margin: float = 0.1, max_tokens: int | None = None) -> None:
         if isinstance(similarity, str):
             check_similarity_name(similarity)
         for name, k in (("k_items", k_items), ("k_demos", k_demos)):
@@ -285,8 +287,8 @@ every key of a memory entry sees none of it, so one task's lessons stop reaching
 tasks' inputs (the first steps of ii-8 task-agnostic, where a small memory was retrieved
 for every input). The values span what all-MiniLM-L6-v2 gives between tasks: about 0.1–0.35
 between different ii-8 tasks' inputs, 0.5–0.9 between bAbI stories of different tasks.
-``margin`` (1.0: off) keeps only what scores within it of the input's best match, whatever
-the scale."""
+``margin`` (1.0: off; 0.1 unless C says otherwise) keeps only what scores within it of the
+input's best match, whatever the scale."""
 
 
 def setting_proposals(context: LearnedContext, predictor: str, selector: RetrievalSelector, *,
@@ -313,7 +315,7 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
         >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=items, demos=demos)})
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"))]  # doctest: +NORMALIZE_WHITESPACE
         ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1', 'min_score=0.3', 'min_score=0.5', 'min_score=0.7',
-         'min_score=0.85', 'margin=0.05', 'margin=0.1', 'margin=0.2']
+         'min_score=0.85', 'margin=0.05', 'margin=0.2', 'margin=1']
         >>> [p.name for p in setting_proposals(ctx, "p", RetrievalSelector("lexical"), threshold=False)]
         ['k_demos=8', 'k_demos=2', 'k_items=6', 'k_items=1']
     """

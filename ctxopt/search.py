@@ -206,7 +206,13 @@ class EditSearch:
         for p in proposals:  # every switch on that applies with the ones before it (conflicts stay off)
             if not p.group and build({**all_on, _param(p): True})[0] is not None:
                 all_on[_param(p)] = True
-        firsts = {g: next(p.name for p in proposals if p.group == g) for g in groups}
+        # Groups of content (demo sets, where a rule goes) seed their first alternative; groups of
+        # settings (source "retrieval") are left to TPE: one seed holding every setting's first value
+        # (k 6, min_score 0.3, …) would judge the content by settings nobody chose.
+        firsts: dict[str, str] = {}
+        for p in proposals:
+            if p.group and p.source != "retrieval":
+                firsts.setdefault(p.group, p.name)
         seeds: list[dict] = []
         for params in (unedited, all_on, {**unedited, **firsts}, {**all_on, **firsts}):
             if params not in seeds:

@@ -118,7 +118,7 @@ def test_learned_retrieval_settings_change_what_the_selector_shows():
 
     demos = [AddDemo("predict", Demo(inputs={"input": f"word{i}"}, outputs={"output": f"w{i}"})) for i in range(6)]
     base = LearnedContext({"predict": PredictorContext("Answer.")}).apply_edits(demos)
-    selector = RetrievalSelector("lexical", k_demos=2)
+    selector = RetrievalSelector("lexical", k_demos=2, margin=1.0)
     assert len(selector.select(base, None, {"input": "word3"}).predictor("predict").demos) == 2
     more = base.apply_edits([SetRetrieval("predict", "k_demos", 4)])
     assert len(selector.select(more, None, {"input": "word3"}).predictor("predict").demos) == 4
@@ -171,7 +171,7 @@ def test_a_learned_token_budget_caps_what_is_retrieved():
 
     demos = [AddDemo("predict", Demo(inputs={"input": f"word{i} " * 10}, outputs={"output": f"w{i}"})) for i in range(4)]
     base = LearnedContext({"predict": PredictorContext("Answer.")}).apply_edits(demos)
-    selector = RetrievalSelector("lexical", k_demos=4)
+    selector = RetrievalSelector("lexical", k_demos=4, margin=1.0)
     assert len(selector.select(base, None, {"input": "word1"}).predictor("predict").demos) == 4
     one = count_tokens("Answer.") + 40  # room for about one demo
     capped = base.apply_edits([SetRetrieval("predict", "max_tokens", one)])
@@ -188,7 +188,7 @@ def test_a_learned_margin_shows_each_input_only_the_memory_it_matches_best():
     base = LearnedContext({"predict": PredictorContext("Answer.", items=(word,))}).apply_edits(
         [AddDemo("predict", Demo(inputs={"input": "the film was a delight from start to end"},
                                  outputs={"output": "positive"}))])
-    selector = RetrievalSelector("lexical")
+    selector = RetrievalSelector("lexical", margin=1.0)
     sentence = {"input": "the film was dull from start to end"}
 
     def shown(ctx, inputs):

@@ -46,7 +46,7 @@ def shown(ctx: LearnedContext) -> tuple[list[str], list[str]]:
 
 
 def test_retrieval_picks_the_relevant_item_and_demos_for_each_input():
-    sel = RetrievalSelector(LexicalSimilarity(), k_items=1, k_demos=2)
+    sel = RetrievalSelector(LexicalSimilarity(), k_items=1, k_demos=2, margin=1.0)
     assert isinstance(sel, ContextSelector)
     items, demos = shown(sel.select(MEMORY, None, {"input": "plural of mouse"}))
     assert items == ["Answer with one word.", "Add s or es to form the plural."]
@@ -274,10 +274,10 @@ def test_a_per_call_token_budget_keeps_the_best_hits_that_fit():
         Item(id="r-long", text=long_rule, keys=("reverse the word apple",)),
         Item(id="r-short", text="Reverse it.", keys=("reverse the word",)),
     ))})
-    unbounded = RetrievalSelector("lexical", k_items=2).select(ctx, None, {"input": "reverse the word apple"})
+    unbounded = RetrievalSelector("lexical", k_items=2, margin=1.0).select(ctx, None, {"input": "reverse the word apple"})
     assert [it.id for it in unbounded.items("p")] == ["r-long", "r-short"]
     budget = count_tokens("Answer.") + count_tokens("Reverse it.") + 5
-    bounded = RetrievalSelector("lexical", k_items=2, max_tokens=budget)
+    bounded = RetrievalSelector("lexical", k_items=2, max_tokens=budget, margin=1.0)
     assert [it.id for it in bounded.select(ctx, None, {"input": "reverse the word apple"}).items("p")] == ["r-short"]
 
 
