@@ -170,7 +170,7 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
     inputs[field] = args.for_input
     if args.selector == "retrieval":
         selector: Any = RetrievalSelector(args.similarity, k_items=args.k_items, k_demos=args.k_demos,
-                                          min_score=args.min_score)
+                                          min_score=args.min_score, margin=args.margin)
     else:
         selector = ScopeSelector()
     messages = prompt_messages(program, ctx, inputs, predictor=name, task=args.task, selector=selector)
@@ -324,6 +324,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="demos retrieved per input (default 4; C's learned settings win)")
     p.add_argument("--min-score", type=float, default=0.0, metavar="S",
                    help="similarity a retrieved item or demo needs (default 0)")
+    p.add_argument("--margin", type=float, default=0.1, metavar="M",
+                   help="how far below the input's best match a retrieved one may score (default 0.1; 1: no limit)")
     p.add_argument("--stream", default=None, metavar="SPEC",
                    help="with --for-input: the stream the program is built for (default: the one the store recorded)")
     p.add_argument("--program", default="builtin", metavar="SPEC",
