@@ -175,7 +175,7 @@ class RetrievalSelector:
                 items=self._top(query, [(it.id, _item_keys(it)) for it in archival], k_items, min_score),
                 demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], k_demos, min_score),
             )
-            why = _within_margin(why, float(pc.retrieval_settings().get("margin", self.margin)))
+            why = _within_margin(why, self.margin_for(pc))
             budget = pc.retrieval_settings().get("max_tokens", self.max_tokens)
             out[name] = why if budget is None else self._within_budget(why, pc, task, int(budget))
         return out
@@ -212,6 +212,10 @@ class RetrievalSelector:
         learned = pc.retrieval_settings()
         return (int(learned.get("k_items", self.k_items)), int(learned.get("k_demos", self.k_demos)),
                 float(learned.get("min_score", self.min_score)))
+
+    def margin_for(self, pc: PredictorContext) -> float:
+        """The predictor's ``margin``: its learned one (C's versioned state), else this selector's."""
+        return float(pc.retrieval_settings().get("margin", self.margin))
 
     def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...]]], k: int,
              min_score: float) -> tuple[Hit, ...]:
@@ -329,7 +333,7 @@ def setting_proposals(context: LearnedContext, predictor: str, selector: Retriev
         for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}, reverse=True):
             out.append(_setting(predictor, setting, current, int(value)))
     if threshold and held["k_demos"] + held["k_items"]:  # a threshold matters as soon as anything is retrieved
-        margin = float(pc.retrieval_settings().get("margin", selector.margin))
+        margin = selector.margin_for(pc)
         for setting, current in (("min_score", min_score), ("margin", margin)):
             for value in sorted(set(RETRIEVAL_CHOICES[setting]) - {current}):
                 out.append(_setting(predictor, setting, current, value))

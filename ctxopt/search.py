@@ -311,7 +311,7 @@ class EditSearch:
                 study.add_trial(create_trial(params=trial_params, distributions=space, value=score,
                                              user_attrs={"prune": True, "context_hash": ctx.hash}))
                 record(len(study.trials) - 1, trial_params, score, ctx, on)
-            if score is not None and score >= value:
+            if score >= value:
                 params, value = trial_params, score
         return False
 
@@ -425,15 +425,12 @@ def _retried(call: Callable, *args, **kwargs):
     """
     import time
 
-    attempts = 6
-    for attempt in range(attempts):
+    for attempt in range(5):
         try:
             return call(*args, **kwargs)
         except optuna.exceptions.StorageInternalError:
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.05 * 2 ** attempt)
-    return None  # pragma: no cover
+    return call(*args, **kwargs)  # the sixth and last attempt raises what it meets
 
 
 def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space: dict, build: Callable,

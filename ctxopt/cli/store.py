@@ -188,7 +188,7 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
     else:
         k_items, k_demos, min_score = selector.settings(pc)
         learned = " learned" if pc.retrieval else ""
-        margin = float(pc.retrieval_settings().get("margin", selector.margin))
+        margin = selector.margin_for(pc)
         _out(f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g}"
              + (f", margin {margin:g})" if margin < 1 else ")"))
         items = {it.id: it for it in pc.items}
