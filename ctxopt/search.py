@@ -160,8 +160,8 @@ class EditSearch:
         context charges a resumed search exactly like a fresh one.
         """
         space = search_space(proposals)
-        study = optuna.create_study(study_name=study_name, storage=self.storage, direction="maximize",
-                                    load_if_exists=True)
+        study = optuna.create_study(study_name=study_name, storage=open_storage(self.storage),
+                                    direction="maximize", load_if_exists=True)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             study.tell(t.number, state=TrialState.FAIL)  # left behind by a killed process
 
@@ -327,7 +327,7 @@ class EditSearch:
 
         fork = multiprocessing.get_context("fork")
         part = objective.share(self.workers) if hasattr(objective, "share") else objective
-        study = optuna.load_study(study_name=study_name, storage=self.storage)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(self.storage))
         left = self.n_trials - len({t.user_attrs.get("context_hash")
                                     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))})
         procs, pipes = [], []
@@ -361,6 +361,21 @@ class EditSearch:
             if msg.get("error") is not None:
                 raise msg["error"]
         return any(msg["stopped"] for msg in messages)
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage | str | None:
+    """The Optuna storage for ``url``: a database server's without a connection pool.
+
+    A pooled engine keeps idle connections open until it is garbage-collected, and a forked worker
+    inherits its parent's; over many steps and workers that exhausts the server's ``max_connections``.
+    Without a pool each storage call opens and closes its own connection (milliseconds, against seconds
+    per scored context). SQLite files and in-memory studies are left as Optuna opens them.
+    """
+    if url is None or url.startswith("sqlite"):
+        return url
+    from sqlalchemy.pool import NullPool
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
 
 
 def check_workers(workers: int, storage: str | None) -> None:
@@ -435,7 +450,7 @@ def _retried(call: Callable, *args, **kwargs):
 
 def _ask_tell(search: EditSearch, index: int, quota: int, study_name: str, space: dict, build: Callable,
               objective: Objective) -> bool:
-    study = optuna.load_study(study_name=study_name, storage=search.storage)  # its own connections
+    study = optuna.load_study(study_name=study_name, storage=open_storage(search.storage))  # its own connections
 
     def claimed() -> dict[str | None, float | None]:
         """Every distinct context finished or being scored by some worker (None: not scored yet)."""

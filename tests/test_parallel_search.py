@@ -12,7 +12,7 @@ from ctxopt.budget import get_budget
 from ctxopt.errors import ConfigError
 from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
-from ctxopt.search import EditSearch
+from ctxopt.search import EditSearch, open_storage
 from ctxopt.store import Store
 from tests.pg import postgres_url  # noqa: F401 - the fixture
 from tests.toy import reflection_lm, task_lm, toy_stream
@@ -31,7 +31,7 @@ def _fit(tmp_path, name, **kw):
 
 
 def _studies(url):
-    return {s.study_name: s for s in optuna.get_all_study_summaries(storage=url)}
+    return {s.study_name: s for s in optuna.get_all_study_summaries(storage=open_storage(url))}
 
 
 def test_two_workers_search_one_study_in_postgres_and_every_call_is_counted(tmp_path, postgres_url):  # noqa: F811
@@ -42,7 +42,7 @@ def test_two_workers_search_one_study_in_postgres_and_every_call_is_counted(tmp_
     assert len(mine) == 2 and len({n.split("/")[0] for n in mine}) == 1  # one run key, one study per step
     workers = set()
     for name in mine:
-        study = optuna.load_study(study_name=name, storage=postgres_url)
+        study = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
         done = study.get_trials(states=(TrialState.COMPLETE,))
         assert len({t.user_attrs.get("context_hash") for t in done if not t.user_attrs.get("prune")}) <= BUDGET["n_trials"]
         workers |= {t.user_attrs["worker"] for t in done if "worker" in t.user_attrs}
@@ -106,7 +106,7 @@ def test_workers_keep_to_n_trials_and_find_the_best(postgres_url):  # noqa: F811
 
     result = EditSearch(postgres_url, seed=0, n_trials=10, workers=2).run("unit-best", base, props, objective,
                                                                           step=1, task="t")
-    study = optuna.load_study(study_name="unit-best", storage=postgres_url)
+    study = optuna.load_study(study_name="unit-best", storage=open_storage(postgres_url))
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len({t.user_attrs["context_hash"] for t in done if not t.user_attrs.get("prune")}) == 10
     assert {t.user_attrs["worker"] for t in done if "worker" in t.user_attrs} == {0, 1}
@@ -151,12 +151,12 @@ def test_a_parallel_search_cut_short_resumes_and_reports_each_finished_context_o
     first = EditSearch(postgres_url, seed=0, n_trials=9, workers=2).run("unit-resume", base, props, stingy,
                                                                         step=1, task="t")
     assert first.stopped_by_budget
-    study = optuna.load_study(study_name="unit-resume", storage=postgres_url)
+    study = optuna.load_study(study_name="unit-resume", storage=open_storage(postgres_url))
     assert {t.user_attrs.get("worker") for t in study.get_trials(states=(TrialState.COMPLETE,))} >= {0, 1}
     reported: list[str] = []
     resumed = EditSearch(postgres_url, seed=0, n_trials=9, workers=2).run(
         "unit-resume", base, props, score, step=1, task="t", on_resumed=lambda ctx: reported.append(ctx.hash))
-    study = optuna.load_study(study_name="unit-resume", storage=postgres_url)
+    study = optuna.load_study(study_name="unit-resume", storage=open_storage(postgres_url))
     done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     hashes = {t.user_attrs["context_hash"] for t in done}
     trials = {t.user_attrs["context_hash"] for t in done if not t.user_attrs.get("prune")}
@@ -164,3 +164,18 @@ def test_a_parallel_search_cut_short_resumes_and_reports_each_finished_context_o
     assert len(reported) == len(set(reported))  # charged once each ...
     assert set(reported) <= set(hashes)  # ... and only contexts the study holds
     assert resumed.best_value == max(t.value for t in done)
+
+
+def test_many_searches_hold_no_idle_connections_to_the_server(postgres_url):  # noqa: F811
+    base, props = _props()
+    for i in range(12):  # more studies than the test server's 50 connections allow pooled engines for
+        EditSearch(postgres_url, seed=0, n_trials=3, workers=2).run(f"unit-pool-{i}", base, props,
+                                                                    lambda ctx: float(len(ctx.items("p"))),
+                                                                    step=1, task="t")
+    study = optuna.create_study(study_name="unit-pool-count", storage=open_storage(postgres_url), load_if_exists=True)
+    engine = study._storage._backend.engine if hasattr(study._storage, "_backend") else study._storage.engine
+    with engine.connect() as conn:
+        from sqlalchemy import text
+        others = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                   "AND pid <> pg_backend_pid()")).scalar()
+    assert others == 0  # every search closed what it opened
