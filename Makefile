@@ -9,9 +9,15 @@ STAMP := $(VENV)/.ctxopt-installed
 
 .PHONY: demo test bench clean-venv browser postgres
 
+# llama.cpp's AMX matmul segfaults on the first multi-token prompt on some Sapphire Rapids machines
+# (ggml-org/llama.cpp#20824); undefining __AMX_INT8__ keeps every other native instruction. The build
+# skips pip's wheel cache, which would hand back a wheel built without this setting.
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir 'llama-cpp-python[server]>=0.3.0'
 	$(PY) -m pip install -q -e '.[local,test,embed]'
 	touch $(STAMP)
 

@@ -283,16 +283,19 @@ class PredictorContext:
         raise EditError(f"no item with id {item_id!r} (known ids: {known})")
 
     def scoped_items(self, task: str | None) -> tuple[Item, ...]:
-        """Items in scope for ``task`` (global + that task's); all items if task is None."""
-        if task is None:
-            return self.items
-        return tuple(it for it in self.items if it.scope in (GLOBAL, task))
+        """Items in scope for ``task`` (global + that task's; all items if task is None), in the order shown.
+
+        Core first: pinned global items, then the other global items, then task-scoped ones, each in C's
+        order. Prompts that differ in their task- or input-specific items then share the longest prefix,
+        which the engine's KV cache reuses (:mod:`ctxopt.kv_cache`).
+        """
+        items = self.items if task is None else tuple(it for it in self.items if it.scope in (GLOBAL, task))
+        return tuple(sorted(items, key=lambda it: (it.scope != GLOBAL, not it.pinned)))
 
     def scoped_demos(self, task: str | None) -> tuple[Demo, ...]:
-        """Demos in scope for ``task`` (global + that task's); all demos if task is None."""
-        if task is None:
-            return self.demos
-        return tuple(d for d in self.demos if d.scope in (GLOBAL, task))
+        """Demos in scope for ``task`` (global + that task's; all demos if task is None): global first, in C's order."""
+        demos = self.demos if task is None else tuple(d for d in self.demos if d.scope in (GLOBAL, task))
+        return tuple(sorted(demos, key=lambda d: d.scope != GLOBAL))
 
     def task_scopes(self) -> tuple[str, ...]:
         """The task scopes (every scope but :data:`GLOBAL`) of its items and demos, sorted."""

@@ -41,7 +41,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ import dspy
 
 from ctxopt.endpoint import Health, RetryPolicy
 from ctxopt.errors import ConfigError, EndpointError, LMError, MissingDependencyError
+from ctxopt.kv_cache import PROMPT_BLOCK, reuse_whole_blocks_only
 from ctxopt.models import MODELS, model_path
 
 __all__ = [
@@ -67,7 +67,6 @@ __all__ = [
     "llama_threads",
     "lm_name",
     "resolve_local",
-    "reuse_whole_blocks_only",
     "split_api_base",
     "usage_of",
 ]
@@ -314,6 +313,16 @@ def llama_threads() -> int:
     return available_cores()
 
 
+def _warn_if_amx() -> None:
+    """Say so when llama.cpp was built with its AMX matmul, which segfaults on some machines."""
+    import llama_cpp
+
+    if "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
+        logger.warning("llama-cpp-python was built with AMX, whose matmul segfaults on some machines "
+                       "(llama.cpp#20824); if the process dies with a segmentation fault, rebuild it with "
+                       "`make clean-venv` then `make test` (the Makefile builds it without AMX)")
+
+
 def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
     key = (path, n_ctx, seed)
     with _loaded_lock:
@@ -324,45 +333,12 @@ def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
                 raise MissingDependencyError(
                     "llama_cpp is not installed; run: pip install 'ctxopt[local]'"
                 ) from exc
+            _warn_if_amx()
             llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=llama_threads(), seed=seed, verbose=False,
                           n_batch=PROMPT_BLOCK)
             reuse_whole_blocks_only(llama)
             _loaded[key] = _LoadedModel(llama)
         return _loaded[key]
-
-
-PROMPT_BLOCK = 64
-"""Prompt tokens llama.cpp evaluates per batch; the KV cache is reused only in whole blocks from position 0."""
-
-
-def reuse_whole_blocks_only(llama: Any) -> None:
-    """Make ``llama`` reuse its KV cache so that no answer depends on the request before it.
-
-    llama.cpp reuses the cached prefix a new prompt shares with the previous one and
-    evaluates the rest in batches from there; the arithmetic of a token then depends on
-    where its batch started, so the same prompt could get another answer after another
-    request. Here every prompt is evaluated in blocks of :data:`PROMPT_BLOCK` tokens
-    aligned at position 0, and only whole blocks of the previous *prompt* are reused
-    (never a partial block, never generated tokens): each token's cached values are then
-    exactly those a cold evaluation of the same prompt computes, and the common system
-    prompt of many requests is still evaluated once.
-    """
-    generate = llama.generate
-    state = {"prompt": 0}
-
-    def aligned_generate(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
-        tokens = list(tokens)
-        shared = 0
-        for a, b in zip(llama._input_ids, tokens):
-            if a != b:
-                break
-            shared += 1
-        usable = min(shared, len(tokens) - 1, state["prompt"])
-        llama.n_tokens = min(llama.n_tokens, usable // PROMPT_BLOCK * PROMPT_BLOCK)
-        state["prompt"] = len(tokens)
-        return generate(tokens, *args, **kwargs)
-
-    llama.generate = aligned_generate
 
 
 class LocalEngine:

@@ -9,7 +9,7 @@ Two settings make its answers the same as the in-process :class:`~ctxopt.lm.Loca
 on the same prompts, so scores do not depend on the transport:
 
 * **prefix reuse** — the KV cache is reused only in whole aligned blocks of the previous
-  prompt (:func:`ctxopt.lm.reuse_whole_blocks_only`, ``n_batch`` = 64), so no answer
+  prompt, or of a few recent ones (:func:`ctxopt.kv_cache.reuse_whole_blocks_only`, ``n_batch`` = 64), so no answer
   depends on the request before it. A stock llama.cpp server reuses any shared prefix and
   may change a greedy answer when requests interleave;
 * **no repeat penalty** — the stock server's request default is ``repeat_penalty=1.1``,
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ctxopt.errors import ConfigError, MissingDependencyError
-from ctxopt.lm import PROMPT_BLOCK, llama_threads, resolve_local, reuse_whole_blocks_only
+from ctxopt.kv_cache import PROMPT_BLOCK, reuse_whole_blocks_only
+from ctxopt.lm import llama_threads, resolve_local
 
 __all__ = ["build_app", "serve"]
 

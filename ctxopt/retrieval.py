@@ -194,7 +194,7 @@ class RetrievalSelector:
                        demos=tuple(h for h in why.demos if h.id in kept))
 
     def select(self, context: LearnedContext, task: str | None, inputs: Mapping[str, Any]) -> LearnedContext:
-        """The context with only the pinned and retrieved items and the retrieved demos (C's order kept)."""
+        """The context with only the pinned and retrieved items and the retrieved demos (rendered core first)."""
         out = context
         for name, why in self.explain(context, task, inputs).items():
             pc = context.predictor(name)

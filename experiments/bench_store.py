@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(0)
 
     items = tuple(
-        Item(id=f"r-{i:08x}", text=f"Rule {i}: when the input mentions topic {i % 37}, " + "check the details carefully. " * (1 + i % 3),
+        Item(id=f"r-{i:08x}",
+             text=f"Rule {i}: when the input mentions topic {i % 37}, " + "check the details carefully. " * (1 + i % 3),
              scope="global" if i % 4 else f"task{i % 5}", created_step=0)
         for i in range(args.items)
     )  # fmt: skip
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"context: {args.items} items, {result['context_tokens']} tokens; history: {args.versions} versions (built in {build_s:.0f} s)")
+    print(f"context: {args.items} items, {result['context_tokens']} tokens; "
+          f"history: {args.versions} versions (built in {build_s:.0f} s)")
     for key in ("commit", "checkout", "show", "diff", "log_full_history"):
         r = result[key]
         print(f"{key:>18}: median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   (n={r['n']})")
