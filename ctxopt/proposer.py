@@ -206,6 +206,29 @@ def split_when(body: str) -> tuple[str, str]:
     return (parts[0].strip(), parts[1].strip().strip("\"'`").strip()) if len(parts) == 2 else (body, "")
 
 
+_PAST_OUTCOME = re.compile(r"^(the |your |my |this )?(answer|output|prediction|response|result)s? (was|were)\b")
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def restates_feedback(rule: str, failures: Sequence[Observation]) -> bool:
+    """True if ``rule`` only reports how one answer went, which teaches the model nothing.
+
+    A small reflector often copies the metric's verdict into a rule ("The answer was empty."). Such a
+    "rule" is dropped: it is one of the failures' feedback clauses, or it says what an answer *was*.
+
+    Example:
+        >>> fails = [Observation(None, 0.0, "the answer was empty; expected 'b'", {})]
+        >>> restates_feedback("The answer was empty.", fails), restates_feedback("Answer with one letter.", fails)
+        (True, False)
+    """
+    plain = _plain(rule)
+    clauses = {_plain(c) for o in failures for c in re.split(r"[;\n]", o.feedback or "") if c.strip()}
+    return plain in clauses or bool(_PAST_OUTCOME.match(plain))
+
+
 def _fmt_failure(i: int, obs: Observation, inputs: Sequence[str], output: str) -> str:
     shown = "\n".join(f"{k}: {obs.example.get(k)}" for k in inputs if k != "task")
     got = obs.prediction.get(output, "")
@@ -253,6 +276,9 @@ class ReflectionProposer:
                 continue
             text = text if isinstance(text, str) else str(text)
             for j, (verb, item_id, body) in enumerate(parse_reflection(text)[: self.max_edits]):
+                if verb in ("ADD", "UPDATE") and restates_feedback(split_when(body)[0], pc.failures):
+                    log.info("reflection sample %d: dropped %r, which only restates the metric's feedback", s, body)
+                    continue
                 edit = self._edit(pc, verb, item_id, body)
                 if edit is not None:
                     proposals.append(Proposal(f"reflect{s}.{j}", (edit,), "reflection", body or verb))

@@ -186,3 +186,19 @@ def test_works_on_any_module(tmp_path, make_program, target):
     ctx = Store.open(run / "store").current()
     assert {it.text for it in ctx.items(target)} >= {RULES["suffix"][0], RULES["reverse"][0]}
     assert all(not ctx.items(name) for name in ctx.predictors if name != target)
+
+
+def test_reflection_drops_rules_that_only_restate_the_feedback():
+    from ctxopt.context import LearnedContext
+    from ctxopt.proposer import Observation, ProposalContext, ReflectionProposer
+    from tests.fakes import scripted_lm
+
+    lm = scripted_lm(lambda system, user: "ADD: The answer was empty.\nADD: The output was 'x'.\n"
+                                          "ADD: Answer with the first letter of the input.")
+    stream = toy_stream("task-agnostic", names=("suffix",))
+    ex = stream.tasks[0].train[0]
+    fail = Observation(ex, 0.0, "the answer was empty; expected it to contain 'x'", {"output": ""})
+    pc = ProposalContext(LearnedContext.from_program(program_for(stream)), "suffix", "global", "predict",
+                         ("input",), "output", (fail,), tuple(stream.tasks[0].train))
+    texts = [p.edits[0].text for p in ReflectionProposer(lm, samples=1).propose(pc)]
+    assert texts == ["Answer with the first letter of the input."]
