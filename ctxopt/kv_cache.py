@@ -12,9 +12,9 @@ cached tokens may be skipped:
 * **Several prefixes, so alternating contexts stay cheap.** llama-cpp-python keeps
   one KV state: the previous call's. Replay and search alternate between tasks'
   contexts, and per-input retrieval changes the demos, so the previous call
-  rarely shares much. :class:`PrefixCache` keeps the KV state of the ``keep``
-  most recently used prompts (``$CTXOPT_KV_PREFIXES``, default
-  :data:`DEFAULT_PREFIXES`; 0 keeps only the live one). Before a call it restores
+  rarely shares much. :class:`PrefixCache` keeps, besides the live state, the KV
+  states of the ``keep`` most recently used other prompts (``$CTXOPT_KV_PREFIXES``,
+  default :data:`DEFAULT_PREFIXES`; 0 keeps only the live one). Before a call it restores
   the one that shares the most whole blocks with the new prompt, if that beats
   what is loaded.
 
@@ -106,6 +106,8 @@ class PrefixCache:
             reuse = aligned_reuse(shared=_common(key, tokens), prompt_tokens=len(tokens), cached_prompt=len(key))
             if reuse > best_reuse:
                 best, best_reuse = entry, reuse
+        if best is not None:
+            del self.saved[best.ids]  # it becomes the live state; saving the one it replaces must not evict it
         if live < min(self.prompt, llama.n_tokens) // PROMPT_BLOCK * PROMPT_BLOCK:
             self._save_live()  # blocks of the live prompt are about to be dropped or replaced
         if best is not None:
@@ -150,7 +152,6 @@ class PrefixCache:
         llama.n_tokens = entry.n_tokens
         if hasattr(llama, "_requires_eval"):
             llama._requires_eval = True  # the logits are not those of this state
-        self.saved.move_to_end(entry.ids)
         self.stats["restores"] += 1
 
 

@@ -173,30 +173,39 @@ def test_real_model_answers_do_not_depend_on_the_request_before(real_lm):
 
 
 @pytest.mark.real_lm
-def test_real_model_alternating_contexts_reuse_their_own_prefixes_and_answer_as_cold(real_lm):
-    """Two contexts taking turns each restore their own saved KV blocks, and every answer equals a cold one's."""
+@pytest.mark.parametrize("contexts,keep", [(2, 4), (3, 2)])  # (3, 2): saving a state evicts another
+def test_real_model_alternating_contexts_reuse_their_own_prefixes_and_answer_as_cold(real_lm, contexts, keep):
+    """Contexts taking turns restore saved KV blocks where they are kept, and every answer equals a cold one's."""
     from ctxopt.lm import _loaded
 
     uncached = real_lm.copy(cache=False, max_tokens=8)
+    uncached("Say hi.")  # loads the model
     llama = next(v.llama for k, v in _loaded.items() if "0.5b" in Path(k[0]).name)
     cache = llama.ctxopt_prefix_cache
     systems = [f"You are assistant {tag}. Answer with one word.\n" +
                "\n".join(f"- Rule {tag}{i}: if the input names item {i}, answer with its colour." for i in range(30))
-               for tag in "AB"]
+               for tag in "ABC"[:contexts]]
+    turns_n = 3 * contexts
 
     def ask(i: int) -> str:
-        return uncached(messages=[{"role": "system", "content": systems[i % 2]},
+        return uncached(messages=[{"role": "system", "content": systems[i % contexts]},
                                   {"role": "user", "content": f"What colour is item {i}?"}])[0]
 
-    before = dict(cache.stats)
-    turns = [ask(i) for i in range(6)]
-    restores = cache.stats["restores"] - before["restores"]
-    reused = cache.stats["reused_tokens"] - before["reused_tokens"]
-    cold = []
-    for i in range(6):
-        llama.reset()
+    old_keep, cache.keep = cache.keep, keep
+    try:
         cache.saved.clear()
-        cold.append(ask(i))
+        before = dict(cache.stats)
+        turns = [ask(i) for i in range(turns_n)]
+        restores = cache.stats["restores"] - before["restores"]
+        reused = cache.stats["reused_tokens"] - before["reused_tokens"]
+        cold = []
+        for i in range(turns_n):
+            llama.reset()
+            cache.saved.clear()
+            cold.append(ask(i))
+    finally:
+        cache.keep = old_keep
     assert turns == cold
-    assert restores >= 4  # every turn after the first two found its context saved
-    assert reused >= 4 * 256  # each of those skipped most of its ~400-token system prompt
+    later = turns_n - contexts
+    assert restores >= later  # every turn after each context's first found its context saved
+    assert reused >= later * 256  # each of those skipped most of its ~400-token system prompt
