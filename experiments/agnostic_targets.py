@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.matrix import RunResult, acc, load_results  # noqa: E402
 
 PEERS = ("append", "summarize", "gepa-seq", "mipro-seq")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or args.run_dir.name
     _print(name, t)
     out = ROOT / "experiments" / "results" / f"agnostic_{name}.json"
-    out.write_text(json.dumps(t, indent=1) + "\n")
+    write_json(out, t)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.evaluator import Evaluator  # noqa: E402
 from ctxopt.lm import get_lm  # noqa: E402
 from ctxopt.program import program_for  # noqa: E402
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if used.cache_hits and not args.no_cache:
         print("warning: DSPy's request cache answered some calls; rerun with --no-cache for timing")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out, summary)
     print(f"wrote {out}")
     return 0
 

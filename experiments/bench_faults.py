@@ -18,13 +18,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from ctxopt._atomic import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.fault_proxy
@@ -116,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"stream": f"ii:{TASKS}", "sizes": sizes, "fault_rates": rates, "client_timeout_s": args.timeout,
               "clean": clean, "faults": faulty, "identical": same}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     injected = sum(v for k, v in proxy.counts.items() if k != "forwarded")
     print(f"faults injected: {injected} of {sum(proxy.counts.values())} requests {dict(proxy.counts)}; "
           f"retries: {faulty['task_lm']['retries']}")

@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.context import GLOBAL, Demo, Item, LearnedContext, PredictorContext  # noqa: E402
 from ctxopt.evaluator import Evaluator  # noqa: E402
 from ctxopt.kv_cache import DEFAULT_PREFIXES  # noqa: E402
@@ -115,10 +115,8 @@ def main() -> None:
     cache.keep = DEFAULT_PREFIXES
     results["answers_equal_cold"] = {mode: answers[mode] == answers["cold"] for mode in MODES}
     print(f"  answers equal to cold: {results['answers_equal_cold']}")
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out_path}")
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

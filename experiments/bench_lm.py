@@ -19,13 +19,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import dspy
 
+from ctxopt._atomic import write_json
 from ctxopt.kv_cache import DEFAULT_PREFIXES
 from ctxopt.lm import available_cores, get_lm, llama_threads, usage_of
 
@@ -193,10 +193,8 @@ def main() -> None:
         print(f"  cache-hit rerun: {c['calls']} calls, {c['model_calls']} model calls, median {c['median_call_ms']:.2f} ms")
         if args.kv:
             r["prefix_reuse"] = bench_prefixes(f"local:{name}", args.kv_calls)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from ctxopt._atomic import write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.pg
 
@@ -213,7 +215,7 @@ def main(argv: list[str]) -> int:
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for part in parts:
         results[part] = {"search": part_search, "ray": part_ray, "fleet": part_fleet, "storage": part_storage}[part]()
-        OUT.write_text(json.dumps(results, indent=1))
+        write_json(OUT, results)
         print(json.dumps(results[part], indent=1)[:4000], flush=True)
     print(f"wrote {OUT}")
     return 0

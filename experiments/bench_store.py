@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -23,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ctxopt._atomic import write_json
 from ctxopt.context import Item, LearnedContext, PredictorContext
 from ctxopt.edits import AddItem, DeleteItem, UpdateItem
 from ctxopt.store import Store
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"context: {args.items} items, {result['context_tokens']} tokens; "
           f"history: {args.versions} versions (built in {build_s:.0f} s)")
     for key in ("commit", "checkout", "show", "diff", "log_full_history"):

@@ -25,7 +25,6 @@ It prints a table, writes ``experiments/results/context_budget_<name>.json`` and
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.config import load_config  # noqa: E402
 from ctxopt.consolidate import rendered_tokens  # noqa: E402
 from ctxopt.errors import DataError  # noqa: E402
@@ -180,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "append_growth": {"slope_tokens_per_step": round(slope, 1), "r2": round(r2, 4)},
         "plot": str(png.relative_to(ROOT)),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"context_budget_{name}.json"
-    path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    write_json(path, out)
 
     print(f"\n{'run':<22} {'ACC':>6} {'BWT':>7} {'final tokens':>13} {'max tokens':>11}")
     for k, r in runs.items():

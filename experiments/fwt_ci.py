@@ -24,7 +24,6 @@ running it; a stream chosen after looking at FWT figures proves nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import replace
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.errors import DataError  # noqa: E402
 from ctxopt.evaluator import Evaluator  # noqa: E402
 from ctxopt.lm import get_lm  # noqa: E402
@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"format-only control: FWT {fmt * 100:+.1f} [{flo * 100:+.1f}, {fhi * 100:+.1f}]; "
               f"transfer beyond format {beyond * 100:+.1f} [{blo * 100:+.1f}, {bhi * 100:+.1f}]")
     name = args.name or args.run_dir.resolve().name
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"fwt_{name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.errors import DataError  # noqa: E402
 from ctxopt.program import program_for  # noqa: E402
 from ctxopt.prompt import format_messages, prompt_messages  # noqa: E402
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
     result = growth(args.run_dir, sizes)  # type: ignore[arg-type]
     name = args.name or args.run_dir.resolve().name
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"prompt_growth_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out_dir / f"prompt_growth_{name}.json", result)
     plot(result, args.out_dir / f"prompt_growth_{name}.png")
     print(f"{'step':>4}  {'task':<28}{'prompt tokens':>14}{'memory tokens':>15}")
     for r in result["rows"]:

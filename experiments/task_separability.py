@@ -19,7 +19,6 @@ Writes ``experiments/results/separability_<stream>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.retrieval import input_text  # noqa: E402
 from ctxopt.similarity import get_similarity  # noqa: E402
 from ctxopt.streams import load_stream  # noqa: E402
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in zip(r["tasks"], r["matrix"]):
         print(f"{name[:24]:<24}" + " ".join(f"{x:8.2f}" for x in row) + f"   {r['own_minus_best_other'][name]:+.2f}")
     out = ROOT / "experiments" / "results" / f"separability_{args.stream}.json"
-    out.write_text(json.dumps(r, indent=1) + "\n")
+    write_json(out, r)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

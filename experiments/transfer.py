@@ -22,7 +22,6 @@ Three subcommands; each prints a table and writes JSON under ``experiments/resul
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.distill import distill  # noqa: E402
 from ctxopt.portability import branch_for, measure_test, resolve_stream, transfer  # noqa: E402
 from ctxopt.store import Store  # noqa: E402
@@ -43,9 +43,8 @@ def _short(spec: str) -> str:
 
 
 def _write(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    write_json(path, data)
     return path
 
 
