@@ -152,13 +152,24 @@ class SearchObjective:
 
     The score is the mean on the current task's val minibatch minus twice the
     drop on the replay sample of each earlier task whose view the candidate
-    changes. Each distinct context is charged once, for what it adds: its val
-    minibatch, its changed tasks' replay samples, and the first time a task is
-    replayed, the current context on that sample. Contexts an earlier (killed)
-    process scored are charged through :meth:`resumed`, so a resumed search
-    costs what a fresh one does. Once the next context would eat into the
-    calls ``charge`` keeps for the gate, the objective returns None and the
-    search stops.
+    changes.
+
+    **Hopeless candidates stop early.** A candidate is first scored on the head
+    of the val minibatch (its first half). If even a perfect tail and no replay
+    drop could not reach the best score seen so far, its score is that upper bound
+    and nothing more is evaluated: it cannot be the best, and parsimony (which keeps
+    a smaller candidate only at a score at least the best's) could not keep it
+    either, so no decision changes. Only what TPE learns from it differs: the
+    bound instead of the exact score.
+
+    **Charging.** Each distinct context is charged once, for what it adds: the
+    head, then, unless it stops there, the tail, its changed tasks' replay samples
+    and, the first time a task is replayed, the current context on that sample.
+    Contexts an earlier (killed) process scored are charged through
+    :meth:`resumed`, which scores them again from the evaluator's cache in the
+    order the search met them, so it takes the same early stops and charges what
+    a fresh search does. Once the next charge would eat into the calls ``charge``
+    keeps for the gate, the objective returns None and the search stops.
 
     Args:
         setup: The step.
@@ -173,12 +184,23 @@ class SearchObjective:
     val: list[dspy.Example]
     replay: dict[str, list[dspy.Example]]
     charge: Charge
-    scored: dict[str, LearnedContext] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # context hash -> its score (an upper bound if cut)
+    charged: dict[str, str] = field(default_factory=dict)  # context hash -> "head" or "all"
     replayed: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._tasks = {t.name: t for t in self.setup.earlier}
         self._changed: dict[str, list[str]] = {}
+
+    @property
+    def head(self) -> list[dspy.Example]:
+        """The first half of the val minibatch (all of it when it has fewer than 2 examples)."""
+        return self.val[: (len(self.val) + 1) // 2] if len(self.val) >= 2 else list(self.val)
+
+    @property
+    def cut(self) -> set[str]:
+        """Contexts whose scoring stopped after the head."""
+        return {h for h, phase in self.charged.items() if phase == "head" and h in self.values}
 
     def changed(self, ctx: LearnedContext) -> list[str]:
         """The earlier tasks for whose replay sample ``ctx`` changes what the program sees."""
@@ -188,46 +210,64 @@ class SearchObjective:
         return self._changed[ctx.hash]
 
     def cost(self, ctx: LearnedContext) -> int:
-        """Calls that scoring ``ctx`` adds to what was scored already (0 if it was)."""
-        if ctx.hash in self.scored:
+        """Calls that scoring ``ctx`` in full adds to what was charged already (0 if it was)."""
+        if self.charged.get(ctx.hash) == "all":
             return 0
+        head = len(self.head) if ctx.hash not in self.charged else 0
+        return self.setup.n_pred * head + self._rest(ctx)
+
+    def _rest(self, ctx: LearnedContext) -> int:
         changed = self.changed(ctx)
         new = [n for n in changed if n not in self.replayed]
-        return self.setup.n_pred * (len(self.val) + sum(len(self.replay[n]) for n in changed)
+        return self.setup.n_pred * (len(self.val) - len(self.head) + sum(len(self.replay[n]) for n in changed)
                                     + sum(len(self.replay[n]) for n in new))
 
     def least(self) -> int:
         """The calls below which no search is worth starting: one val minibatch and every replay sample."""
         return self.setup.n_pred * (len(self.val) + sum(len(v) for v in self.replay.values()))
 
-    def admit(self, ctx: LearnedContext) -> bool:
-        """Charge ``ctx``'s cost and record it as scored; False (nothing charged) if the budget refuses."""
-        if ctx.hash in self.scored:
+    def _admit(self, ctx: LearnedContext, phase: str) -> bool:
+        """Charge ``ctx`` up to ``phase`` ("head" or "all"); False (nothing charged) if the budget refuses."""
+        have = self.charged.get(ctx.hash)
+        if have == "all" or have == phase:
             return True
-        n = self.cost(ctx)
+        n = self.setup.n_pred * len(self.head) if phase == "head" else self.cost(ctx)
         if n and not self.charge(n, "task"):
             return False
-        self.scored[ctx.hash] = ctx
-        self.replayed.update(self.changed(ctx))
+        self.charged[ctx.hash] = phase
+        if phase == "all":
+            self.replayed.update(self.changed(ctx))
         return True
 
     def share(self, parts: int) -> SearchObjective:
         """This objective for one of ``parts`` search workers: it may charge ``1/parts`` of what is left."""
         share = getattr(self.charge, "share", None)
-        return replace(self, charge=share(parts) if share else self.charge, scored=dict(self.scored),
-                       replayed=set(self.replayed))
+        return replace(self, charge=share(parts) if share else self.charge, values=dict(self.values),
+                       charged=dict(self.charged), replayed=set(self.replayed))
 
     def resumed(self, ctx: LearnedContext) -> None:
-        """A context an earlier process scored for this search: charge it as if scored now."""
-        self.admit(ctx)
+        """A context an earlier process scored for this search: score and charge it as then (evaluations cached)."""
+        self(ctx)
 
     def replay_mean(self, ctx: LearnedContext, name: str) -> float:
         return self.evaluate(ctx, self._tasks[name], self.replay[name])
 
     def __call__(self, ctx: LearnedContext) -> float | None:
-        if not self.admit(ctx):
+        if ctx.hash in self.values:
+            return self.values[ctx.hash]
+        task, head = self.setup.task, self.head
+        tail = len(self.val) - len(head)
+        if self.values and tail:
+            if not self._admit(ctx, "head"):
+                return None
+            bound = (self.evaluate(ctx, task, head) * len(head) + tail) / len(self.val)
+            if bound < max(self.values.values()):
+                self.values[ctx.hash] = bound
+                return bound
+        if not self._admit(ctx, "all"):
             return None
-        cur = self.evaluate(ctx, self.setup.task, self.val)
+        cur = self.evaluate(ctx, task, self.val)
         penalty = sum(max(0.0, self.replay_mean(self.setup.base, n) - self.replay_mean(ctx, n))
                       for n in self.changed(ctx))
-        return cur - 2.0 * penalty
+        self.values[ctx.hash] = cur - 2.0 * penalty
+        return self.values[ctx.hash]

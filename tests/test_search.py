@@ -111,3 +111,42 @@ def test_the_every_switch_on_seed_leaves_out_a_proposal_that_conflicts_with_an_e
         "s", base, props, _objective(calls), step=1, task="t")
     # Two trials: the unedited context (0.1), and drop-a + good (1.0); parsimony then keeps good alone.
     assert [p.name for p in result.best_proposals] == ["good"] and result.best_value == 1.1
+
+
+def test_a_hopeless_candidate_stops_after_the_head_and_a_resume_charges_the_same():
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.edits import AddItem
+    from ctxopt.stages import SearchObjective, StepSetup
+    from tests.toy import toy_stream
+
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    base = LearnedContext({"predict": PredictorContext("Answer.")})
+    good, bad, fair = (base.apply_edits([AddItem("predict", text)]) for text in ("Good.", "Bad.", "Fair."))
+    scores = {base.hash: 0.6, good.hash: 0.9, bad.hash: 0.0, fair.hash: 0.5}
+    setup = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic",
+                      scope="global", predictor="predict", n_pred=1)
+    val = list(reverse.val)[:10]
+
+    def objective(log: list, charges: list) -> SearchObjective:
+        def evaluate(ctx, task, examples):
+            log.append((ctx.hash, task.name, len(examples)))
+            return scores[ctx.hash] if task is reverse else 1.0
+        return SearchObjective(setup, evaluate, val=val, replay={"suffix": list(suffix.val)[:3]},
+                               charge=lambda n, kind="task": charges.append(n) or True)
+
+    log, charges = [], []
+    first = objective(log, charges)
+    values = [first(c) for c in (base, good, bad, fair)]
+    assert values[:2] == [0.6, 0.9]
+    assert values[2] == 0.5  # 0/5 on the head: at most (0 + 5) / 10, below the best 0.9, so it stops there
+    assert (bad.hash, "reverse", 10) not in log and (bad.hash, "reverse", 5) in log
+    assert values[3] == 0.75 and first.cut == {bad.hash, fair.hash}  # 0.5 on the head: at most 0.75 < 0.9
+    assert not any(h == bad.hash and t == "suffix" for h, t, _ in log)  # no replay for a cut candidate
+    # base: its val; good: head, then tail + its replay + base's replay (first time); bad, fair: the head only
+    assert charges == [10, 5, 5 + 3 + 3, 5, 5]
+    again_log, again = [], []
+    resumed = objective(again_log, again)
+    for c in (base, good, bad, fair):
+        resumed.resumed(c)
+    assert again == charges and resumed.values == first.values
