@@ -245,6 +245,7 @@ class ContinualOptimizer:
         self._seen: list[Task] = []
         self._scenario = "task-aware"
         self._step = 0
+        self._search_figures: dict[str, int] = {}  # the current step's search_scored and search_cut
 
     def _bind(self, run_dir: str | Path) -> RunDir:
         """Use ``run_dir`` from now on; a different folder from before starts a new run (store, caches, ledger)."""
@@ -416,6 +417,7 @@ class ContinualOptimizer:
         self.ledger.start_task(task.name)
         self.emit("task_start", task.name, index=setup.step, budget=self.budget.to_dict())
 
+        self._search_figures = {}
         try:
             gated = self._learn(program, setup)
         except BudgetExceeded as exc:
@@ -437,7 +439,7 @@ class ContinualOptimizer:
                    "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
                    "items": sum(len(p.items) for _, p in self._context.predictors.items()),
                    "context_hash": self._context.hash, "gate_outcome": gated.gate_outcome,
-                   "gate_rounds": gated.gate_rounds, **self._consolidation_figures(passes)},
+                   "gate_rounds": gated.gate_rounds, **self._search_figures, **self._consolidation_figures(passes)},
         )
         self.emit("task_end", task.name, accepted=gated.accepted, reason=gated.reason, record=record.to_dict())
         return StepOutcome(setup.step, task.name, gated.accepted, gated.reason, self._context,
@@ -543,6 +545,8 @@ class ContinualOptimizer:
             study = f"{hashlib.sha256(str(run.path.resolve()).encode()).hexdigest()[:12]}/{study}"
         result = search.run(study, setup.base, list(proposed.proposals), objective,
                             step=setup.step, task=task.name, on_trial=on_trial, on_resumed=objective.resumed)
+        # Contexts the search scored (the current C included), and those it stopped after the val head.
+        self._search_figures = {"search_scored": len(objective.values), "search_cut": len(objective.cut)}
         return Searched(result.best, tuple(result.best_proposals), result.stopped_by_budget)
 
     def _gate(self, program: dspy.Module, setup: StepSetup, searched: Searched) -> Gated:

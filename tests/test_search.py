@@ -150,3 +150,16 @@ def test_a_hopeless_candidate_stops_after_the_head_and_a_resume_charges_the_same
     for c in (base, good, bad, fair):
         resumed.resumed(c)
     assert again == charges and resumed.values == first.values
+
+
+def test_a_step_reports_how_many_contexts_its_search_scored_and_cut(tmp_path):
+    from ctxopt.budget import get_budget
+    from ctxopt.optimizer import ContinualOptimizer
+    from ctxopt.program import program_for
+    from tests.toy import reflection_lm, task_lm, toy_stream
+
+    stream = toy_stream(names=("suffix", "reverse"))
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light", n_trials=6), seed=0, num_threads=2)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    for s in result.steps:
+        assert s.extra["search_scored"] >= 2 and 0 <= s.extra["search_cut"] < s.extra["search_scored"]
