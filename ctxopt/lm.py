@@ -65,6 +65,7 @@ __all__ = [
     "available_cores",
     "get_lm",
     "llama_threads",
+    "loaded_llama",
     "lm_name",
     "resolve_local",
     "split_api_base",
@@ -439,6 +440,20 @@ def resolve_local(spec: str) -> tuple[str, Path]:
             raise ConfigError(f"model file {path} does not exist")
         return path.stem, path
     return name, model_path(name)
+
+
+def loaded_llama(spec: str = "local") -> Any:
+    """The in-process ``llama_cpp.Llama`` of a local spec, once a call has loaded it (benchmarks, tests).
+
+    Its ``ctxopt_prefix_cache`` is the :class:`~ctxopt.kv_cache.PrefixCache` of its KV states.
+    Raises LookupError if no call has loaded that model in this process yet.
+    """
+    path = str(resolve_local(spec)[1])
+    with _loaded_lock:
+        for (loaded_path, _, _), loaded in _loaded.items():
+            if loaded_path == path:
+                return loaded.llama
+    raise LookupError(f"local model {spec!r} is not loaded in this process; make a call with it first")
 
 
 def get_lm(

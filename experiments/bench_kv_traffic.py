@@ -36,7 +36,7 @@ from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.context import GLOBAL, Demo, Item, LearnedContext, PredictorContext  # noqa: E402
 from ctxopt.evaluator import Evaluator  # noqa: E402
 from ctxopt.kv_cache import DEFAULT_PREFIXES  # noqa: E402
-from ctxopt.lm import _loaded, available_cores, get_lm, llama_threads  # noqa: E402
+from ctxopt.lm import available_cores, get_lm, llama_threads, loaded_llama  # noqa: E402
 from ctxopt.program import program_for  # noqa: E402
 from ctxopt.retrieval import RetrievalSelector, input_text  # noqa: E402
 from ctxopt.streams import load_stream  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
     traffic = [(task, task.val[i]) for i in range(args.per_task) for task in stream.tasks]
     lm = get_lm("local", cache=False, max_tokens=32)
     lm("warm up")
-    llama = next(v.llama for k, v in _loaded.items() if "0.5b" in Path(k[0]).name)
+    llama = loaded_llama("local")
     cache = llama.ctxopt_prefix_cache
     selector = RetrievalSelector()
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import dspy
 
 from ctxopt._atomic import write_json
 from ctxopt.kv_cache import DEFAULT_PREFIXES
-from ctxopt.lm import available_cores, get_lm, llama_threads, usage_of
+from ctxopt.lm import available_cores, get_lm, llama_threads, loaded_llama, usage_of
 
 SHORT = [
     "Give the antonym of the word '{w}'. Answer with one word.",
@@ -118,12 +117,10 @@ def _context_of(tag: str, tokens: int, count) -> str:
 
 def bench_prefixes(spec: str, calls: int) -> dict:
     """Per-call seconds with two interleaved contexts per size, cold / previous-prompt / recent-prefixes reuse."""
-    from ctxopt.lm import _loaded
-
     lm = get_lm(spec, cache=False, max_tokens=1)
     lm("warm up")
-    loaded = next(v for k, v in _loaded.items() if Path(k[0]).stem.startswith(spec.split(":")[1]))
-    llama, cache = loaded.llama, loaded.llama.ctxopt_prefix_cache
+    llama = loaded_llama(spec)
+    cache = llama.ctxopt_prefix_cache
 
     def count(text: str) -> int:
         return len(llama.tokenize(text.encode()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from pathlib import Path
 
 import dspy
 import pytest
@@ -176,11 +175,11 @@ def test_real_model_answers_do_not_depend_on_the_request_before(real_lm):
 @pytest.mark.parametrize("contexts,keep", [(2, 4), (3, 2)])  # (3, 2): saving a state evicts another
 def test_real_model_alternating_contexts_reuse_their_own_prefixes_and_answer_as_cold(real_lm, contexts, keep):
     """Contexts taking turns restore saved KV blocks where they are kept, and every answer equals a cold one's."""
-    from ctxopt.lm import _loaded
+    from ctxopt.lm import loaded_llama
 
     uncached = real_lm.copy(cache=False, max_tokens=8)
     uncached("Say hi.")  # loads the model
-    llama = next(v.llama for k, v in _loaded.items() if "0.5b" in Path(k[0]).name)
+    llama = loaded_llama("local")
     cache = llama.ctxopt_prefix_cache
     systems = [f"You are assistant {tag}. Answer with one word.\n" +
                "\n".join(f"- Rule {tag}{i}: if the input names item {i}, answer with its colour." for i in range(30))
