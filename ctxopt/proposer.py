@@ -46,6 +46,7 @@ from ctxopt.edits import (
     UpdateItem,
 )
 from ctxopt.errors import EditError, EndpointError
+from ctxopt.metrics import normalize
 
 __all__ = [
     "DemoProposer",
@@ -206,11 +207,8 @@ def split_when(body: str) -> tuple[str, str]:
     return (parts[0].strip(), parts[1].strip().strip("\"'`").strip()) if len(parts) == 2 else (body, "")
 
 
-_PAST_OUTCOME = re.compile(r"^(the |your |my |this )?(answer|output|prediction|response|result)s? (was|were)\b")
-
-
-def _plain(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+_PAST_OUTCOME = re.compile(r"^(your |my |this )?(answer|output|prediction|response|result)s? (was|were)\b")
+"""A report of how an answer went, on :func:`ctxopt.metrics.normalize`d text (articles removed)."""
 
 
 def restates_feedback(rule: str, failures: Sequence[Observation]) -> bool:
@@ -224,8 +222,8 @@ def restates_feedback(rule: str, failures: Sequence[Observation]) -> bool:
         >>> restates_feedback("The answer was empty.", fails), restates_feedback("Answer with one letter.", fails)
         (True, False)
     """
-    plain = _plain(rule)
-    clauses = {_plain(c) for o in failures for c in re.split(r"[;\n]", o.feedback or "") if c.strip()}
+    plain = normalize(rule)
+    clauses = {normalize(c) for o in failures for c in re.split(r"[;\n]", o.feedback or "") if c.strip()}
     return plain in clauses or bool(_PAST_OUTCOME.match(plain))
 
 
