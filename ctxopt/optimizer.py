@@ -61,6 +61,7 @@ from ctxopt.consolidate import (
     tolerance_gate,
 )
 from ctxopt.context import GLOBAL, LearnedContext
+from ctxopt.credit import check_policy, choose_stages
 from ctxopt.engine import Engine, RunEvent, measure_row
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import Evaluator
@@ -71,6 +72,7 @@ from ctxopt.proposer import (
     DemoProposer,
     FormatRuleProposer,
     Observation,
+    Proposal,
     ProposalContext,
     Proposer,
     ReflectionProposer,
@@ -181,6 +183,9 @@ class ContinualOptimizer:
             server in ``storage``; see :class:`~ctxopt.search.EditSearch`). One (the default) is deterministic.
         evaluator: The :class:`Evaluator` to learn and measure with; default: a cached one in the run directory
             (on ``task_lm``, with ``selector``).
+        stages: Which predictors of a multi-stage program a step edits (:mod:`ctxopt.credit`): ``credit``
+            (default: reflection on the stage most failures are blamed on, demos for every stage that ran),
+            ``rotate`` (reflection goes round the stages) or ``output`` (only the output field's predictor).
     """
 
     def __init__(
@@ -206,8 +211,10 @@ class ContinualOptimizer:
         search: Search | None = None,
         storage: str | None = None,
         search_workers: int = 1,
+        stages: str = "credit",
     ) -> None:
         check_workers(search_workers, storage)
+        self.stages = check_policy(stages)
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
         self.budget = get_budget(budget)
@@ -497,14 +504,29 @@ class ContinualOptimizer:
         """Every proposer's edits for C, each proposer charged under its own name; duplicates dropped."""
         task = setup.task
         self.emit("phase", task.name, phase="propose")
-        pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=setup.predictor,
-                               inputs=tuple(program_inputs(program, setup.predictor)), output=task.output,
-                               observations=observed.observations, train=tuple(task.train),
-                               seed=self.seed * 100 + setup.step)
+        named = dict(program.named_predictors())
+        choice = choose_stages(observed.observations, tuple(named), setup.predictor,
+                               {n: tuple(p.signature.output_fields) for n, p in named.items()},
+                               step=setup.step, policy=self.stages)
+        if len(named) > 1:
+            self.emit("stages", task.name, **choice.to_dict())
         keep = self._consolidation_reserve()
-        raw = [p for proposer in self._proposer_list()
-               for p in proposer.propose(replace(pctx, charge=self.ledger.handle(
-                   f"proposer:{type(proposer).__name__}", keep=keep)))]
+        proposers = self._proposer_list()
+        raw: list[Proposal] = []
+        for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
+            pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=stage,
+                                   inputs=tuple(program_inputs(program, stage)), output=task.output,
+                                   observations=observed.observations, train=tuple(task.train),
+                                   seed=self.seed * 100 + setup.step, output_stage=stage == setup.predictor)
+            for proposer in proposers:
+                if isinstance(proposer, ReflectionProposer) and len(named) > 1:  # its calls dealt out by blame
+                    if not (n := choice.samples(proposer.samples).get(stage)):
+                        continue
+                    proposer = replace(proposer, samples=n)
+                elif stage not in choice.demos:
+                    continue
+                raw += proposer.propose(replace(pctx, charge=self.ledger.handle(
+                    f"proposer:{type(proposer).__name__}", keep=keep)))
         if retrieves(setup.selector):  # one memory for all inputs: keyed items, accumulating demos
             raw = archival(raw, [input_text(dict(o.example.inputs().items())) for o in observed.observations
                                  if o.score < 1] or [input_text(dict(o.example.inputs().items()))

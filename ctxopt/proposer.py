@@ -109,6 +109,9 @@ class ProposalContext:
     train: tuple[dspy.Example, ...]
     seed: int = 0
     charge: Callable[..., bool] = lambda n, kind="reflection": True
+    output_stage: bool = True
+    """False for an earlier stage of a multi-stage program (:mod:`ctxopt.credit`): ``predictor`` does not
+    produce ``output``, so proposers read its traces instead of the labels."""
     """Book LM calls a proposer makes: ``charge(n)`` for reflection calls, ``charge(n, "task")`` for task-LM
     calls; False means the budget refuses and the call must not be made. The optimizer gives each proposer
     its own handle, so its calls appear under its name in the ledger (``Ledger.by_source``)."""
@@ -116,6 +119,14 @@ class ProposalContext:
     @property
     def failures(self) -> list[Observation]:
         return [o for o in self.observations if o.score < 1.0]
+
+    def stage_calls(self, obs: Observation) -> list[dict[str, Any]]:
+        """The calls of this proposal's predictor in one example's trace, in order."""
+        return [t for t in obs.trace if t.get("predictor") == self.predictor]
+
+    def labeled(self, example: dspy.Example) -> bool:
+        """Whether a train example, by its own fields, is a demo of this predictor (output stage, inputs known)."""
+        return self.output_stage and all(k == "task" or k in example for k in self.inputs)
 
 
 class Proposer(Protocol):
@@ -184,6 +195,31 @@ UPDATE <rule id>: <better text for an existing rule>
 DELETE <rule id>
 INSTRUCTION: <a better one-sentence instruction for this task>"""
 
+STAGE_PROMPT = """You are improving one stage, `{stage}`, of a multi-stage program working on the task "{task}".
+The program's final answer was wrong on the examples below; this stage's own inputs and
+outputs are shown, and its output fed the later stages.
+
+Current instruction of this stage:
+{instruction}
+
+Current rules of this stage (id: text):
+{rules}
+
+Examples where the final answer was wrong:
+{failures}
+
+Study what this stage did wrong. Write up to {k} short, concrete rules for this stage that
+would lead the program to the expected final answers.
+
+Reply ONLY with lines in these forms:
+ADD: <a new rule>
+UPDATE <rule id>: <better text for an existing rule>
+DELETE <rule id>"""
+
+REWRITABLE_WORDS = 80
+"""An instruction of more words than this (``dspy.ReAct``'s, which lists the tools) is never rewritten:
+a rewrite by a small reflector would lose its structure. Rules and demos are added around it."""
+
 SHARED_MEMORY_NOTE = """
 
 The rules are shared with other tasks' inputs, and each input sees only the rules
@@ -234,6 +270,23 @@ def _fmt_failure(i: int, obs: Observation, inputs: Sequence[str], output: str) -
             f"Feedback: {obs.feedback}")
 
 
+def _clip(value: Any, limit: int = 600) -> str:
+    text = " ".join(str(value).split()) if not isinstance(value, str) else value.strip()
+    return text if len(text) <= limit else text[: limit // 2] + " … " + text[-limit // 2:]
+
+
+def _fmt_stage_failure(i: int, obs: Observation, pc: ProposalContext) -> str:
+    """A failed example as one stage saw it: its last call's inputs and outputs, then the final outcome."""
+    calls = pc.stage_calls(obs)
+    last = calls[-1] if calls else {"inputs": {}, "outputs": {}}
+    seen = "\n".join(f"{k}: {_clip(v)}" for k, v in (last.get("inputs") or {}).items() if k != "task")
+    did = "\n".join(f"{k}: {_clip(v)}" for k, v in (last.get("outputs") or {}).items())
+    return (f"### Example {i} (this stage ran {len(calls)} time(s); its last call)\nStage inputs:\n{seen or '(none)'}\n"
+            f"Stage outputs:\n{did or '(the stage did not run)'}\n"
+            f"Final answer: {obs.prediction.get(pc.output, '')}\nExpected final answer: {obs.example.get(pc.output)}\n"
+            f"Feedback: {obs.feedback}")
+
+
 @dataclass
 class ReflectionProposer:
     """Ask the reflection LM for edits; ``samples`` seeded samples, the first greedy."""
@@ -248,11 +301,15 @@ class ReflectionProposer:
         pctx = pc.context.predictor(pc.predictor)
         items = pctx.scoped_items(pc.task if pc.scope != GLOBAL else None)
         rules = "\n".join(f"{it.id}: {it.text}" for it in items) or "(none)"
-        failures = "\n\n".join(
-            _fmt_failure(i, o, pc.inputs, pc.output) for i, o in enumerate(pc.failures[: self.max_failures], 1)
-        )
-        prompt = REFLECTION_PROMPT.format(task=pc.task, instruction=pctx.instruction, rules=rules,
-                                          failures=failures, k=self.max_edits)
+        shown = pc.failures[: self.max_failures]
+        if pc.output_stage:
+            failures = "\n\n".join(_fmt_failure(i, o, pc.inputs, pc.output) for i, o in enumerate(shown, 1))
+            prompt = REFLECTION_PROMPT.format(task=pc.task, instruction=pctx.instruction, rules=rules,
+                                              failures=failures, k=self.max_edits)
+        else:
+            failures = "\n\n".join(_fmt_stage_failure(i, o, pc) for i, o in enumerate(shown, 1))
+            prompt = STAGE_PROMPT.format(stage=pc.predictor, task=pc.task, instruction=pctx.instruction,
+                                         rules=rules, failures=failures, k=self.max_edits)
         return prompt + SHARED_MEMORY_NOTE if pc.scope == GLOBAL else prompt
 
     def propose(self, pc: ProposalContext) -> list[Proposal]:
@@ -292,7 +349,8 @@ class ReflectionProposer:
                 return UpdateItem(pc.predictor, item_id, body, rationale=why)
             if verb == "DELETE":
                 return DeleteItem(pc.predictor, item_id, rationale=why)
-            if pc.scope == GLOBAL:
+            rewritable = len(pc.context.predictor(pc.predictor).instruction.split()) <= REWRITABLE_WORDS
+            if pc.scope == GLOBAL and rewritable:
                 return RewriteInstruction(pc.predictor, body, rationale=why)
             # In a task-aware stream an instruction for one task is a task-scoped strategy.
             return AddItem(pc.predictor, body, scope=pc.scope, kind="strategy", rationale=why)
@@ -318,7 +376,8 @@ class DemoProposer:
         existing = [d for d in pc.context.predictor(pc.predictor).demos if d.scope == pc.scope]
         clear = tuple(RemoveDemo(pc.predictor, d.id, rationale="replaced by a new demo set") for d in existing)
         out: list[Proposal] = []
-        train = list(pc.train)
+        train = [ex for ex in pc.train if pc.labeled(ex)]
+        group = "demos" if pc.output_stage else f"demos:{pc.predictor}"
         for s in range(self.sets):
             size = min(self.size if s % 2 == 0 else self.size // 2 + 1, len(train))
             if size == 0:
@@ -328,19 +387,21 @@ class DemoProposer:
                      for ex in chosen}
             edits = clear + tuple(AddDemo(pc.predictor, d, rationale="labeled train example")
                                   for d in sorted(demos, key=lambda d: d.id))
-            out.append(Proposal(f"demos{s}", edits, "demos", f"{size} labeled train demos", group="demos"))
+            out.append(Proposal(f"demos{s}", edits, "demos", f"{size} labeled train demos", group=group))
         wins = [o for o in pc.observations if o.score >= 1.0]
         if len(wins) >= 2:
             demos = set()
             for o in wins[: self.size]:
-                step = next((t for t in o.trace if t.get("predictor") == pc.predictor), None)
+                step = next(iter(pc.stage_calls(o)), None)
                 if step:
                     demos.add(self._demo(pc, dict(step["inputs"]), dict(step["outputs"])))
             if len(demos) >= 2:
                 edits = clear + tuple(AddDemo(pc.predictor, d, rationale="successful trace")
                                       for d in sorted(demos, key=lambda d: d.id))
-                out.append(Proposal("demos-traced", edits, "demos", f"{len(demos)} successful traces",
-                                    group="demos"))
+                name = "demos-traced" if pc.output_stage else f"demos-traced:{pc.predictor}"
+                out.append(Proposal(name, edits, "demos", f"{len(demos)} successful traces"
+                                    + ("" if pc.output_stage else f" of {pc.predictor}"),
+                                    group=group))
         return out
 
 
@@ -357,7 +418,7 @@ class FormatRuleProposer:
 
     def propose(self, pc: ProposalContext) -> list[Proposal]:
         labels = [str(ex.get(pc.output) or "") for ex in pc.train]
-        if not labels:
+        if not labels or not pc.output_stage:  # format rules are about the output field
             return []
         fails = pc.failures
         rules: list[tuple[str, str]] = []
