@@ -204,7 +204,8 @@ def _split_pool(
     return block[:n_train], block[n_train:]
 
 
-def _sample(pool: list[Any], n: int, rng: random.Random, visit: int = 1) -> list[Any]:
+def sample_block(pool: list[Any], n: int, rng: random.Random, visit: int = 1) -> list[Any]:
+    """A seeded shuffle of ``pool``, then its ``visit``-th block of ``n`` (:func:`visit_block`)."""
     pool = list(pool)
     rng.shuffle(pool)
     return visit_block(pool, n, visit)
@@ -266,7 +267,7 @@ def _ii_task(name: str, *, seed: int, sizes: tuple[int, int, int], aware: bool, 
     test_inputs = {r.input.strip().lower() for r in execute}
     pool = [r for r in _ii_rows(name, "induce") if r.input.strip().lower() not in test_inputs]
     train, val = _split_pool(pool, n_train, n_val, seeded_rng("ii", name, seed), visit)
-    test = _sample(execute, n_test, seeded_rng(TEST_SEED, "ii", name), visit)
+    test = sample_block(execute, n_test, seeded_rng(TEST_SEED, "ii", name), visit)
     task_name = name if aware else None
 
     def ex(r: _Row) -> dspy.Example:
@@ -341,7 +342,7 @@ def _babi_task(number: int, *, seed: int, sizes: tuple[int, int, int], aware: bo
     n_train, n_val, n_test = sizes
     name = BABI_TASKS[number]
     train, val = _split_pool(list(_babi_rows(number, "train")), n_train, n_val, seeded_rng("babi", number, seed), visit)
-    test = _sample(list(_babi_rows(number, "test")), n_test, seeded_rng(TEST_SEED, "babi", number), visit)
+    test = sample_block(list(_babi_rows(number, "test")), n_test, seeded_rng(TEST_SEED, "babi", number), visit)
     metric_name = "set_equal" if number == 8 else "exact_match"
     task_name = name if aware else None
 

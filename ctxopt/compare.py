@@ -148,31 +148,35 @@ def compare_specs(
     gate: str = "paired",
     storage: str | None = None,
     search_workers: int = 1,
+    program: str = "builtin",
     callbacks: Sequence[Callback] = (),
     report: bool = True,
 ) -> list[dict[str, Any]]:
     """:func:`compare` from plain data, as ``ctxopt compare`` runs it; also one job of ``--executor ray``.
 
-    Builds the stream, the program (:func:`~ctxopt.program.program_for`) and both LMs from their specs,
+    Builds the stream, the program (``program``: :func:`~ctxopt.program.build_program`) and both LMs from their specs,
     points DSPy's request cache at ``RUN_DIR/dspy_cache`` and runs ``methods`` (comma-separated names;
-    ``ctxopt`` gets ``gate``, ``storage`` and ``search_workers``).
+    ``ctxopt`` and ``ctxopt-<stage policy>``, e.g. ``ctxopt-output``, get ``gate``, ``storage`` and
+    ``search_workers``).
 
     Returns:
         Each method's :class:`RunResult` as a dict (plain data, so it crosses processes).
     """
     from ctxopt.baselines.continual import CtxoptMethod
     from ctxopt.lm import get_lm
-    from ctxopt.program import program_for
+    from ctxopt.program import build_program
     from ctxopt.streams import load_stream
 
     the_stream = load_stream(stream, seed=seed, sizes=tuple(sizes) if sizes else None, scenario=scenario)
     chosen: list[str | Method] = [
-        CtxoptMethod(gate=gate, storage=storage, search_workers=search_workers) if m.strip() == "ctxopt"
-        else m.strip() for m in methods.split(",") if m.strip()]
+        CtxoptMethod(gate=gate, storage=storage, search_workers=search_workers,
+                     stages=m.strip().removeprefix("ctxopt-") if m.strip() != "ctxopt" else "credit")
+        if m.strip() == "ctxopt" or m.strip().startswith("ctxopt-") else m.strip()
+        for m in methods.split(",") if m.strip()]
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     dspy.configure_cache(disk_cache_dir=str(folder / "dspy_cache"))  # the request cache lives with the run
-    results = compare(program_for(the_stream), the_stream, chosen, task_lm=get_lm(task_lm),
+    results = compare(build_program(program, the_stream), the_stream, chosen, task_lm=get_lm(task_lm),
                       reflection_lm=get_lm(reflection_lm, max_tokens=768), run_dir=folder, budget=budget, seed=seed,
                       num_threads=num_threads, max_context_tokens=context_tokens, callbacks=callbacks, report=report)
     return [r.to_dict() for r in results]

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ctxopt.budget import Budget, get_budget
 from ctxopt.errors import ConfigError
 
-__all__ = ["RunConfig", "build_program", "fit_config", "load_config", "resolve_budget"]
+__all__ = ["RunConfig", "fit_config", "load_config", "resolve_budget"]
 
 
 class RunConfig(BaseModel):
@@ -128,22 +127,6 @@ def load_config(path: str | Path) -> RunConfig:
     return config
 
 
-def build_program(spec: str, stream: Any, instruction: str | None = None) -> Any:
-    """The built-in program for the stream, or a user factory ``"package.module:function"``."""
-    if spec == "builtin":
-        from ctxopt.program import DEFAULT_INSTRUCTION, program_for
-
-        return program_for(stream, instruction or DEFAULT_INSTRUCTION)
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"program {spec!r}: use 'builtin' or 'package.module:factory'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"program {spec!r} cannot be imported: {exc}") from exc
-    return factory(stream) if callable(factory) else factory
-
-
 def fit_config(config: RunConfig, callbacks: Sequence[Callable[[Any], None]] = (),
                lms: tuple[Any, Any] | None = None) -> Any:
     """Run what ``config`` says (``ctxopt run``, one agent of ``ctxopt fleet``); return the :class:`RunResult`.
@@ -155,6 +138,7 @@ def fit_config(config: RunConfig, callbacks: Sequence[Callable[[Any], None]] = (
 
     from ctxopt.lm import get_lm
     from ctxopt.optimizer import ContinualOptimizer
+    from ctxopt.program import build_program
     from ctxopt.streams import load_stream
 
     dspy.configure_cache(disk_cache_dir=str(Path(config.run_dir) / "dspy_cache"))  # the request cache lives with the run

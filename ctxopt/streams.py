@@ -18,6 +18,9 @@
   order, with the package's default configurations. Both need the optional
   extra ``ctxopt[rg]`` (reasoning-gym 0.1.25, Apache-2.0, generated offline from
   seeds; :mod:`ctxopt.rg`).
+* ``tools-8``: eight tool-use tasks written for ctxopt (:mod:`ctxopt.tools`), whose program is
+  ``dspy.ReAct`` with a calculator and a lookup tool; task-agnostic by default (each question says
+  what it needs). ``tools:shop_total,town_mayor``: any subset, in order.
 * a path to a ``.yaml``/``.yml`` file (see below).
 
 Built-in streams other than ``assistant-8`` are task-aware unless
@@ -105,6 +108,7 @@ from ctxopt.errors import ConfigError, DataError
 from ctxopt.metrics import get_metric
 from ctxopt.rg import ASSISTANT8, rg_stream
 from ctxopt.tasks import SCENARIOS, Task, TaskStream, make_example, visit_name
+from ctxopt.tools import TOOL_TASKS, tools_stream
 
 __all__ = [
     "load_stream",
@@ -127,6 +131,8 @@ _BUILTINS: dict[str, str] = {
     "babi": "bAbI QA, all 20 tasks; babi:1,4,… picks tasks in order",
     "assistant-8": "reasoning-gym, 8 self-describing tasks, task-agnostic: " + ", ".join(ASSISTANT8),
     "rg": "rg:a,b,… picks reasoning-gym datasets in order (needs ctxopt[rg])",
+    "tools-8": "tool use with dspy.ReAct (calculator, lookup), task-agnostic: " + ", ".join(TOOL_TASKS),
+    "tools": "tools:a,b,… picks tool-use tasks in order",
 }
 _REPEAT = re.compile(r"^(?P<base>.+)x(?P<times>[1-9][0-9]*)$")
 
@@ -136,7 +142,7 @@ def builtin_streams() -> dict[str, str]:
 
     Example:
         >>> sorted(builtin_streams())
-        ['assistant-8', 'babi', 'babi-10', 'ii', 'ii-8', 'rg']
+        ['assistant-8', 'babi', 'babi-10', 'ii', 'ii-8', 'rg', 'tools', 'tools-8']
     """
     return dict(_BUILTINS)
 
@@ -155,7 +161,7 @@ def load_stream(
 
     Args:
         spec: ``ii-8``, ``ii``, ``ii:a,b``, ``babi-10``, ``babi``, ``babi:1,4``,
-            ``assistant-8``, ``rg:a,b``, any of those with a repeat suffix
+            ``assistant-8``, ``rg:a,b``, ``tools-8``, ``tools:a,b``, any of those with a repeat suffix
             (``ii-8x2``), or a path to a YAML stream file.
         seed: Seeds the train/val draw (the test subset is fixed).
         sizes: ``(train, val, test)`` examples per task; built-ins default to
@@ -184,7 +190,7 @@ def load_stream(
     if path.suffix.lower() in (".yaml", ".yml") or path_exists(path):
         return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
     raise ConfigError(
-        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4, rg:a,b), "
+        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4, rg:a,b, tools:a,b), "
         "optionally repeated (ii-8x2), or the path of a .yaml stream file"
     )
 
@@ -212,6 +218,9 @@ def _builtin(
                          scenario=scenario or "task-agnostic", configs=ASSISTANT8)
     if head == "rg" and rest:
         return rg_stream(name, _names(rest) * times, seed=seed, sizes=sizes, scenario=scenario or "task-aware")
+    if base == "tools-8" or (head == "tools" and rest):
+        names = tuple(TOOL_TASKS) if base == "tools-8" else _pick(rest, tuple(TOOL_TASKS), "tools")
+        return tools_stream(name, names * times, seed=seed, sizes=sizes, scenario=scenario or "task-agnostic")
     return None
 
 

@@ -66,10 +66,17 @@ def get_method(method: str | Method, **options: Any) -> Method:
 
     Raises:
         ConfigError: Unknown name; the message lists the valid ones.
+
+    ``ctxopt-<policy>`` is ctxopt with another stage policy (:mod:`ctxopt.credit`): ``ctxopt-output``
+    edits only the output predictor, ``ctxopt-rotate`` goes round the stages.
     """
     if not isinstance(method, str):
         return method
-    target = METHODS.get(method.strip())
+    name = method.strip()
+    if name.startswith("ctxopt-"):  # ctxopt with another stage policy (ctxopt.credit), e.g. ctxopt-output
+        options = {**options, "stages": name.removeprefix("ctxopt-")}
+        name = "ctxopt"
+    target = METHODS.get(name)
     if target is None:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     module, _, cls = target.partition(":")

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-workers", type=int, default=1,
                    help="processes that search each step at once, on the same study (default 1; more than one "
                         "needs --storage on a database server, and is not bit-identical to one)")
+    p.add_argument("--program", default="builtin",
+                   help="builtin (the stream's default: one Predict, or ReAct for tools streams), predict, "
+                        "two-stage, react, or package.module:factory")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: methods one after another in this process (default); ray: each method and seed "
                         "is a Ray task with its own process and one llama thread (resumes if a worker dies)")
@@ -113,7 +116,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = {"stream": args.stream, "task_lm": args.task_lm, "reflection_lm": args.reflection_lm,
             "budget": args.budget, "sizes": list(args.sizes) if args.sizes else None, "scenario": args.scenario,
             "context_tokens": args.context_tokens, "num_threads": args.num_threads, "gate": args.gate,
-            "storage": args.storage, "search_workers": args.search_workers}
+            "storage": args.storage, "search_workers": args.search_workers, "program": args.program}
     runs = []  # (seed, run dir, stream, methods)
     for seed in seeds:
         stream = load_stream(args.stream, seed=seed, sizes=args.sizes, scenario=args.scenario)

@@ -77,10 +77,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_sleep(args: argparse.Namespace) -> int:
     from ctxopt.budget import get_budget
-    from ctxopt.config import build_program
     from ctxopt.consolidate import Consolidator
     from ctxopt.lm import get_lm
     from ctxopt.optimizer import ContinualOptimizer
+    from ctxopt.program import build_program
     from ctxopt.store import Store
     from ctxopt.streams import load_stream
     from ctxopt.tokens import rendered_tokens

@@ -133,7 +133,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _program(args: argparse.Namespace, store: Any, rev: str) -> Any:
     """The program C belongs to: ``--program`` built for ``--stream``, else for the stream the store recorded."""
-    from ctxopt.config import build_program
+    from ctxopt.program import build_program
     from ctxopt.streams import load_stream
 
     first = store.log(rev)[-1].metadata  # a run's initial version records its stream and scenario
