@@ -3,7 +3,8 @@
 Example ``config.yaml``::
 
     stream: ii-8                      # built-in stream name or a stream YAML path
-    program: builtin                  # or "package.module:factory" returning a dspy.Module
+    program: builtin                  # the stream's default; or predict, two-stage, react, "package.module:factory"
+    stages: credit                    # which predictors learn (ctxopt.credit): credit, rotate or output
     task_lm: local
     reflection_lm: local:qwen2.5-coder-1.5b
     budget: light                     # preset, or a mapping: {preset: light, n_trials: 4}
@@ -68,6 +69,7 @@ class RunConfig(BaseModel):
     similarity: Literal["auto", "embedding", "lexical"] = "auto"
     storage: str | None = None
     search_workers: int = Field(1, ge=1, le=64)
+    stages: Literal["credit", "rotate", "output"] = "credit"
 
     @field_validator("consolidate", mode="before")
     @classmethod
@@ -149,5 +151,5 @@ def fit_config(config: RunConfig, callbacks: Sequence[Callable[[Any], None]] = (
                              epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
                              callbacks=list(callbacks), consolidate=config.consolidate,
                              consolidator=config.similarity, storage=config.storage,
-                             search_workers=config.search_workers)
+                             search_workers=config.search_workers, stages=config.stages)
     return opt.fit(program, stream, run_dir=config.run_dir)
