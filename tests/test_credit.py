@@ -183,3 +183,20 @@ def test_react_agent_learns_to_call_its_tool_from_the_metrics_tool_feedback(tmp_
     assert TOOL_RULE in [it.text for it in ctx.items("react")]
     # ReAct's long instruction (its tool list) is never rewritten; rules go around it.
     assert "calculator" in ctx.predictor("react").instruction and calculator("8652 / 28") == "309"
+
+
+def test_a_multi_stage_store_shows_and_exports_every_predictor(tmp_path, capsys):
+    from ctxopt.cli import main
+
+    opt = ContinualOptimizer(_stage_lm(), _reflector(), seed=0, num_threads=1,
+                             budget=get_budget("light", n_trials=6, train_minibatch=8, val_minibatch=8))
+    opt.fit(SelectThenAnswer(("input",), "output"), _story_stream(), run_dir=tmp_path / "run")
+    store = str(tmp_path / "run" / "store")
+    assert main(["show", "--store", store]) == 0
+    shown = capsys.readouterr().out
+    assert "== select  (1 items" in shown and "== answer  (0 items" in shown and SELECT_RULE in shown
+    assert main(["export", "--store", store, "--dspy", str(tmp_path / "state.json")]) == 0
+    fresh = SelectThenAnswer(("input",), "output")
+    fresh.load(str(tmp_path / "state.json"))
+    assert SELECT_RULE in fresh.select.signature.instructions
+    assert SELECT_RULE not in fresh.answer.signature.instructions
