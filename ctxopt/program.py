@@ -135,8 +135,12 @@ class SelectThenAnswer(dspy.Module):
         return self.answer(**label, facts=facts, question=question)
 
 
-def react_program(stream: TaskStream, instruction: str | None = None, max_iters: int = 5) -> dspy.ReAct:
-    """``dspy.ReAct`` over the stream's fields with the calculator and lookup tools (:mod:`ctxopt.tools`)."""
+def react_program(stream: TaskStream, instruction: str | None = None, max_iters: int = 3) -> dspy.ReAct:
+    """``dspy.ReAct`` over the stream's fields with the calculator and lookup tools (:mod:`ctxopt.tools`).
+
+    ``max_iters=3`` covers the longest tool task (two lookups and a subtraction); each further turn is
+    another call with the whole trajectory in its prompt, which on a small local model costs seconds.
+    """
     from ctxopt.tools import calculator, lookup
 
     return dspy.ReAct(_signature(stream.program_inputs, stream.output, instruction or DEFAULT_INSTRUCTION),
