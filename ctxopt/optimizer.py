@@ -252,7 +252,7 @@ class ContinualOptimizer:
         self._seen: list[Task] = []
         self._scenario = "task-aware"
         self._step = 0
-        self._search_figures: dict[str, int] = {}  # the current step's search_scored and search_cut
+        self._search_figures: dict[str, Any] = {}  # the current step's search_scored and search_cut, stage blame
 
     def _bind(self, run_dir: str | Path) -> RunDir:
         """Use ``run_dir`` from now on; a different folder from before starts a new run (store, caches, ledger)."""
@@ -510,6 +510,7 @@ class ContinualOptimizer:
                                step=setup.step, policy=self.stages)
         if len(named) > 1:
             self.emit("stages", task.name, **choice.to_dict())
+            self._search_figures.update(stage_order=list(choice.order), stage_blame=dict(choice.blame))
         keep = self._consolidation_reserve()
         proposers = self._proposer_list()
         raw: list[Proposal] = []
@@ -568,7 +569,7 @@ class ContinualOptimizer:
         result = search.run(study, setup.base, list(proposed.proposals), objective,
                             step=setup.step, task=task.name, on_trial=on_trial, on_resumed=objective.resumed)
         # Contexts the search scored (the current C included), and those it stopped after the val head.
-        self._search_figures = {"search_scored": len(objective.values), "search_cut": len(objective.cut)}
+        self._search_figures.update(search_scored=len(objective.values), search_cut=len(objective.cut))
         return Searched(result.best, tuple(result.best_proposals), result.stopped_by_budget)
 
     def _gate(self, program: dspy.Module, setup: StepSetup, searched: Searched) -> Gated:

@@ -122,6 +122,8 @@ def test_credit_teaches_the_selector_what_output_only_learning_cannot(tmp_path, 
         assert result.steps[0].accepted and result.R[0][0] == 1.0 > result.r0[0]
         assert select_rules == [SELECT_RULE]
         assert chosen["order"][0] == "select" and chosen["blame"]["select"] > 0
+        assert result.steps[0].extra["stage_order"] == chosen["order"]  # the step record keeps the blame
+        assert result.steps[0].extra["stage_blame"] == chosen["blame"]
     else:  # only the answer stage is edited, and nothing it is told can bring back a line it never sees
         assert select_rules == [] and chosen["order"] == ["answer"]
         assert result.R[0][0] == result.r0[0] < 1.0
