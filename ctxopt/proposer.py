@@ -263,6 +263,29 @@ def restates_feedback(rule: str, failures: Sequence[Observation]) -> bool:
     return plain in clauses or bool(_PAST_OUTCOME.match(plain))
 
 
+_NAME = re.compile(r"\b[A-Z][a-z]{2,}\b")
+
+
+def example_names(rule: str, failures: Sequence[Observation]) -> list[str]:
+    """Capitalized words of ``rule`` that are names in the failed examples' inputs (a rule about one case).
+
+    A small reflector reading a stage's failures often writes a rule for the person or place in front
+    of it ("copy the facts about Sandra"), which teaches the stage nothing about the next input.
+    Words at the start of a sentence in the rule are ignored.
+
+    Example:
+        >>> import dspy
+        >>> ex = dspy.Example(input="Sandra went to the garden. Question: Where is Sandra?").with_inputs("input")
+        >>> fails = [Observation(ex, 0.0, "", {})]
+        >>> example_names("When asked where Sandra is, copy her lines.", fails), example_names("Copy every line.", fails)
+        (['Sandra'], [])
+    """
+    inputs = " ".join(str(v) for o in failures for t in o.trace for v in (t.get("inputs") or {}).values())
+    inputs += " " + " ".join(str(v) for o in failures for k, v in o.example.inputs().items() if k != "task")
+    starts = {m.group(1) for m in re.finditer(r"(?:^|[.!?:]\s+)([A-Z][a-z]+)", rule)}
+    return sorted({w for w in _NAME.findall(rule) if w not in starts and re.search(rf"\b{w}\b", inputs)})
+
+
 def _fmt_failure(i: int, obs: Observation, inputs: Sequence[str], output: str) -> str:
     shown = "\n".join(f"{k}: {obs.example.get(k)}" for k in inputs if k != "task")
     got = obs.prediction.get(output, "")
@@ -333,6 +356,10 @@ class ReflectionProposer:
             for j, (verb, item_id, body) in enumerate(parse_reflection(text)[: self.max_edits]):
                 if verb in ("ADD", "UPDATE") and restates_feedback(split_when(body)[0], pc.failures):
                     log.info("reflection sample %d: dropped %r, which only restates the metric's feedback", s, body)
+                    continue
+                if not pc.output_stage and verb in ("ADD", "UPDATE") and (names := example_names(body, pc.failures)):
+                    log.info("reflection sample %d: dropped stage rule %r, which names %s from its examples",
+                             s, body, ", ".join(names))
                     continue
                 edit = self._edit(pc, verb, item_id, body)
                 if edit is not None:

@@ -202,3 +202,19 @@ def test_a_multi_stage_store_shows_and_exports_every_predictor(tmp_path, capsys)
     fresh.load(str(tmp_path / "state.json"))
     assert SELECT_RULE in fresh.select.signature.instructions
     assert SELECT_RULE not in fresh.answer.signature.instructions
+
+
+def test_stage_reflection_drops_rules_about_one_examples_names():
+    from ctxopt.context import LearnedContext
+    from ctxopt.proposer import ProposalContext, ReflectionProposer
+
+    lm = scripted_lm(lambda system, user: "ADD: When asked where Mary is, copy the lines about Mary.\n"
+                                          f"ADD: {SELECT_RULE}")
+    stream = _story_stream()
+    program = SelectThenAnswer(("input",), "output")
+    ex = stream.tasks[0].train[0]
+    fail = Observation(ex, 0.0, "expected 'x'", {"output": ""}, [])
+    pc = ProposalContext(LearnedContext.from_program(program), "where", "global", "select", ("input",), "output",
+                         (fail,), tuple(stream.tasks[0].train), output_stage=False)
+    texts = [p.edits[0].text for p in ReflectionProposer(lm, samples=1).propose(pc)]
+    assert texts == [SELECT_RULE]  # the story names Mary: that rule is about one case; the general rule stays
