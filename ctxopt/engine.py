@@ -216,7 +216,7 @@ class Engine:
                 store.commit(context, f"initial context C0 ({name})",
                              {"step": 0, "task": None, "method": name, "stream": self.stream.name,
                               "scenario": self.stream.scenario, "stream_meta": dict(self.stream.meta),
-                              "lms": self.lms})
+                              "predictors": [n for n, _ in self.program.named_predictors()], "lms": self.lms})
             state = run.new_state(self.identity(method), store.head().rev)
         else:
             context = store.show(state["rev"])

@@ -413,7 +413,8 @@ class ContinualOptimizer:
         base = context or self._context or st.current()
         if base is None:
             base = LearnedContext.from_program(program)
-            st.commit(base, "initial context C0", {"step": 0, "lms": self._lms()})
+            st.commit(base, "initial context C0", {"step": 0, "lms": self._lms(),
+                                                   "predictors": [n for n, _ in program.named_predictors()]})
         self._step = len(earlier) + 1
         setup = StepSetup(step=self._step, task=task, base=base, earlier=tuple(earlier), scenario=self._scenario,
                           scope=task.family if self._scenario == "task-aware" else GLOBAL,
@@ -513,6 +514,9 @@ class ContinualOptimizer:
             self._search_figures.update(stage_order=list(choice.order), stage_blame=dict(choice.blame))
         keep = self._consolidation_reserve()
         proposers = self._proposer_list()
+        # reflection calls dealt out over the stages: what the budget leaves after consolidation's reserve,
+        # so that a reserve cannot starve the last stage in the order
+        available = max(0, self.ledger.remaining("reflection") - keep)
         raw: list[Proposal] = []
         for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
             pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=stage,
@@ -521,7 +525,7 @@ class ContinualOptimizer:
                                    seed=self.seed * 100 + setup.step, output_stage=stage == setup.predictor)
             for proposer in proposers:
                 if isinstance(proposer, ReflectionProposer) and len(named) > 1:  # its calls dealt out by blame
-                    if not (n := choice.samples(proposer.samples).get(stage)):
+                    if not (n := choice.samples(min(proposer.samples, available)).get(stage)):
                         continue
                     proposer = replace(proposer, samples=n)
                 elif stage not in choice.demos:

@@ -141,10 +141,10 @@ def react_program(stream: TaskStream, instruction: str | None = None, max_iters:
     ``max_iters=3`` covers the longest tool task (two lookups and a subtraction); each further turn is
     another call with the whole trajectory in its prompt, which on a small local model costs seconds.
     """
-    from ctxopt.tools import calculator, lookup
+    from ctxopt.tools import agent_tools
 
     return dspy.ReAct(_signature(stream.program_inputs, stream.output, instruction or DEFAULT_INSTRUCTION),
-                      tools=[calculator, lookup], max_iters=max_iters)
+                      tools=agent_tools(), max_iters=max_iters)
 
 
 def _predict(stream: TaskStream, instruction: str | None = None) -> TaskProgram:

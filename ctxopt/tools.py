@@ -53,7 +53,7 @@ from ctxopt.errors import ConfigError, DataError
 from ctxopt.metrics import Score, field_value, normalize
 from ctxopt.tasks import Task, TaskStream, make_example, visit_name, visits
 
-__all__ = ["TOOL_TASKS", "TOOLS_FIELD", "ToolMetric", "calculator", "generate", "lookup", "tools_stream"]
+__all__ = ["TOOL_TASKS", "TOOLS_FIELD", "ToolMetric", "agent_tools", "calculator", "generate", "lookup", "tools_stream"]
 
 TOOLS_FIELD = "_tools"
 INPUT, OUTPUT = "question", "answer"
@@ -114,6 +114,26 @@ def calculator(expression: str) -> str:
         return "error: division by zero"
     except (SyntaxError, ValueError, TypeError) as exc:
         return f"error: cannot evaluate {expression!r} ({exc}); use digits and + - * / ( )"
+
+
+def agent_tools() -> list[Any]:
+    """The stream's two tools as ``dspy.ReAct`` takes them: ``calculator`` and ``lookup``.
+
+    A failing call (bad arguments included) comes back to the agent as one short ``error: …`` line;
+    ``dspy.ReAct`` would otherwise put five frames of Python traceback into the trajectory, which every
+    later turn's prompt then carries.
+    """
+    import dspy
+
+    class AgentTool(dspy.Tool):
+        def __call__(self, **kwargs: Any) -> Any:
+            try:
+                return super().__call__(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - the agent reads it, as ReAct would
+                detail = " ".join(str(exc).split())[:160]
+                return f"error: {type(exc).__name__}: {detail}; arguments are {', '.join(self.args)}"
+
+    return [AgentTool(calculator), AgentTool(lookup)]
 
 
 @lru_cache(maxsize=1)

@@ -124,6 +124,9 @@ def test_credit_teaches_the_selector_what_output_only_learning_cannot(tmp_path, 
         assert chosen["order"][0] == "select" and chosen["blame"]["select"] > 0
         assert result.steps[0].extra["stage_order"] == chosen["order"]  # the step record keeps the blame
         assert result.steps[0].extra["stage_blame"] == chosen["blame"]
+        # 3 reflection calls, 1 kept for consolidation: the other 2 go one to each stage, not both to select
+        proposed = str(next(e.data for e in events if e.kind == "propose"))
+        assert SELECT_RULE in proposed and ANSWER_RULE in proposed
     else:  # only the answer stage is edited, and nothing it is told can bring back a line it never sees
         assert select_rules == [] and chosen["order"] == ["answer"]
         assert result.R[0][0] == result.r0[0] < 1.0
@@ -196,11 +199,13 @@ def test_a_multi_stage_store_shows_and_exports_every_predictor(tmp_path, capsys)
     store = str(tmp_path / "run" / "store")
     assert main(["show", "--store", store]) == 0
     shown = capsys.readouterr().out
-    assert "== select  (1 items" in shown and "== answer  (0 items" in shown and SELECT_RULE in shown
+    assert "== select  (1 items" in shown and "== answer  (1 items" in shown
+    assert SELECT_RULE in shown and ANSWER_RULE in shown
+    assert shown.index("== select") < shown.index("== answer")  # program order, not by name
     assert main(["export", "--store", store, "--dspy", str(tmp_path / "state.json")]) == 0
     fresh = SelectThenAnswer(("input",), "output")
     fresh.load(str(tmp_path / "state.json"))
-    assert SELECT_RULE in fresh.select.signature.instructions
+    assert SELECT_RULE in fresh.select.signature.instructions and ANSWER_RULE in fresh.answer.signature.instructions
     assert SELECT_RULE not in fresh.answer.signature.instructions
 
 

@@ -8,7 +8,7 @@ import pytest
 from ctxopt.errors import ConfigError
 from ctxopt.program import program_for
 from ctxopt.streams import load_stream
-from ctxopt.tools import TOOL_TASKS, ToolMetric, calculator, data_dir, generate, lookup, tool_calls, towns
+from ctxopt.tools import TOOL_TASKS, ToolMetric, agent_tools, calculator, data_dir, generate, lookup, tool_calls, towns
 
 
 def test_packaged_data_is_what_the_generator_writes(tmp_path):
@@ -44,6 +44,16 @@ def test_lookup_reads_the_fact_table_case_blind_and_names_valid_attributes():
     assert lookup(town, "mayor") == facts["mayor"]
     assert "use one of population, founded, mayor, region" in lookup(town, "size")
     assert lookup("Atlantis", "mayor").startswith("error: no town named 'Atlantis'")
+
+
+def test_agent_tools_answer_a_bad_call_with_one_short_line_not_a_traceback():
+    calc, look = agent_tools()
+    assert (calc.name, look.name) == ("calculator", "lookup") and calc(expression="6 * 7") == "42"
+    schema_copied = calc(expression={"type": "string"})  # what the 0.5B writes into next_tool_args
+    missing = look(town="Atlantis")
+    for error in (schema_copied, missing):
+        assert error.startswith("error: ") and "\n" not in error and "Traceback" not in error
+    assert schema_copied.endswith("arguments are expression") and missing.endswith("arguments are town, attribute")
 
 
 def _pred(answer, *calls):

@@ -95,7 +95,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ctx = store.show(version.rev)
     if args.for_input is not None:
         return _show_for_input(args, store, version, ctx)
-    names = list(ctx.predictors)
+    names = _program_order(store, version.rev, ctx)
     if args.predictor is not None:
         if args.predictor not in ctx.predictors:
             raise ConfigError(f"no predictor {args.predictor!r} at {version.short} (predictors: {', '.join(names)})")
@@ -129,6 +129,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             shown = lambda fields: "; ".join(f"{k}={_clip(v)}" for k, v in fields.items() if k != "task")  # noqa: E731
             _out(f"  demo {d.id} [{d.scope}] {shown(d.inputs)} → {shown(d.outputs)}")
     return 0
+
+
+def _program_order(store: Any, rev: str, ctx: Any) -> list[str]:
+    """C's predictor names in the order the program calls them, as its initial version recorded (else by name)."""
+    recorded = store.log(rev)[-1].metadata.get("predictors") or []
+    known = [n for n in recorded if n in ctx.predictors]
+    return known + [n for n in ctx.predictors if n not in known]
 
 
 def _program(args: argparse.Namespace, store: Any, rev: str) -> Any:
