@@ -5,6 +5,7 @@ Example ``config.yaml``::
     stream: ii-8                      # built-in stream name or a stream YAML path
     program: builtin                  # the stream's default; or predict, two-stage, react, "package.module:factory"
     stages: credit                    # which predictors learn (ctxopt.credit): credit, rotate or output
+    grounded: false                   # also propose data-grounded instructions (ctxopt.grounding)
     task_lm: local
     reflection_lm: local:qwen2.5-coder-1.5b
     budget: light                     # preset, or a mapping: {preset: light, n_trials: 4}
@@ -70,6 +71,7 @@ class RunConfig(BaseModel):
     storage: str | None = None
     search_workers: int = Field(1, ge=1, le=64)
     stages: Literal["credit", "rotate", "output"] = "credit"
+    grounded: bool = False
 
     @field_validator("consolidate", mode="before")
     @classmethod
@@ -151,5 +153,6 @@ def fit_config(config: RunConfig, callbacks: Sequence[Callable[[Any], None]] = (
                              epsilon=config.epsilon, seed=config.seed, num_threads=config.num_threads,
                              callbacks=list(callbacks), consolidate=config.consolidate,
                              consolidator=config.similarity, storage=config.storage,
-                             search_workers=config.search_workers, stages=config.stages)
+                             search_workers=config.search_workers, stages=config.stages,
+                             grounded=config.grounded)
     return opt.fit(program, stream, run_dir=config.run_dir)

@@ -66,6 +66,7 @@ from ctxopt.engine import Engine, RunEvent, measure_row
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import Evaluator
 from ctxopt.gate import DEFAULT_GATE, Decision, Gate, PairedScores, get_gate
+from ctxopt.grounding import GroundedInstructionProposer
 from ctxopt.lm import get_lm, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
 from ctxopt.proposer import (
@@ -186,6 +187,8 @@ class ContinualOptimizer:
         stages: Which predictors of a multi-stage program a step edits (:mod:`ctxopt.credit`): ``credit``
             (default: reflection on the stage most failures are blamed on, demos for every stage that ran),
             ``rotate`` (reflection goes round the stages) or ``output`` (only the output field's predictor).
+        grounded: Also propose instructions written from a summary of the train data, the program's signature
+            and a set of tips (:mod:`ctxopt.grounding`, MIPROv2-style); one of the step's reflection calls.
     """
 
     def __init__(
@@ -212,9 +215,11 @@ class ContinualOptimizer:
         storage: str | None = None,
         search_workers: int = 1,
         stages: str = "credit",
+        grounded: bool = False,
     ) -> None:
         check_workers(search_workers, storage)
         self.stages = check_policy(stages)
+        self.grounded = bool(grounded)
         self.task_lm = _as_lm(task_lm)
         self.reflection_lm = _as_lm(reflection_lm)
         self.budget = get_budget(budget)
@@ -319,9 +324,13 @@ class ContinualOptimizer:
     def _proposer_list(self) -> list[Proposer]:
         if self._proposers is not None:
             return [*self._extra_proposers, *self._proposers]
-        charge = self.ledger.handle("proposer:ReflectionProposer", keep=self._consolidation_reserve())
+        keep = self._consolidation_reserve()
+        charge = self.ledger.handle("proposer:ReflectionProposer", keep=keep)
+        grounded = ([GroundedInstructionProposer(self.reflection_lm, charge=self.ledger.handle(
+            "proposer:GroundedInstructionProposer", keep=keep))] if self.grounded else [])
         return [
             *self._extra_proposers,
+            *grounded,  # first: its one call comes before reflection's samples
             FormatRuleProposer(),
             DemoProposer(),
             ReflectionProposer(self.reflection_lm, samples=self.budget.reflection_calls_per_task, charge=charge),
@@ -516,7 +525,7 @@ class ContinualOptimizer:
         proposers = self._proposer_list()
         # reflection calls dealt out over the stages: what the budget leaves after consolidation's reserve,
         # so that a reserve cannot starve the last stage in the order
-        available = max(0, self.ledger.remaining("reflection") - keep)
+        available = max(0, self.ledger.remaining("reflection") - keep - int(self.grounded))
         raw: list[Proposal] = []
         for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
             pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=stage,

@@ -58,6 +58,7 @@ __all__ = [
     "REFLECTION_PROMPT",
     "ReflectionProposer",
     "dedupe",
+    "instruction_edit",
     "parse_reflection",
     "split_when",
 ]
@@ -376,13 +377,25 @@ class ReflectionProposer:
                 return UpdateItem(pc.predictor, item_id, body, rationale=why)
             if verb == "DELETE":
                 return DeleteItem(pc.predictor, item_id, rationale=why)
-            rewritable = len(pc.context.predictor(pc.predictor).instruction.split()) <= REWRITABLE_WORDS
-            if pc.scope == GLOBAL and rewritable:
-                return RewriteInstruction(pc.predictor, body, rationale=why)
-            # In a task-aware stream an instruction for one task is a task-scoped strategy.
-            return AddItem(pc.predictor, body, scope=pc.scope, kind="strategy", rationale=why)
         except EditError:
             return None
+        return instruction_edit(pc, body, why)
+
+
+def instruction_edit(pc: ProposalContext, body: str, why: str) -> Edit | None:
+    """The edit a proposed instruction becomes; None if it is not a valid edit.
+
+    A rewrite of the shared instruction with one memory for all inputs (``scope`` global), unless the
+    instruction is too long to rewrite (:data:`REWRITABLE_WORDS`); otherwise a strategy item in the scope.
+    """
+    try:
+        rewritable = len(pc.context.predictor(pc.predictor).instruction.split()) <= REWRITABLE_WORDS
+        if pc.scope == GLOBAL and rewritable:
+            return RewriteInstruction(pc.predictor, body, rationale=why)
+        # In a task-aware stream an instruction for one task is a task-scoped strategy.
+        return AddItem(pc.predictor, body, scope=pc.scope, kind="strategy", rationale=why)
+    except EditError:
+        return None
 
 
 # --------------------------------------------------------------------------- demos
@@ -390,10 +403,13 @@ class ReflectionProposer:
 
 @dataclass
 class DemoProposer:
-    """Alternative demo sets for the task: labeled ones from train, and successful traces."""
+    """Alternative demo sets for the task: labeled ones from train, and successful traces.
 
-    sets: int = 3
-    size: int = 6
+    One labeled set is drawn per entry of ``sizes``: the search chooses how many demos (8, as many as
+    ``LabeledFewShot``'s default, or 4) and, between two draws of 8, which ones.
+    """
+
+    sizes: tuple[int, ...] = (8, 4, 8)
 
     def _demo(self, pc: ProposalContext, inputs: dict, outputs: dict) -> Demo:
         return Demo(inputs=inputs, outputs=outputs, scope=pc.scope)
@@ -405,8 +421,8 @@ class DemoProposer:
         out: list[Proposal] = []
         train = [ex for ex in pc.train if pc.labeled(ex)]
         group = "demos" if pc.output_stage else f"demos:{pc.predictor}"
-        for s in range(self.sets):
-            size = min(self.size if s % 2 == 0 else self.size // 2 + 1, len(train))
+        for s, wanted in enumerate(self.sizes):
+            size = min(wanted, len(train))
             if size == 0:
                 break
             chosen = rng.sample(train, size)
@@ -418,7 +434,7 @@ class DemoProposer:
         wins = [o for o in pc.observations if o.score >= 1.0]
         if len(wins) >= 2:
             demos = set()
-            for o in wins[: self.size]:
+            for o in wins[: max(self.sizes, default=0)]:
                 step = next(iter(pc.stage_calls(o)), None)
                 if step:
                     demos.add(self._demo(pc, dict(step["inputs"]), dict(step["outputs"])))

@@ -68,13 +68,18 @@ def get_method(method: str | Method, **options: Any) -> Method:
         ConfigError: Unknown name; the message lists the valid ones.
 
     ``ctxopt-<policy>`` is ctxopt with another stage policy (:mod:`ctxopt.credit`): ``ctxopt-output``
-    edits only the output predictor, ``ctxopt-rotate`` goes round the stages.
+    edits only the output predictor, ``ctxopt-rotate`` goes round the stages. ``ctxopt-grounded`` (or
+    ``ctxopt-<policy>-grounded``) also proposes data-grounded instructions (:mod:`ctxopt.grounding`).
     """
     if not isinstance(method, str):
         return method
     name = method.strip()
-    if name.startswith("ctxopt-"):  # ctxopt with another stage policy (ctxopt.credit), e.g. ctxopt-output
-        options = {**options, "stages": name.removeprefix("ctxopt-")}
+    if name.startswith("ctxopt-"):  # a ctxopt variant: ctxopt-output, ctxopt-grounded, ctxopt-output-grounded
+        variant = name.removeprefix("ctxopt-")
+        if variant == "grounded" or variant.endswith("-grounded"):
+            options = {**options, "grounded": True}
+            variant = variant.removesuffix("grounded").removesuffix("-")
+        options = {**options, "stages": variant} if variant else options
         name = "ctxopt"
     target = METHODS.get(name)
     if target is None:

@@ -44,6 +44,8 @@ class CtxoptMethod:
         stages: Which predictors of a multi-stage program are edited (:mod:`ctxopt.credit`); a policy other
             than the default ``credit`` names the method ``ctxopt-<policy>`` (``ctxopt-output``: today's
             single-predictor learning, the ablation of multi-stage credit).
+        grounded: Also propose data-grounded instructions (:mod:`ctxopt.grounding`); names the method
+            ``ctxopt-grounded`` (with another stage policy, ``ctxopt-<policy>-grounded``).
     """
 
     name = "ctxopt"
@@ -51,13 +53,15 @@ class CtxoptMethod:
 
     def __init__(self, gate: Any = DEFAULT_GATE, epsilon: float = 0.02, proposers: Sequence[Any] | None = None,
                  callbacks: Sequence[Callable[[Any], None]] = (), optimizer: ContinualOptimizer | None = None,
-                 storage: str | None = None, search_workers: int = 1, stages: str = "credit") -> None:
+                 storage: str | None = None, search_workers: int = 1, stages: str = "credit",
+                 grounded: bool = False) -> None:
         from ctxopt.credit import check_policy
         from ctxopt.search import check_workers
 
         check_workers(search_workers, storage)
         self.stages = check_policy(stages)
-        self.name = "ctxopt" if stages == "credit" else f"ctxopt-{stages}"
+        self.grounded = bool(grounded)
+        self.name = "-".join(["ctxopt", *([stages] if stages != "credit" else []), *(["grounded"] if grounded else [])])
         self.gate, self.epsilon = gate, epsilon
         self.storage, self.search_workers = storage, search_workers
         self.proposers = proposers
@@ -73,7 +77,8 @@ class CtxoptMethod:
                 ctx.task_lm, ctx.reflection_lm, budget=ctx.budget, gate=self.gate, epsilon=self.epsilon,
                 seed=ctx.seed, num_threads=ctx.num_threads, callbacks=self.callbacks, measure_test=False,
                 proposers=self.proposers, run_dir=ctx.work_dir, store=ctx.store, evaluator=ctx.evaluator,
-                storage=self.storage, search_workers=self.search_workers, stages=self.stages)
+                storage=self.storage, search_workers=self.search_workers, stages=self.stages,
+                grounded=self.grounded)
             self.optimizer.restore(self._saved)
         return self.optimizer
 
