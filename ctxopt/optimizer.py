@@ -102,6 +102,7 @@ log = logging.getLogger(__name__)
 
 ROOM_SCOPES = 5  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
 GATE_ROUNDS = 2  # an undecided gate grows the replay samples it names at most this many times
+REVISIT_SLACK = 0.1  # a revisit is cut when C scores no more than this below where the family's last visit ended
 REJECTIONS_FILE = "consolidation_rejections.json"
 
 
@@ -255,6 +256,7 @@ class ContinualOptimizer:
         self.ledger = Ledger(self.budget)
         self._context: LearnedContext | None = None
         self._seen: list[Task] = []
+        self._ended: dict[str, float] = {}  # task family -> its full-val score when its last gated visit ended
         self._scenario = "task-aware"
         self._step = 0
         self._search_figures: dict[str, Any] = {}  # the current step's search_scored and search_cut, stage blame
@@ -396,13 +398,14 @@ class ContinualOptimizer:
 
     def resume_state(self) -> dict[str, Any]:
         """What a resumed run needs from this optimizer (the engine keeps it in ``state.json``)."""
-        return {"ledger": self.ledger.to_dict()}
+        return {"ledger": self.ledger.to_dict(), "ended": dict(self._ended)}
 
     def restore(self, state: dict[str, Any], seen: Sequence[Task] = ()) -> None:
         """Continue from :meth:`resume_state` output, with ``seen`` the tasks learned so far."""
         if state.get("ledger"):
             self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
         self._seen = list(seen)
+        self._ended = dict(state.get("ended") or {})
 
     def step(self, program: dspy.Module, task: Task, *, context: LearnedContext | None = None,
              seen: Sequence[Task] | None = None, scenario: str | None = None) -> StepOutcome:
@@ -442,6 +445,8 @@ class ContinualOptimizer:
             self.emit("phase", task.name, phase="budget", message=str(exc))
         self._commit(setup, gated)
         self._context, self._seen = (gated.context if gated.accepted else base), [*earlier, task]
+        if gated.val_after is not None:
+            self._ended[task.family] = gated.val_after
         passes = [gated.room] if gated.room is not None else []
         if self._sleeps():
             passes.append(self._sleep(program, task, setup.step))
@@ -471,6 +476,8 @@ class ContinualOptimizer:
             # could only trade this task's score for noise. The step costs one train minibatch.
             return Gated.rolled_back(setup.base, f"nothing to learn: all {len(observed.observations)} observed "
                                                  "train examples already pass")
+        if (revisit := self._revisit_cut(setup, observed)) is not None:
+            return Gated.rolled_back(setup.base, revisit)
         proposed = self._propose(program, setup, observed)
         if not proposed.proposals:
             return Gated.rolled_back(setup.base, "no usable proposals")
@@ -484,6 +491,20 @@ class ContinualOptimizer:
         if gated.accepted and over_budget(gated.context, self.budget.max_context_tokens):
             gated = self._make_room(program, setup, gated)
         return gated
+
+    def _revisit_cut(self, setup: StepSetup, observed: Observed) -> str | None:
+        """Why a revisit stops after observing, or None: the family's last gated visit ended at a val score,
+        and C still scores within :data:`REVISIT_SLACK` of it on this visit's train minibatch, so nothing
+        was forgotten that a search could win back. A family first met, or one that lost ground, learns in full."""
+        family = setup.task.family
+        bar = self._ended.get(family) if setup.task.name != family else None
+        if bar is None or not observed.observations:
+            return None
+        now = observed.score
+        if now < bar - REVISIT_SLACK:
+            return None
+        return (f"revisit of {family}: C scores {now:.2f} on {len(observed.observations)} train examples, against "
+                f"{bar:.2f} on val when its last visit ended; nothing forgotten to learn again")
 
     def _reserved(self, setup: StepSetup) -> int:
         """Task-LM calls kept from the search: the gate's cost, one round of growing one earlier task's
@@ -623,10 +644,12 @@ class ContinualOptimizer:
         self.emit("gate", task.name, **decision.to_dict(), first_outcome=first.outcome, rounds=rounds)
         gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes}
         if not decision.accepted:
-            return Gated(False, base, decision.reason, searched.proposals, decision, **gate_run)
+            return Gated(False, base, decision.reason, searched.proposals, decision, **gate_run,
+                         val_after=scores[0].mean_before)
         # The gate's paired outcome is the evidence for the items these proposals added or changed.
         best = credit(best, changed_item_ids(base, best), scores)
-        return Gated(True, best, decision.reason, searched.proposals, decision, **gate_run)
+        return Gated(True, best, decision.reason, searched.proposals, decision, **gate_run,
+                     val_after=scores[0].mean_after)
 
     def _grown(self, setup: StepSetup, names: Sequence[str], sizes: dict[str, int]) -> tuple[dict[str, int], int]:
         """The replay samples of ``names`` doubled, up to each task's whole val: the new sizes of those that

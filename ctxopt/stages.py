@@ -127,7 +127,8 @@ class Gated:
     of the make-room stage, if it ran. ``gate_outcome`` is the gate's first outcome (``accepted``,
     ``rejected`` or ``undecided``, before any growth; None when the gate did not run), ``gate_rounds``
     how many times an undecided gate grew replay samples, and ``replay_sizes`` the grown sample sizes
-    by task (tasks not named keep the budget's ``gate_replay_per_task``).
+    by task (tasks not named keep the budget's ``gate_replay_per_task``). ``val_after`` is the current
+    task's score on its full val with the context the step ends with (None when the gate did not run).
     """
 
     accepted: bool
@@ -139,6 +140,7 @@ class Gated:
     gate_outcome: str | None = None
     gate_rounds: int = 0
     replay_sizes: dict[str, int] = field(default_factory=dict)
+    val_after: float | None = None
 
     @classmethod
     def rolled_back(cls, base: LearnedContext | None, reason: str, proposals: Sequence[Proposal] = (),

@@ -115,16 +115,21 @@ def test_a_revisit_sees_the_items_its_family_learned():
     assert LearnContext(scenario="task-agnostic", **learn).scope(s["antonyms@2"]) == GLOBAL
 
 
-def _toy_recurrence() -> TaskStream:
-    """suffix, reverse, then suffix again on fresh words; every example labelled with its family."""
+def _toy_recurrence(scenario: str = "task-aware", noisy: bool = False) -> TaskStream:
+    """suffix, reverse, then suffix again on fresh words; every example labelled with its family (task-aware).
+
+    ``noisy``: every fourth label is one no rule produces, so a learned family scores 0.75, not 1.
+    """
     metric = get_metric("exact_match", "output")
     tasks = []
     for k, name in enumerate(("suffix", "reverse", "suffix@2")):
         family = split_visit(name)[0]
-        ex = [make_example({"input": f"{w}{k}", "output": RULES[family][1](f"{w}{k}")}, ["input"], task=family)
-              for w in WORDS]
+        fn = RULES[family][1]
+        ex = [make_example({"input": f"{w}{k}", "output": "unknowable" if noisy and i % 4 == 3 else fn(f"{w}{k}")},
+                           ["input"],
+                           task=family if scenario == "task-aware" else None) for i, w in enumerate(WORDS)]
         tasks.append(Task.from_splits(name, ("input",), "output", metric, ex[:12], ex[12:22], ex[22:30]))
-    return TaskStream("toy-recurrence", "task-aware", tuple(tasks))
+    return TaskStream("toy-recurrence", scenario, tuple(tasks))
 
 
 def test_a_run_over_a_revisit_fills_its_own_column_and_starts_from_what_was_kept(tmp_path):
@@ -144,6 +149,35 @@ def test_a_run_over_a_revisit_fills_its_own_column_and_starts_from_what_was_kept
     first, again = result.steps[0], result.steps[2]
     assert again.extra["reason"].startswith("nothing to learn")
     assert again.extra["charged_task_calls"] <= 0.25 * first.extra["charged_task_calls"]
+
+
+@pytest.mark.parametrize("scenario", ["task-aware", "task-agnostic"])
+def test_a_revisit_that_kept_its_score_stops_after_observing_even_with_failures_left(tmp_path, scenario):
+    stream = _toy_recurrence(scenario, noisy=True)
+    budget = get_budget("light", n_trials=4, train_minibatch=8, val_minibatch=5, replay_per_task=3,
+                        gate_replay_per_task=5)
+    result = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget, seed=0, num_threads=2).fit(
+        program_for(stream), stream, run_dir=tmp_path / "run")
+    first, again = result.steps[0], result.steps[2]
+    assert first.accepted and 0.5 <= result.R[0][0] < 1.0  # learned, with unknowable labels left failing
+    assert again.extra["reason"].startswith("revisit of suffix: C scores")
+    assert again.extra["charged_task_calls"] <= 0.25 * first.extra["charged_task_calls"]
+    assert result.R[2][2] == result.R[1][2] >= result.r0[2]  # it starts, and stays, from what was kept
+
+
+def test_a_revisit_that_lost_ground_learns_in_full():
+    from ctxopt.stages import Observed
+
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=get_budget("light"), seed=0)
+    stream = _toy_recurrence()
+    setup = lambda task: StepSetup(step=3, task=task, base=None, earlier=stream.tasks[:2],  # noqa: E731
+                                   scenario="task-aware", scope="suffix", predictor="predict", n_pred=1)
+    opt.restore({"ended": {"suffix": 0.9}})
+    seen = lambda score: Observed(score, ("one observation",))  # noqa: E731
+    assert opt._revisit_cut(setup(stream["suffix@2"]), seen(0.7)) is None  # forgot: 0.7 < 0.9 - 0.1
+    assert opt._revisit_cut(setup(stream["suffix@2"]), seen(0.8)).startswith("revisit of suffix")
+    assert opt._revisit_cut(setup(stream["suffix"]), seen(1.0)) is None  # a first visit is never cut
+    assert opt.resume_state()["ended"] == {"suffix": 0.9}
 
 
 def test_the_matrix_takes_revisit_columns():
