@@ -9,7 +9,11 @@ Reads ``RUN_DIR/results.json`` (no LM calls) and prints, for the ``ctxopt`` meth
   JSON such as ``experiments/results/compare-babi-10-light-s0.json``);
 * **damage before arrival**: every cell ``R[i][j]`` with ``i < j`` (task ``j`` not yet met)
   where ctxopt scores below static's ``R[i][j]``;
-* the redundancy figure of the final C (near-duplicate pairs and contradictions).
+* the redundancy figure of the final C (near-duplicate pairs and contradictions);
+* **recurrence**, for a stream whose tasks come back (``ii-8x2``, ``name@2``): each revisit's score
+  on arrival ``R[j][j]`` against its first visit's ``R[f][f]``, and the revisit step's charged
+  task-LM calls against the first visit's (issue 16 asks for ≥ the first visit's score at ≤ 25%
+  of its calls).
 
 Every figure comes from the test rows the compare wrote; the script only does arithmetic.
 It writes ``experiments/results/agnostic_<name>.json``.
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.matrix import RunResult, acc, load_results  # noqa: E402
+from ctxopt.tasks import split_visit  # noqa: E402
 
 PEERS = ("append", "summarize", "gepa-seq", "mipro-seq")
 
@@ -66,9 +71,28 @@ def targets(runs: dict[str, RunResult], aware: dict[str, RunResult] | None = Non
         best = max(peers, key=peers.__getitem__)
         out["peers"] = peers
         out["over_best_peer"] = {"peer": best, "delta": round(out["acc"] - peers[best], 4)}
+    if revisits := recurrence(run):
+        out["recurrence"] = revisits
     if aware and method in aware and aware[method].complete:
         out["task_aware_acc"] = acc(aware[method].R)
         out["vs_task_aware"] = round(out["acc"] - out["task_aware_acc"], 4)
+    return out
+
+
+def recurrence(run: RunResult) -> list[dict]:
+    """Each revisit against its family's first visit: score on arrival and charged task-LM calls."""
+    first = {split_visit(name)[0]: j for j, name in enumerate(run.tasks) if split_visit(name)[1] == 1}
+    out = []
+    for j, name in enumerate(run.tasks):
+        family, visit = split_visit(name)
+        if visit < 2 or family not in first:
+            continue
+        f = first[family]
+        calls = [run.steps[k].extra.get("charged_task_calls") for k in (f, j)]
+        out.append({"task": name, "arrival": run.R[j][j], "first_arrival": run.R[f][f],
+                    "charged": calls[1], "first_charged": calls[0],
+                    "calls_ratio": round(calls[1] / calls[0], 3) if calls[0] else None,
+                    "reason": run.steps[j].extra.get("reason", "")})
     return out
 
 
@@ -89,6 +113,9 @@ def _print(name: str, t: dict) -> None:
         print(f"  best continual peer {b['peer']} ACC {t['peers'][b['peer']]:.3f}  (ctxopt {b['delta']:+.3f})")
     if "task_aware_acc" in t:
         print(f"  task-aware ctxopt ACC {t['task_aware_acc']:.3f}  (task-agnostic {t['vs_task_aware']:+.3f})")
+    for v in t.get("recurrence", []):
+        print(f"  revisit {v['task']}: on arrival {v['arrival']:.2f} (first visit {v['first_arrival']:.2f}), "
+              f"charged {v['charged']} task calls (first visit {v['first_charged']}, ratio {v['calls_ratio']})")
     r = t.get("redundancy") or {}
     if r:
         para = f", {r['paraphrases']} paraphrase pairs (≥ {r['merge_threshold']})" if "paraphrases" in r else ""
