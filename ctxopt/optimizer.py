@@ -584,9 +584,9 @@ class ContinualOptimizer:
         objective = SearchObjective(
             setup, lambda ctx, t, exs: self._evaluate(program, ctx, t, exs),
             val=self._sample(task.val, self.budget.val_minibatch, "val", task.name),
-            replay={t.name: self._sample(t.val, self.budget.replay_per_task, "replay", t.name)
+            replay={t.name: self._sample(t.val, self.budget.gate_replay_per_task, "replay", t.name)
                     for t in setup.earlier},
-            charge=self.ledger.handle("search", keep=reserved))
+            charge=self.ledger.handle("search", keep=reserved), replay_k=self.budget.replay_per_task)
         if objective.least() > self.ledger.remaining("task") - reserved:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
                                  f"reserved for the gate {reserved} > {self.ledger.remaining('task')} left")

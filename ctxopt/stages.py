@@ -38,6 +38,7 @@ from ctxopt.context import LearnedContext
 from ctxopt.gate import Decision
 from ctxopt.proposer import Observation, Proposal
 from ctxopt.selector import ContextSelector, ScopeSelector, retrieves
+from ctxopt.tasks import example_id
 
 if TYPE_CHECKING:  # pragma: no cover
     import dspy
@@ -92,6 +93,14 @@ class StepSetup:
                 examples: Sequence[dspy.Example]) -> bool:
         """Whether some of ``examples`` would see another prompt under ``after`` than under ``before``."""
         return self.shows(before, task, examples) != self.shows(after, task, examples)
+
+    def differing(self, before: LearnedContext, after: LearnedContext, task: Task,
+                  examples: Sequence[dspy.Example]) -> list[dspy.Example]:
+        """The ``examples`` that would see another prompt under ``after`` than under ``before``, in order."""
+        b, a = self.shows(before, task, examples), self.shows(after, task, examples)
+        if len(b) != len(examples):  # one view for every input of the task
+            return list(examples) if b != a else []
+        return [ex for ex, x, y in zip(examples, b, a, strict=True) if x != y]
 
 
 @dataclass(frozen=True)
@@ -153,8 +162,16 @@ class SearchObjective:
     """The search's score for a candidate, charged to the budget as it goes.
 
     The score is the mean on the current task's val minibatch minus twice the
-    drop on the replay sample of each earlier task whose view the candidate
-    changes.
+    estimated drop of each earlier task whose view the candidate changes.
+
+    **Replay where the prompt changes.** Each earlier task has a replay *pool*;
+    a candidate is replayed on the first ``replay_k`` pool examples whose prompt
+    it changes (with a retrieving selector, often a few inputs, not the task's
+    all). The others score exactly as under the current context, so the task's
+    drop is estimated as the mean drop on those examples times the share of the
+    pool the candidate changes. A candidate whose demos leak to 3 of 10 earlier
+    inputs is replayed on those 3, where a fixed sample of 3 would often miss
+    every one of them.
 
     **Hopeless candidates stop early.** A candidate is first scored on the head
     of the val minibatch (its first half). If even a perfect tail and no replay
@@ -177,8 +194,9 @@ class SearchObjective:
         setup: The step.
         evaluate: ``evaluate(ctx, task, examples) -> mean score`` (cached by the evaluator).
         val: The current task's val minibatch.
-        replay: The replay sample of every earlier task, by name.
+        replay: The replay pool of every earlier task, by name.
         charge: The ledger's ``search`` handle, keeping the gate's reserve.
+        replay_k: How many changed pool examples a candidate is replayed on (default: the whole pool).
     """
 
     setup: StepSetup
@@ -186,13 +204,14 @@ class SearchObjective:
     val: list[dspy.Example]
     replay: dict[str, list[dspy.Example]]
     charge: Charge
+    replay_k: int | None = None
     values: dict[str, float] = field(default_factory=dict)  # context hash -> its score (an upper bound if cut)
     charged: dict[str, str] = field(default_factory=dict)  # context hash -> "head" or "all"
-    replayed: set[str] = field(default_factory=set)
+    replayed: set[tuple[str, str]] = field(default_factory=set)  # (task, example id) the current C was charged on
 
     def __post_init__(self) -> None:
         self._tasks = {t.name: t for t in self.setup.earlier}
-        self._changed: dict[str, list[str]] = {}
+        self._targets: dict[str, dict[str, tuple[list[dspy.Example], int]]] = {}
 
     @property
     def head(self) -> list[dspy.Example]:
@@ -204,12 +223,21 @@ class SearchObjective:
         """Contexts whose scoring stopped after the head."""
         return {h for h, phase in self.charged.items() if phase == "head" and h in self.values}
 
+    def targets(self, ctx: LearnedContext) -> dict[str, tuple[list[dspy.Example], int]]:
+        """For each earlier task whose pool ``ctx`` changes: the examples it is replayed on (the first
+        ``replay_k`` changed ones) and how many of the pool it changes."""
+        if ctx.hash not in self._targets:
+            out = {}
+            for n, pool in self.replay.items():
+                diff = self.setup.differing(self.setup.base, ctx, self._tasks[n], pool)
+                if diff:
+                    out[n] = (diff[: self.replay_k] if self.replay_k is not None else diff, len(diff))
+            self._targets[ctx.hash] = out
+        return self._targets[ctx.hash]
+
     def changed(self, ctx: LearnedContext) -> list[str]:
-        """The earlier tasks for whose replay sample ``ctx`` changes what the program sees."""
-        if ctx.hash not in self._changed:
-            self._changed[ctx.hash] = [n for n in self.replay
-                                       if self.setup.differs(self.setup.base, ctx, self._tasks[n], self.replay[n])]
-        return self._changed[ctx.hash]
+        """The earlier tasks for some of whose replay pool ``ctx`` changes what the program sees."""
+        return list(self.targets(ctx))
 
     def cost(self, ctx: LearnedContext) -> int:
         """Calls that scoring ``ctx`` in full adds to what was charged already (0 if it was)."""
@@ -218,15 +246,18 @@ class SearchObjective:
         head = len(self.head) if ctx.hash not in self.charged else 0
         return self.setup.n_pred * head + self._rest(ctx)
 
+    def _new_base(self, ctx: LearnedContext) -> set[tuple[str, str]]:
+        """The (task, example) pairs ``ctx`` is replayed on that the current context was not charged on yet."""
+        return {(n, example_id(ex)) for n, (exs, _) in self.targets(ctx).items() for ex in exs} - self.replayed
+
     def _rest(self, ctx: LearnedContext) -> int:
-        changed = self.changed(ctx)
-        new = [n for n in changed if n not in self.replayed]
-        return self.setup.n_pred * (len(self.val) - len(self.head) + sum(len(self.replay[n]) for n in changed)
-                                    + sum(len(self.replay[n]) for n in new))
+        replays = sum(len(exs) for exs, _ in self.targets(ctx).values())
+        return self.setup.n_pred * (len(self.val) - len(self.head) + replays + len(self._new_base(ctx)))
 
     def least(self) -> int:
         """The calls below which no search is worth starting: one val minibatch and every replay sample."""
-        return self.setup.n_pred * (len(self.val) + sum(len(v) for v in self.replay.values()))
+        per = [len(v) if self.replay_k is None else min(self.replay_k, len(v)) for v in self.replay.values()]
+        return self.setup.n_pred * (len(self.val) + sum(per))
 
     def _admit(self, ctx: LearnedContext, phase: str) -> bool:
         """Charge ``ctx`` up to ``phase`` ("head" or "all"); False (nothing charged) if the budget refuses."""
@@ -236,9 +267,9 @@ class SearchObjective:
         n = self.setup.n_pred * len(self.head) if phase == "head" else self.cost(ctx)
         if n and not self.charge(n, "task"):
             return False
-        self.charged[ctx.hash] = phase
         if phase == "all":
-            self.replayed.update(self.changed(ctx))
+            self.replayed.update(self._new_base(ctx))
+        self.charged[ctx.hash] = phase
         return True
 
     def share(self, parts: int) -> SearchObjective:
@@ -251,8 +282,13 @@ class SearchObjective:
         """A context an earlier process scored for this search: score and charge it as then (evaluations cached)."""
         self(ctx)
 
-    def replay_mean(self, ctx: LearnedContext, name: str) -> float:
-        return self.evaluate(ctx, self._tasks[name], self.replay[name])
+    def replay_drop(self, ctx: LearnedContext, name: str) -> float:
+        """Estimated drop of earlier task ``name``'s pool mean: the drop where ``ctx`` changes the prompt,
+        times the share of the pool it changes (unchanged examples score as before)."""
+        examples, n_changed = self.targets(ctx)[name]
+        task = self._tasks[name]
+        drop = self.evaluate(self.setup.base, task, examples) - self.evaluate(ctx, task, examples)
+        return drop * n_changed / len(self.replay[name])
 
     def __call__(self, ctx: LearnedContext) -> float | None:
         if ctx.hash in self.values:
@@ -269,7 +305,6 @@ class SearchObjective:
         if not self._admit(ctx, "all"):
             return None
         cur = self.evaluate(ctx, task, self.val)
-        penalty = sum(max(0.0, self.replay_mean(self.setup.base, n) - self.replay_mean(ctx, n))
-                      for n in self.changed(ctx))
+        penalty = sum(max(0.0, self.replay_drop(ctx, n)) for n in self.changed(ctx))
         self.values[ctx.hash] = cur - 2.0 * penalty
         return self.values[ctx.hash]

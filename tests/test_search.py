@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ctxopt.context import LearnedContext, PredictorContext
 from ctxopt.edits import AddItem
 from ctxopt.proposer import Proposal
@@ -163,3 +165,44 @@ def test_a_step_reports_how_many_contexts_its_search_scored_and_cut(tmp_path):
     result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
     for s in result.steps:
         assert s.extra["search_scored"] >= 2 and 0 <= s.extra["search_cut"] < s.extra["search_scored"]
+
+
+def test_replay_goes_to_the_earlier_inputs_whose_prompt_a_candidate_changes():
+    from ctxopt.stages import SearchObjective, StepSetup
+    from ctxopt.tasks import example_id
+    from tests.toy import toy_stream
+
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    pool = list(suffix.val)[:10]
+    reached = {example_id(pool[k]) for k in (4, 6, 9)}  # the only earlier inputs the new item is retrieved for
+
+    class Reaching:  # a retrieving selector: items reach the inputs in ``reached`` (and every current-task input)
+        def select(self, context, task, inputs):
+            if any(ex.input == inputs["input"] and example_id(ex) in reached for ex in pool) or inputs["input"] in {
+                    ex.input for ex in reverse.val}:
+                return context
+            pc = context.predictor("predict")
+            return context.with_predictor("predict", PredictorContext(pc.instruction))
+
+    base = LearnedContext({"predict": PredictorContext("Answer.")})
+    leaky = base.apply_edits([AddItem("predict", "Leaky.")])
+    setup = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic",
+                      scope="global", predictor="predict", n_pred=1, selector=Reaching())
+    log, charges = [], []
+
+    def evaluate(ctx, task, examples):
+        log.append((ctx.hash, task.name, {example_id(e) for e in examples}))
+        if task is reverse:
+            return 0.5 if ctx == base else 1.0
+        return 0.0 if ctx == leaky else 1.0  # it breaks every earlier input it reaches
+
+    objective = SearchObjective(setup, evaluate, val=list(reverse.val)[:10], replay={"suffix": pool},
+                                charge=lambda n, kind="task": charges.append(n) or True, replay_k=3)
+    assert objective.least() == 10 + 3
+    assert objective(base) == 0.5
+    assert objective.targets(leaky) == {"suffix": ([pool[4], pool[6], pool[9]], 3)}
+    # 1.0 on val, minus twice the estimated drop: 1.0 on the 3 reached inputs, 3 of a pool of 10
+    assert objective(leaky) == pytest.approx(1.0 - 2 * 0.3)
+    assert (leaky.hash, "suffix", reached) in log and (base.hash, "suffix", reached) in log
+    assert charges == [10, 5, 5 + 3 + 3]  # base's val; leaky's head; its tail, its replay and base's on those 3
