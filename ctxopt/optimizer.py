@@ -256,7 +256,7 @@ class ContinualOptimizer:
         self.ledger = Ledger(self.budget)
         self._context: LearnedContext | None = None
         self._seen: list[Task] = []
-        self._ended: dict[str, float] = {}  # task family -> its full-val score when its last gated visit ended
+        self._ended: dict[str, float] = {}  # task family -> its full-val score when its last accepted visit ended
         self._scenario = "task-aware"
         self._step = 0
         self._search_figures: dict[str, Any] = {}  # the current step's search_scored and search_cut, stage blame
@@ -445,7 +445,7 @@ class ContinualOptimizer:
             self.emit("phase", task.name, phase="budget", message=str(exc))
         self._commit(setup, gated)
         self._context, self._seen = (gated.context if gated.accepted else base), [*earlier, task]
-        if gated.val_after is not None:
+        if gated.accepted and gated.val_after is not None:  # a family that learned nothing keeps no bar
             self._ended[task.family] = gated.val_after
         passes = [gated.room] if gated.room is not None else []
         if self._sleeps():
@@ -493,9 +493,10 @@ class ContinualOptimizer:
         return gated
 
     def _revisit_cut(self, setup: StepSetup, observed: Observed) -> str | None:
-        """Why a revisit stops after observing, or None: the family's last gated visit ended at a val score,
-        and C still scores within :data:`REVISIT_SLACK` of it on this visit's train minibatch, so nothing
-        was forgotten that a search could win back. A family first met, or one that lost ground, learns in full."""
+        """Why a revisit stops after observing, or None: a visit of the family was accepted, ending at a val
+        score, and C still scores within :data:`REVISIT_SLACK` of it on this visit's train minibatch, so nothing
+        was forgotten that a search could win back. A family first met, one that never learned anything (every
+        visit rolled back), or one that lost ground learns in full."""
         family = setup.task.family
         bar = self._ended.get(family) if setup.task.name != family else None
         if bar is None or not observed.observations:

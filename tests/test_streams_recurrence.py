@@ -156,9 +156,11 @@ def test_a_revisit_that_kept_its_score_stops_after_observing_even_with_failures_
     stream = _toy_recurrence(scenario, noisy=True)
     budget = get_budget("light", n_trials=4, train_minibatch=8, val_minibatch=5, replay_per_task=3,
                         gate_replay_per_task=5)
-    result = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget, seed=0, num_threads=2).fit(
-        program_for(stream), stream, run_dir=tmp_path / "run")
+    opt = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget, seed=0, num_threads=2)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
     first, again = result.steps[0], result.steps[2]
+    # only an accepted visit leaves a bar: a family that learned nothing must learn in full when it comes back
+    assert set(opt.resume_state()["ended"]) == {split_visit(s.task)[0] for s in result.steps if s.accepted}
     assert first.accepted and 0.5 <= result.R[0][0] < 1.0  # learned, with unknowable labels left failing
     assert again.extra["reason"].startswith("revisit of suffix: C scores")
     assert again.extra["charged_task_calls"] <= 0.25 * first.extra["charged_task_calls"]
