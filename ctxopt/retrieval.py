@@ -46,7 +46,7 @@ from typing import Any
 
 from ctxopt._text import shorten
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext, canonical_json
-from ctxopt.edits import AddItem, RemoveDemo, RewriteInstruction, SetRetrieval
+from ctxopt.edits import AddItem, DeleteItem, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
 from ctxopt.errors import ConfigError
 from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
@@ -254,6 +254,12 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
       ``instruction`` (the current one) is dropped: as an item it would add nothing.
     * A demo set adds its demos and removes none: the demos already there are
       other inputs' archival memory.
+    * An update or deletion of an item already in memory is dropped: the item
+      may be what other inputs rely on, and one task's failures cannot tell.
+      Changing shared items is consolidation's work, gated on every task's
+      replay (:mod:`ctxopt.consolidate`). (A reflector reading plural failures
+      deleted sentiment's "Answer with a single word only", and a replay sample
+      of 10 did not show the cost.)
 
     Example:
         >>> from ctxopt.edits import AddItem, RewriteInstruction
@@ -267,7 +273,7 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
     for p in proposals:
         edits = []
         for e in p.edits:
-            if isinstance(e, RemoveDemo):
+            if isinstance(e, (RemoveDemo, DeleteItem, UpdateItem)):
                 continue
             if isinstance(e, RewriteInstruction):
                 if instruction is not None and " ".join(e.text.split()) == " ".join(instruction.split()):

@@ -291,3 +291,17 @@ def test_an_instruction_rewrite_that_restates_the_instruction_adds_no_strategy_i
     out = archival([same, new], ["hot"], instruction="Given the input, produce the output.")
     assert [p.name for p in out] == ["new"]
     assert [(e.kind, e.text) for e in out[0].edits] == [("strategy", "Give the opposite word."), ("rule", "Be brief.")]
+
+
+def test_in_a_shared_memory_one_tasks_reflection_cannot_change_or_delete_an_item_already_there():
+    from ctxopt.edits import AddItem, DeleteItem, UpdateItem
+    from ctxopt.proposer import Proposal
+    from ctxopt.retrieval import archival
+
+    # what the 1.5B proposed while reading plural failures: delete sentiment's format rule, and add its own
+    delete = Proposal("reflect0.2", (DeleteItem("p", "r-1244b326"),), "reflection")
+    update = Proposal("reflect0.3", (UpdateItem("p", "r-1244b326", "Answer with a plural noun."),), "reflection")
+    add = Proposal("reflect0.0", (AddItem("p", "Add s to make a plural."), DeleteItem("p", "r-1244b326")), "reflection")
+    out = archival([delete, update, add], ["rapper"])
+    assert [p.name for p in out] == ["reflect0.0"]
+    assert [type(e).__name__ for e in out[0].edits] == ["AddItem"]  # its deletion dropped, its addition kept
