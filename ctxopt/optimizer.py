@@ -585,8 +585,7 @@ class ContinualOptimizer:
         objective = SearchObjective(
             setup, lambda ctx, t, exs: self._evaluate(program, ctx, t, exs),
             val=self._sample(task.val, self.budget.val_minibatch, "val", task.name),
-            replay={t.name: self._sample(t.val, self.budget.gate_replay_per_task, "replay", t.name)
-                    for t in setup.earlier},
+            replay={t.name: self._search_replay(t) for t in setup.earlier},
             charge=self.ledger.handle("search", keep=reserved), replay_k=self.budget.replay_per_task)
         if objective.least() > self.ledger.remaining("task") - reserved:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
@@ -725,6 +724,16 @@ class ContinualOptimizer:
         self.emit("rollback", task.name, reason=gated.reason, proposals=names)
 
     # ------------------------------------------------------------------ paired scores (gate, consolidation)
+
+    def _search_replay(self, task: Task) -> list[dspy.Example]:
+        """The search's replay pool for an earlier task: ``gate_replay_per_task`` examples from the back of the
+        gate's seeded order, so that the gate judges the search's choice on examples the search did not see.
+
+        The gate's sample is a prefix of that order and grows toward the back; the two meet only when the
+        sample and the pool together exceed the task's val.
+        """
+        order = self._sample(task.val, len(task.val), "gate", task.name)
+        return order[::-1][:self.budget.gate_replay_per_task]
 
     def _gate_sets(self, task: Task, earlier: Sequence[Task],
                    sizes: Mapping[str, int] | None = None) -> list[tuple[Task, list[dspy.Example]]]:

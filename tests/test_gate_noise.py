@@ -208,3 +208,16 @@ def test_growth_the_budget_refuses_is_a_rejection_that_says_so(tmp_path):
     assert first.accepted and not step.accepted
     assert step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
     assert "undecided after 1 round(s): growing the replay samples needs 40 task-LM calls, 30 left" in step.extra["reason"]
+
+
+def test_the_gate_judges_the_search_on_replay_examples_the_search_did_not_see():
+    stream = make_stream((40, 10))
+    opt = ContinualOptimizer(None, None, seed=0)
+    first, second = stream.tasks
+    pool = {example_id(e) for e in opt._search_replay(first)}
+    assert len(pool) == opt.budget.gate_replay_per_task
+    for size in (10, 20, 30):  # the gate's sample and its growths stay clear of the search's pool...
+        gate = {example_id(e) for e in opt._gate_sets(second, [first], {first.name: size})[1][1]}
+        assert len(gate) == size and not gate & pool
+    whole = {example_id(e) for e in opt._gate_sets(second, [first], {first.name: 40})[1][1]}
+    assert pool <= whole  # ...until the sample is the whole val
