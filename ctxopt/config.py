@@ -3,7 +3,7 @@
 Example ``config.yaml``::
 
     stream: ii-8                      # built-in stream name or a stream YAML path
-    program: builtin                  # the stream's default; or predict, two-stage, react, "package.module:factory"
+    program: builtin                  # the stream's default; or predict, cot, two-stage, react, "package.module:factory"
     stages: credit                    # which predictors learn (ctxopt.credit): credit, rotate or output
     grounded: false                   # also propose data-grounded instructions (ctxopt.grounding)
     task_lm: local

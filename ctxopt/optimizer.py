@@ -86,6 +86,7 @@ from ctxopt.selector import ContextSelector, default_selector, retrieves
 from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup
 from ctxopt.store import Store
 from ctxopt.tasks import Task, TaskStream, example_id
+from ctxopt.teacher import TeacherDemoProposer
 
 __all__ = [
     "Callback",
@@ -335,6 +336,7 @@ class ContinualOptimizer:
             *grounded,  # first: its one call comes before reflection's samples
             FormatRuleProposer(),
             DemoProposer(),
+            TeacherDemoProposer(self.reflection_lm),  # before reflection: its one call (CoT programs only) comes first
             ReflectionProposer(self.reflection_lm, samples=self.budget.reflection_calls_per_task, charge=charge),
         ]
 
@@ -547,13 +549,18 @@ class ContinualOptimizer:
         proposers = self._proposer_list()
         # reflection calls dealt out over the stages: what the budget leaves after consolidation's reserve,
         # so that a reserve cannot starve the last stage in the order
-        available = max(0, self.ledger.remaining("reflection") - keep - int(self.grounded))
+        teacher = any(isinstance(p, TeacherDemoProposer) for p in proposers) and bool(
+            intermediate_fields(program, setup.predictor, task.output))
+        available = max(0, self.ledger.remaining("reflection") - keep - int(self.grounded) - int(teacher))
         raw: list[Proposal] = []
         for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
             pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=stage,
                                    inputs=tuple(program_inputs(program, stage)), output=task.output,
                                    observations=observed.observations, train=tuple(task.train),
-                                   seed=self.seed * 100 + setup.step, output_stage=stage == setup.predictor)
+                                   seed=self.seed * 100 + setup.step, output_stage=stage == setup.predictor,
+                                   intermediate=(intermediate_fields(program, stage, task.output)
+                                                 if stage == setup.predictor else ()),
+                                   metric=task.metric)
             for proposer in proposers:
                 if isinstance(proposer, ReflectionProposer) and len(named) > 1:  # its calls dealt out by blame
                     if not (n := choice.samples(min(proposer.samples, available)).get(stage)):
@@ -890,6 +897,14 @@ def _run_dir_arg(run_dir: str | Path | None, store: str | Path | None, method: s
             raise ConfigError(f"{method}: run_dir={run_dir} and store={store} disagree; pass run_dir only")
         return store
     return run_dir
+
+
+def intermediate_fields(program: dspy.Module, predictor: str, output: str) -> tuple[str, ...]:
+    """Output fields of one named predictor other than ``output`` (ChainOfThought's ``reasoning``)."""
+    for name, pred in program.named_predictors():
+        if name == predictor:
+            return tuple(f for f in pred.signature.output_fields if f != output)
+    raise ConfigError(f"the program has no predictor named {predictor!r}")
 
 
 def program_inputs(program: dspy.Module, predictor: str) -> list[str]:

@@ -1,10 +1,15 @@
-"""The built-in programs: one ``dspy.Predict``, a two-stage pipeline, a ReAct agent.
+"""The built-in programs: one ``dspy.Predict``, one ``dspy.ChainOfThought``, a two-stage pipeline, a ReAct agent.
 
 :class:`TaskProgram` maps the stream's input fields (``task`` first in a
 task-aware stream, then the data inputs) to its output field with a single
 predictor named ``predict``; a learned context edits that predictor's
 instruction and demos. It is the default program of every stream except the
 tool-use ones.
+
+``cot`` is the same mapping through ``dspy.ChainOfThought``: its predictor
+``predict`` writes a ``reasoning`` field before the output. Labels give no
+reasoning, so its demos come from traces: the task LM's own successful ones,
+and the reflection LM's, checked by the metric (:mod:`ctxopt.teacher`).
 
 Multi-stage programs (every predictor learns, :mod:`ctxopt.credit`):
 
@@ -151,11 +156,15 @@ def _predict(stream: TaskStream, instruction: str | None = None) -> TaskProgram:
     return TaskProgram(stream.program_inputs, stream.output, instruction or DEFAULT_INSTRUCTION)
 
 
+def _cot(stream: TaskStream, instruction: str | None = None) -> dspy.ChainOfThought:
+    return dspy.ChainOfThought(_signature(stream.program_inputs, stream.output, instruction or DEFAULT_INSTRUCTION))
+
+
 def _two_stage(stream: TaskStream, instruction: str | None = None) -> SelectThenAnswer:
     return SelectThenAnswer(stream.program_inputs, stream.output, instruction or ANSWER_INSTRUCTION)
 
 
-PROGRAMS: dict[str, Callable[..., dspy.Module]] = {"predict": _predict, "two-stage": _two_stage,
+PROGRAMS: dict[str, Callable[..., dspy.Module]] = {"predict": _predict, "cot": _cot, "two-stage": _two_stage,
                                                    "react": react_program}
 """Built-in programs by name: ``factory(stream, instruction=None) -> dspy.Module``."""
 

@@ -110,12 +110,16 @@ class ProposalContext:
     train: tuple[dspy.Example, ...]
     seed: int = 0
     charge: Callable[..., bool] = lambda n, kind="reflection": True
-    output_stage: bool = True
-    """False for an earlier stage of a multi-stage program (:mod:`ctxopt.credit`): ``predictor`` does not
-    produce ``output``, so proposers read its traces instead of the labels."""
     """Book LM calls a proposer makes: ``charge(n)`` for reflection calls, ``charge(n, "task")`` for task-LM
     calls; False means the budget refuses and the call must not be made. The optimizer gives each proposer
     its own handle, so its calls appear under its name in the ledger (``Ledger.by_source``)."""
+    output_stage: bool = True
+    """False for an earlier stage of a multi-stage program (:mod:`ctxopt.credit`): ``predictor`` does not
+    produce ``output``, so proposers read its traces instead of the labels."""
+    intermediate: tuple[str, ...] = ()
+    """The predictor's output fields before ``output`` (ChainOfThought's ``reasoning``): labels do not give them."""
+    metric: Callable[[Any, Any], Any] | None = None
+    """The task's metric, ``metric(example, prediction) -> Score``, for proposers that check an answer."""
 
     @property
     def failures(self) -> list[Observation]:

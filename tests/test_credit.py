@@ -140,7 +140,7 @@ def test_two_stage_program_is_built_by_name_and_rejects_bad_fields():
     assert list(p.answer.signature.input_fields) == ["facts", "question"]
     with pytest.raises(ConfigError, match="needs one data input field"):
         SelectThenAnswer(("a", "b"), "output")
-    with pytest.raises(ConfigError, match="use builtin, predict, two-stage, react"):
+    with pytest.raises(ConfigError, match="use builtin, predict, cot, two-stage, react"):
         build_program("nonsense", load_stream("babi:1", sizes=(1, 1, 1)))
 
 

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="processes that search each step at once, on the same study (default 1; more than one "
                         "needs --storage on a database server, and is not bit-identical to one)")
     p.add_argument("--program", default="builtin",
-                   help="builtin (the stream's default: one Predict, or ReAct for tools streams), predict, "
+                   help="builtin (the stream's default: one Predict, or ReAct for tools streams), predict, cot, "
                         "two-stage, react, or package.module:factory")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: methods one after another in this process (default); ray: each method and seed "
