@@ -22,20 +22,26 @@ Three gates ship, resolved by name through :func:`get_gate`:
       than ``epsilon`` = 0.02: the mean over tasks of each task's mean drop
       (before − after), with its paired standard error se, gives
       z = (drop − ε) / se and p = 1 − Φ(z);
-  (c) no single earlier task loses more than ``max_drop`` = 0.25 (the same
-      test on that task alone, against 0.25).
+  (c) no single earlier task loses more than ``max_drop`` = 0.25: the same
+      test on that task alone, against 0.25, and the sample must show it:
+      the drop's one-sided upper confidence bound at ``alpha_safe`` = 0.05,
+      drop + 1.645·se, must be under 0.25.
 
   A harm test with p < ``alpha_harm`` = 0.05 rejects. One with
-  p < ``alpha_close`` = 0.15, or a task whose observed drop exceeds
-  ``max_drop`` without being significantly over it, is *close*: the decision
-  is ``undecided`` and names the tasks to grow (those close alone, and, when
-  the average is close, every task with a broken example). ε is finer than a
-  small replay sample can resolve (one answer of 10 is 0.1), so for (b) only
-  significance counts; ``max_drop`` is not, so (c) also holds the observed
-  drop to it. A gain that fails (a) is rejected at once: the current task's
-  val is used whole, nothing can grow. One broken answer of 10 on the only
-  earlier task gives p = 0.21 (accepted); two give p = 0.09 (undecided);
-  1.0 → 0.5 gives p = 0.002 (rejected).
+  p < ``alpha_close`` = 0.15, or a task whose drop's upper bound exceeds
+  ``max_drop`` without the drop being significantly over it, is *close*: the
+  decision is ``undecided`` and names the tasks to grow (those close alone,
+  and, when the average is close, every task with a broken example). So a
+  replay sample is as large as the paired differences' variance needs: a task
+  with no broken answer stays at its first sample, and one with broken
+  answers grows until the bound clears ``max_drop`` or the drop is shown.
+  ε is finer than a small replay sample can resolve (one answer of 10 is
+  0.1), so for (b) only significance counts. A gain that fails (a) is
+  rejected at once: the current task's val is used whole, nothing can grow.
+  On the only earlier task, one broken answer of 10 is undecided (bound
+  0.1 + 1.645 × 0.1 = 0.26) and accepted once the sample has 20 and no
+  other broken answer (0.05 + 1.645 × 0.05 = 0.13); 1.0 → 0.5 gives
+  p = 0.002 (rejected).
 * ``strict``: the current task's paired mean must rise by at least
   ``min_gain`` and no earlier task may fall by more than ``epsilon``
   (on 10 replay examples, a single flipped answer vetoes).
@@ -55,11 +61,11 @@ Example:
     ...     return PairedScores(task, {i: float(k < before) for k, i in enumerate(ids)},
     ...                         {i: float(k < after) for k, i in enumerate(ids)})
     >>> new = scores("new", 0, 8)                                  # 0/10 → 8/10
-    >>> gate.decide(new, [scores("old", 10, 9)]).outcome           # one flipped replay answer
+    >>> gate.decide(new, [scores("old", 10, 10)]).outcome          # no replay answer broken
     'accepted'
     >>> gate.decide(new, [scores("old", 10, 5)]).outcome           # a real regression
     'rejected'
-    >>> d = gate.decide(new, [scores("old", 10, 8)])               # close: grow old's sample
+    >>> d = gate.decide(new, [scores("old", 10, 9)])               # one flipped: no veto, but grow old's sample
     >>> d.outcome, d.grow
     ('undecided', ('old',))
 """
@@ -274,6 +280,8 @@ class PairedTestGate:
         alpha_harm: A harm test below this p-value rejects.
         alpha_close: A harm test below this p-value (and not below ``alpha_harm``) leaves the decision undecided.
         min_gain: The current task's mean must rise by at least this much.
+        alpha_safe: One earlier task's drop is within ``max_drop`` only if its one-sided upper confidence bound
+            at this level is (else the decision is undecided and the task's sample grows).
     """
 
     epsilon: float = 0.02
@@ -282,6 +290,7 @@ class PairedTestGate:
     alpha_harm: float = 0.05
     alpha_close: float = 0.15
     min_gain: float = 1e-9
+    alpha_safe: float = 0.05
 
     def decide(self, current: PairedScores, replay: Sequence[PairedScores]) -> Decision:
         deltas = {r.task: round(r.delta, 6) for r in replay}
@@ -299,11 +308,12 @@ class PairedTestGate:
         return Decision(outcome == "accepted", reason, gain, deltas, p, outcome, grow)
 
     def _zone(self, test: DropTest, hard: bool = False) -> str:
-        """``beyond`` (p < alpha_harm), ``close`` (p < alpha_close, or with ``hard`` an observed drop over
-        the tolerance), else ``within``."""
+        """``beyond`` (p < alpha_harm), ``close`` (p < alpha_close, or with ``hard`` a drop whose one-sided
+        upper confidence bound at ``alpha_safe`` is over the tolerance), else ``within``."""
         if test.p < self.alpha_harm:
             return "beyond"
-        return "close" if test.p < self.alpha_close or (hard and test.drop > test.tolerance) else "within"
+        bound = test.drop + NormalDist().inv_cdf(1 - self.alpha_safe) * test.se
+        return "close" if test.p < self.alpha_close or (hard and bound > test.tolerance + 1e-12) else "within"
 
     def _harm(self, scores: Sequence[PairedScores], what: str) -> tuple[str, str, tuple[str, ...]]:
         """Tests (b) and (c) over ``scores``: the outcome, why, and the tasks to grow when undecided."""
@@ -336,13 +346,16 @@ class PairedTestGate:
     def tolerance(self, epsilon: float | None = None) -> PairedToleranceGate:
         """This gate's harm tests for consolidations (:class:`PairedToleranceGate`), with ``epsilon`` if given."""
         return PairedToleranceGate(self.epsilon if epsilon is None else epsilon, self.max_drop, self.alpha,
-                                   self.alpha_harm, self.alpha_close, self.min_gain)
+                                   self.alpha_harm, self.alpha_close, self.min_gain, alpha_safe=0.5)
 
 
 @dataclass(frozen=True)
 class PairedToleranceGate(PairedTestGate):
     """:class:`PairedTestGate` for consolidations: no gain needed; every task, the current one included,
-    must pass the harm tests. An undecided consolidation does not land (nothing grows for it).
+    must pass the harm tests. An undecided consolidation does not land (nothing grows for it), so a task's
+    observed drop, not its upper bound, is held to ``max_drop`` (``alpha_safe`` = 0.5, as
+    :meth:`PairedTestGate.tolerance` builds it): a bound that no growth can clear would block every
+    consolidation that flips one answer.
 
     Example:
         >>> tol = tolerance_gate(PairedTestGate())

@@ -49,6 +49,9 @@ def test_one_flipped_replay_answer_among_ten_does_not_veto_a_clear_gain():
     one_flip = scores("old", 10, 10, 9)
     assert not StrictGate().decide(CLEAR_GAIN, [one_flip]).accepted  # the old default: vetoed by one answer
     d = PairedTestGate().decide(CLEAR_GAIN, [one_flip])
+    # not a veto: 10 examples cannot show the drop is under 0.25 (bound 0.1 + 1.645 × 0.1), so the sample grows
+    assert not d.accepted and d.outcome == "undecided" and d.grow == ("old",)
+    d = PairedTestGate().decide(CLEAR_GAIN, [scores("old", 20, 20, 19)])  # one flip of 20: bound 0.13
     assert d.accepted and d.outcome == "accepted" and d.grow == ()
     assert d.p_value == pytest.approx(0.5 ** 8)  # sign test: 8 fixed, 0 broken
 
@@ -156,7 +159,7 @@ class TheRule:
 BUDGET = dict(n_trials=2, train_minibatch=4, val_minibatch=4, replay_per_task=0, gate_replay_per_task=10)
 
 
-def run(tmp_path, broken_at: tuple[int, ...], val: tuple[int, int] = (40, 10), **budget):
+def run(tmp_path, broken_at: tuple[int, ...], val: tuple[int, int] = (40, 10), gate=None, **budget):
     """Learn both tasks; ``broken_at`` are positions in the first task's seeded gate order that the second rule
     breaks. Returns the optimizer, the stream, the run result and the optimizer's events."""
     stream = make_stream(val)
@@ -166,7 +169,7 @@ def run(tmp_path, broken_at: tuple[int, ...], val: tuple[int, int] = (40, 10), *
     broken = {order[i].input for i in broken_at}
     opt = ContinualOptimizer(task_lm(broken), None, budget=get_budget("light", **{**BUDGET, **budget}), seed=0,
                              num_threads=2, measure_test=False, proposers=[TheRule()], selector=ScopeSelector(),
-                             consolidate=False)
+                             consolidate=False, **({"gate": gate} if gate else {}))
     events = []
     opt.callbacks.append(events.append)
     result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
@@ -221,3 +224,15 @@ def test_the_gate_judges_the_search_on_replay_examples_the_search_did_not_see():
         assert len(gate) == size and not gate & pool
     whole = {example_id(e) for e in opt._gate_sets(second, [first], {first.name: 40})[1][1]}
     assert pool <= whole  # ...until the sample is the whole val
+
+
+def test_a_drop_a_fixed_sample_of_ten_would_miss_is_caught_by_growing_it(tmp_path):
+    # 1 broken among the first 10 of the first task's gate order, 6 among the first 20: a true drop of 0.3.
+    broken_at = (0, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29)
+    _, _, result, _ = run(tmp_path / "bound", broken_at=broken_at)
+    step = result.steps[1]
+    assert (step.extra["gate_outcome"], step.extra["gate_rounds"], step.accepted) == ("undecided", 1, False)
+    assert "drops 1.000 → 0.700" in step.extra["reason"]
+    # Holding only the observed drop to max_drop (the rule before the bound) lets it through on 1 of 10.
+    _, _, result, _ = run(tmp_path / "observed", broken_at=broken_at, gate=PairedTestGate(alpha_safe=0.5))
+    assert result.steps[1].accepted and result.steps[1].extra["gate_rounds"] == 0
