@@ -16,7 +16,7 @@ Example ``config.yaml``::
     num_threads: 2
     sizes: [40, 30, 50]               # optional train/val/test sizes for built-in streams
     scenario: task-agnostic           # optional: override the stream's scenario (task-aware or task-agnostic)
-    consolidate: auto                 # sleep-time consolidation after every task: true, false, or auto (task-agnostic only)
+    consolidate: auto                 # consolidation after every task: auto (on; task-aware: spare LM calls only), true, false
     similarity: auto                  # consolidation's duplicate detection: auto, embedding or lexical
     storage: postgresql+psycopg://ctxopt@localhost/ctxopt   # optional: Optuna studies in a database server
     search_workers: 2                 # optional: search processes per step (needs a database server)

@@ -168,8 +168,10 @@ class ContinualOptimizer:
         run_dir: where caches, the Optuna study and results go (``fit(run_dir=...)`` sets it too).
         store: an existing :class:`Store` to commit to; default ``run_dir/store``.
         consolidate: run a gated sleep-time consolidation pass after every task (:mod:`ctxopt.consolidate`);
-            default (None): in task-agnostic streams, whose one memory every input shares, and not in task-aware
-            ones, whose memory is fenced per task.
+            default (None): yes. In a task-agnostic stream, whose one memory every input shares, it keeps a share of
+            the reflection calls; in a task-aware one, whose memory is fenced per task, it uses only the calls a step
+            left (without them a merge keeps the better-supported text and contradictions are found lexically);
+            ``True`` keeps the share in both.
         consolidator: a :class:`~ctxopt.consolidate.ConsolidationProposer`, or a similarity name (``auto``,
             ``embedding``, ``lexical``) for the default :class:`Consolidator` on ``reflection_lm``. With
             ``budget.max_context_tokens`` set, it also makes room when a step would exceed the budget. When
@@ -312,15 +314,22 @@ class ContinualOptimizer:
         return self._context
 
     def _sleeps(self) -> bool:
-        """Whether a consolidation pass runs after every step (``consolidate``; None: task-agnostic only)."""
-        return self._scenario == "task-agnostic" if self.consolidate is None else bool(self.consolidate)
+        """Whether a consolidation pass runs after every step (``consolidate``; None: yes)."""
+        return True if self.consolidate is None else bool(self.consolidate)
 
     def _consolidation_on(self) -> bool:
         return self._sleeps() or self.budget.max_context_tokens is not None
 
     def _consolidation_reserve(self) -> int:
-        """Reflection calls kept from the proposers for consolidation: its per-pass need, at most a third."""
-        if not self._consolidation_on():
+        """Reflection calls kept from the proposers for consolidation: its per-pass need, at most a third.
+
+        None by default in a task-aware stream without a context budget: there each task's memory is fenced,
+        and a pass that finds the reflection calls spent still dedupes and keeps the better-supported of two
+        paraphrases or of two contradicting items, all gated; an LM writes merged text only with calls left.
+        ``consolidate=True`` keeps the share there too.
+        """
+        fenced = self.consolidate is None and self._scenario == "task-aware" and self.budget.max_context_tokens is None
+        if not self._consolidation_on() or fenced:
             return 0
         return min(self.consolidator.lm_calls_per_pass, max(1, self.budget.reflection_calls_per_task // 3))
 

@@ -214,10 +214,17 @@ def run_opt(tmp_path, stream, proposer, *, consolidate=True, budget=None, consol
     return opt, result, Store.open(tmp_path / name / "store")
 
 
-def test_sleep_pass_merges_duplicates_and_records_counts(tmp_path):
-    stream = toy_stream(names=("suffix",))
+@pytest.mark.parametrize("consolidate", [True, None])  # None: the default, on in a task-aware stream too
+def test_sleep_pass_merges_duplicates_and_records_counts(tmp_path, consolidate):
+    stream = toy_stream(names=("suffix",))  # task-aware
     rule = RULES["suffix"][0]
-    _, result, store = run_opt(tmp_path, stream, RuleWithExtras({"suffix": [(rule.rstrip("."), "rule")]}))
+    opt, result, store = run_opt(tmp_path, stream, RuleWithExtras({"suffix": [(rule.rstrip("."), "rule")]}),
+                                 consolidate=consolidate)
+    if consolidate is None:  # the default keeps no reflection call for the pass, even with an LM to merge
+        opt.consolidator = Consolidator(scripted_lm(lambda system, user: ""), similarity="lexical")
+        assert opt.consolidator.lm_calls_per_pass > 0 and opt._consolidation_reserve() == 0
+        opt.consolidate = True  # asked for explicitly: the pass keeps its share
+        assert opt._consolidation_reserve() == 1
     step = result.steps[0]
     assert step.accepted
     assert [it.text for it in store.current().items("predict")] == [rule]
