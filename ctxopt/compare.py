@@ -192,7 +192,7 @@ def _total(r: RunResult, key: str) -> int:
 
 def _redundancy(r: RunResult) -> str:
     red = r.meta.get("redundancy")
-    return f"{red['near_duplicates']} / {red['contradictions']}" if red else "–"
+    return f"{red['near_duplicates']} / {red.get('paraphrases', 0)} / {red['contradictions']}" if red else "–"
 
 
 def comparison_table(results: Sequence[RunResult]) -> str:
@@ -200,12 +200,12 @@ def comparison_table(results: Sequence[RunResult]) -> str:
 
     Columns: method | ACC | BWT | FWT | task-model calls (requests that reached the task model; a cold
     run's cost) | charged calls (what the budget counted) | task prompt tokens | task completion tokens |
-    reflection calls | final context tokens | near-duplicate / contradicting item pairs in the final context |
-    wall time.
+    reflection calls | final context tokens | near-duplicate / paraphrase / contradicting item pairs in the
+    final context | wall time.
     """
     header = ["method", "ACC", "BWT", "FWT", "task-model calls", "charged calls", "task prompt tokens",
-              "task completion tokens", "reflection calls", "final context tokens", "near-dup / contra pairs",
-              "wall time"]
+              "task completion tokens", "reflection calls", "final context tokens",
+              "near-dup / paraphrase / contra pairs", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in results:
         s = r.summary()

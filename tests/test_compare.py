@@ -59,7 +59,8 @@ def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_t
     assert all(r.complete and r.r0 == results[0].r0 for r in stored.values())
     table = (run / "comparison.md").read_text()
     assert ("| method | ACC | BWT | FWT | task-model calls | charged calls | task prompt tokens | "
-            "task completion tokens | reflection calls | final context tokens | near-dup / contra pairs | wall time |"
+            "task completion tokens | reflection calls | final context tokens | near-dup / paraphrase / contra pairs | "
+            "wall time |"
             in table)
     for r in results:
         row = next(line for line in table.splitlines() if line.startswith(f"| {r.method} |"))
@@ -72,7 +73,8 @@ def test_all_methods_side_by_side_write_results_table_and_report_and_never_see_t
         assert cells[8] == str(sum(s.reflection_calls for s in r.steps))
         assert cells[9] == str(r.meta["final_context_tokens"])
         red = r.meta["redundancy"]  # every run reports how redundant its final context is
-        assert cells[10] == f"{red['near_duplicates']} / {red['contradictions']}" and red["pairs"] >= 0
+        assert cells[10] == f"{red['near_duplicates']} / {red['paraphrases']} / {red['contradictions']}"
+        assert red["pairs"] >= 0
     # ctxopt's charged calls are its ledger's; a method without a ledger is charged its requests
     charged = {r.method: [s.extra["charged_task_calls"] for s in r.steps] for r in results}
     assert charged["static"] == [0, 0, 0]
