@@ -558,8 +558,8 @@ class ContinualOptimizer:
         proposers = self._proposer_list()
         # reflection calls dealt out over the stages: what the budget leaves after consolidation's reserve,
         # so that a reserve cannot starve the last stage in the order
-        teacher = any(isinstance(p, TeacherDemoProposer) for p in proposers) and bool(
-            intermediate_fields(program, setup.predictor, task.output))
+        between = {n: tuple(f for f in p.signature.output_fields if f != task.output) for n, p in named.items()}
+        teacher = any(isinstance(p, TeacherDemoProposer) for p in proposers) and bool(between[setup.predictor])
         available = max(0, self.ledger.remaining("reflection") - keep - int(self.grounded) - int(teacher))
         raw: list[Proposal] = []
         for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
@@ -567,8 +567,7 @@ class ContinualOptimizer:
                                    inputs=tuple(program_inputs(program, stage)), output=task.output,
                                    observations=observed.observations, train=tuple(task.train),
                                    seed=self.seed * 100 + setup.step, output_stage=stage == setup.predictor,
-                                   intermediate=(intermediate_fields(program, stage, task.output)
-                                                 if stage == setup.predictor else ()),
+                                   intermediate=between[stage] if stage == setup.predictor else (),
                                    metric=task.metric)
             for proposer in proposers:
                 if isinstance(proposer, ReflectionProposer) and len(named) > 1:  # its calls dealt out by blame
@@ -906,14 +905,6 @@ def _run_dir_arg(run_dir: str | Path | None, store: str | Path | None, method: s
             raise ConfigError(f"{method}: run_dir={run_dir} and store={store} disagree; pass run_dir only")
         return store
     return run_dir
-
-
-def intermediate_fields(program: dspy.Module, predictor: str, output: str) -> tuple[str, ...]:
-    """Output fields of one named predictor other than ``output`` (ChainOfThought's ``reasoning``)."""
-    for name, pred in program.named_predictors():
-        if name == predictor:
-            return tuple(f for f in pred.signature.output_fields if f != output)
-    raise ConfigError(f"the program has no predictor named {predictor!r}")
 
 
 def program_inputs(program: dspy.Module, predictor: str) -> list[str]:
