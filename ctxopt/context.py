@@ -95,8 +95,11 @@ class Item:
             (:class:`~ctxopt.retrieval.RetrievalSelector`).
         keys: Retrieval keys of archival memory: an "applies when …" text and
             the inputs that produced the item; none means its text is its key.
+        unless: Counter-keys: inputs of other tasks the item must not reach. An input
+            nearer to one of them than to every key does not retrieve the item
+            (:func:`~ctxopt.retrieval.narrow`).
 
-    ``pinned`` and ``keys`` are serialized only when set, so a context without
+    ``pinned``, ``keys`` and ``unless`` are serialized only when set, so a context without
     them keeps the dict, YAML and :attr:`LearnedContext.hash` it always had.
 
     Example:
@@ -121,6 +124,7 @@ class Item:
     harmful: int = 0
     pinned: bool = False
     keys: tuple[str, ...] = ()
+    unless: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_str(self.id, "item id")
@@ -146,9 +150,10 @@ class Item:
         object.__setattr__(self, "keys", tuple(self.keys))
         for key in self.keys:
             _check_str(key, f"a key of item {self.id}")
+        object.__setattr__(self, "unless", _counter_keys(self.unless, f"item {self.id}"))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``pinned`` and ``keys`` only when set)."""
+        """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``pinned``, ``keys``, ``unless`` only when set)."""
         d: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
@@ -166,6 +171,8 @@ class Item:
             d["pinned"] = True
         if self.keys:
             d["keys"] = list(self.keys)
+        if self.unless:
+            d["unless"] = list(self.unless)
         return d
 
     @classmethod
@@ -181,6 +188,16 @@ class Item:
         return cls(**dict(d))
 
 
+def _counter_keys(unless: Any, owner: str) -> tuple[str, ...]:
+    """``unless`` as a tuple of non-empty strings; raises EditError otherwise."""
+    if isinstance(unless, str) or not isinstance(unless, Iterable):
+        raise EditError(f"{owner}: unless must be a list of strings, got {unless!r}")
+    out = tuple(unless)
+    for key in out:
+        _check_str(key, f"an unless key of {owner}")
+    return out
+
+
 def demo_id(inputs: Mapping[str, Any], outputs: Mapping[str, Any], scope: str = GLOBAL) -> str:
     """Stable content id of a demo, e.g. ``"d-1a2b3c4d"``."""
     payload = canonical_json({"inputs": inputs, "outputs": outputs, "scope": scope})
@@ -192,7 +209,9 @@ class Demo:
     """One input/output example shown to a predictor.
 
     ``id`` defaults to a stable hash of the content (pass ``id=""`` or omit it).
-    Values are kept as JSON values (normally strings).
+    Values are kept as JSON values (normally strings). ``unless`` holds
+    counter-keys, as :attr:`Item.unless` does (serialized only when set; not
+    part of the id).
 
     Example:
         >>> d = Demo(inputs={"question": "2+2?"}, outputs={"answer": "4"})
@@ -204,6 +223,7 @@ class Demo:
     inputs: Mapping[str, Any] = field(default_factory=dict)
     outputs: Mapping[str, Any] = field(default_factory=dict)
     scope: str = GLOBAL
+    unless: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("inputs", "outputs"):
@@ -217,20 +237,22 @@ class Demo:
         if not self.id:
             object.__setattr__(self, "id", demo_id(self.inputs, self.outputs, self.scope))
         _check_str(self.id, "demo id")
+        object.__setattr__(self, "unless", _counter_keys(self.unless, f"demo {self.id}"))
 
     def __hash__(self) -> int:
         return hash(canonical_json(self.to_dict()))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-compatible dict; :meth:`from_dict` inverts it."""
-        return {"id": self.id, "scope": self.scope, "inputs": dict(self.inputs), "outputs": dict(self.outputs)}
+        """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``unless`` only when set)."""
+        d = {"id": self.id, "scope": self.scope, "inputs": dict(self.inputs), "outputs": dict(self.outputs)}
+        return {**d, "unless": list(self.unless)} if self.unless else d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Demo:
         """Build a demo from :meth:`to_dict` output; raises EditError if invalid."""
         if not isinstance(d, Mapping):
             raise EditError(f"a demo must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - {"id", "scope", "inputs", "outputs"}
+        unknown = set(d) - {"id", "scope", "inputs", "outputs", "unless"}
         if unknown:
             raise EditError(f"demo {d.get('id')!r} has unknown fields: {', '.join(sorted(unknown))}")
         return cls(
@@ -238,6 +260,7 @@ class Demo:
             inputs=d.get("inputs", {}),
             outputs=d.get("outputs", {}),
             scope=d.get("scope", GLOBAL),
+            unless=d.get("unless", ()),
         )
 
 

@@ -97,8 +97,9 @@ class AddItem(_EditBase):
     """Append a new item (rule, note or strategy) to a predictor.
 
     ``keys`` (retrieval keys: an "applies when …" text, the inputs that produced
-    the item) and ``pinned`` (core memory) go to the new item; see
-    :class:`~ctxopt.context.Item`. They are in :meth:`to_dict` only when set.
+    the item), ``unless`` (counter-keys) and ``pinned`` (core memory) go to the
+    new item; see :class:`~ctxopt.context.Item`. They are in :meth:`to_dict`
+    only when set.
 
     Example:
         >>> AddItem("qa", "Always give units.", scope="physics").item_id.startswith("r-")
@@ -115,6 +116,7 @@ class AddItem(_EditBase):
     rationale: str = ""
     keys: tuple[str, ...] = field(default=(), metadata={"only_when_set": True})
     pinned: bool = field(default=False, metadata={"only_when_set": True})
+    unless: tuple[str, ...] = field(default=(), metadata={"only_when_set": True})
 
     def __post_init__(self) -> None:
         self._check()
@@ -123,6 +125,9 @@ class AddItem(_EditBase):
         if isinstance(self.keys, str) or not all(isinstance(k, str) for k in self.keys):
             raise EditError(f"add_item: keys must be a list of strings, got {self.keys!r}")
         object.__setattr__(self, "keys", tuple(self.keys))
+        if isinstance(self.unless, str) or not all(isinstance(k, str) for k in self.unless):
+            raise EditError(f"add_item: unless must be a list of strings, got {self.unless!r}")
+        object.__setattr__(self, "unless", tuple(self.unless))
 
     @property
     def item_id(self) -> str:
@@ -147,6 +152,7 @@ class AddItem(_EditBase):
             updated_step=step,
             pinned=self.pinned,
             keys=self.keys,
+            unless=self.unless,
         )
         return replace(pc, items=pc.items + (new,))
 
@@ -199,6 +205,8 @@ class MergeItems(_EditBase):
     The new item's scope is ``scope`` if given, else the common scope of the
     merged items (global if they differ). Its counters are the sums; it keeps
     the retrieval keys of all merged items and is pinned if any of them was.
+    It keeps counter-keys (``unless``) only if every merged item had some: the
+    union, less the keys it now holds.
 
     Example:
         >>> MergeItems("qa", ("r-1", "r-2"), "Be exact and cite.").op
@@ -237,7 +245,9 @@ class MergeItems(_EditBase):
             helpful=sum(it.helpful for it in olds),
             harmful=sum(it.harmful for it in olds),
             pinned=any(it.pinned for it in olds),
-            keys=tuple(dict.fromkeys(k for it in olds for k in it.keys)),
+            keys=(keys := tuple(dict.fromkeys(k for it in olds for k in it.keys))),
+            unless=tuple(dict.fromkeys(k for it in olds for k in it.unless if k not in keys))
+            if all(it.unless for it in olds) else (),
         )
         merged = set(self.item_ids)
         if any(it.id == new.id for it in pc.items if it.id not in merged):

@@ -79,7 +79,7 @@ from ctxopt.proposer import (
     ReflectionProposer,
     dedupe,
 )
-from ctxopt.retrieval import CORE_AFTER, RetrievalSelector, archival, core_or_archival, input_text, setting_proposals
+from ctxopt.retrieval import CORE_AFTER, RetrievalSelector, archival, core_or_archival, input_text, narrow, setting_proposals
 from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
 from ctxopt.selector import ContextSelector, default_selector, retrieves
@@ -585,7 +585,10 @@ class ContinualOptimizer:
                            instruction=setup.base.predictor(setup.predictor).instruction)
             if len(setup.earlier) >= CORE_AFTER:  # pinned = shown to every input: only where replay can check it
                 raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned
-            if isinstance(setup.selector, RetrievalSelector):  # and chooses how much is retrieved
+            if isinstance(setup.selector, RetrievalSelector):  # may keep new entries off other tasks' inputs
+                raw = narrow(raw, [input_text(dict(e.inputs().items())) for t in setup.earlier
+                                   if t.family != task.family for e in self._search_replay(t)], setup.selector.sim)
+                # and chooses how much is retrieved
                 raw += setting_proposals(setup.base, setup.predictor, setup.selector,
                                         threshold=bool(setup.earlier))
         proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)

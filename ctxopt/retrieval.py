@@ -12,7 +12,9 @@ splits each predictor's context in two:
 
 For one input, the query is the text of its input fields (the ``task`` label
 left out, joined by newlines). Each candidate scores the highest similarity of
-the query to any of its keys (:meth:`ctxopt.similarity.Similarity.scores`).
+the query to any of its keys; one with counter-keys (``unless``: other tasks'
+inputs, :func:`narrow`) is left out when one of them matches the query at least
+as well (:meth:`ctxopt.similarity.Similarity.scores`).
 The ``k_items`` best items and ``k_demos`` best demos scoring at least
 ``min_score``, and within ``margin`` of the best score of any item or demo
 for this input, are kept; ties go to the smaller id, and the kept ones stay in
@@ -46,15 +48,15 @@ from typing import Any
 
 from ctxopt._text import shorten
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext, canonical_json
-from ctxopt.edits import AddItem, DeleteItem, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
+from ctxopt.edits import AddDemo, AddItem, DeleteItem, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
 from ctxopt.errors import ConfigError
 from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
 from ctxopt.tasks import TASK_FIELD
 from ctxopt.tokens import count_tokens
 
-__all__ = ["CORE_AFTER", "MAX_KEYS", "RETRIEVAL_CHOICES", "Hit", "Retrieval", "RetrievalSelector", "archival", "core_or_archival",
-           "hit_rates", "input_text", "setting_proposals"]
+__all__ = ["CORE_AFTER", "MAX_KEYS", "MAX_UNLESS", "RETRIEVAL_CHOICES", "Hit", "Retrieval", "RetrievalSelector", "archival",
+           "core_or_archival", "hit_rates", "input_text", "narrow", "setting_proposals"]
 
 MAX_KEYS = 6
 """Retrieval keys one new item gets at most (the first inputs that produced it)."""
@@ -172,8 +174,9 @@ class RetrievalSelector:
             why = Retrieval(
                 query=query,
                 pinned=tuple(it.id for it in items if it.pinned),
-                items=self._top(query, [(it.id, _item_keys(it)) for it in archival], k_items, min_score),
-                demos=self._top(query, [(d.id, _demo_keys(d)) for d in pc.scoped_demos(task)], k_demos, min_score),
+                items=self._top(query, [(it.id, _item_keys(it), it.unless) for it in archival], k_items, min_score),
+                demos=self._top(query, [(d.id, _demo_keys(d), d.unless) for d in pc.scoped_demos(task)], k_demos,
+                                min_score),
             )
             why = _within_margin(why, self.margin_for(pc))
             budget = pc.retrieval_settings().get("max_tokens", self.max_tokens)
@@ -217,16 +220,22 @@ class RetrievalSelector:
         """The predictor's ``margin``: its learned one (C's versioned state), else this selector's."""
         return float(pc.retrieval_settings().get("margin", self.margin))
 
-    def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...]]], k: int,
+    def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...], tuple[str, ...]]], k: int,
              min_score: float) -> tuple[Hit, ...]:
-        """The best ``k`` candidates scoring at least ``min_score`` (ties: smaller id first), in the given order."""
+        """The best ``k`` candidates scoring at least ``min_score`` (ties: smaller id first), in the given order.
+
+        A candidate is ``(id, keys, unless)``; one whose best counter-key (``unless``) scores at least its best key
+        is left out: the input is nearer to another task's inputs than to anything the entry was learned from."""
         if k == 0 or not candidates:
             return ()
-        scores = iter(self.sim.scores(query, [key for _, keys in candidates for key in keys]))
+        scores = iter(self.sim.scores(query, [key for _, keys, unless in candidates for key in (*keys, *unless)]))
         hits: list[tuple[int, Hit]] = []
-        for position, (cid, keys) in enumerate(candidates):
+        for position, (cid, keys, unless) in enumerate(candidates):
             per_key = [(next(scores), key) for key in keys]
+            against = max((next(scores) for _ in unless), default=None)
             best = max(score for score, _ in per_key)
+            if against is not None and against >= best:
+                continue
             hits.append((position, Hit(cid, best, next(key for score, key in per_key if score == best))))
         ranked = sorted((h for h in hits if h[1].score >= min_score), key=lambda h: (-h[1].score, h[1].id))
         return tuple(hit for _, hit in sorted(ranked[:k], key=lambda h: h[0]))
@@ -385,6 +394,68 @@ def core_or_archival(proposals: Sequence[Proposal]) -> list[Proposal]:
         out.append(replace(p, group=group))
         out.append(replace(p, name=f"{p.name}+core", group=group, rationale=f"{p.rationale} (core memory)".strip(),
                            edits=tuple(replace(e, pinned=True, keys=()) for e in p.edits)))
+    return out
+
+
+MAX_UNLESS = 8
+"""Counter-keys one narrowed item or demo gets at most (see :func:`narrow`)."""
+
+
+def narrow(proposals: Sequence[Proposal], others: Sequence[str], sim: Similarity) -> list[Proposal]:
+    """Offer each proposal that adds archival memory a narrowed twin that other tasks' inputs do not reach.
+
+    ``others`` are inputs of the earlier tasks (the search's replay pool: the gate
+    judges on a sample kept apart from it). Each new unpinned item and each new
+    demo of the twin (``<name>+narrow``) gets as ``unless`` the :data:`MAX_UNLESS`
+    of them most similar to its keys, and is then left out for any input nearer
+    to one of those than to its own keys (:meth:`RetrievalSelector.explain`):
+    a nearest-neighbour boundary between this task's inputs and the others'.
+    Keys alone cannot draw it: all-MiniLM-L6-v2 puts one word 0.15–0.4 from any
+    other word and from short sentences alike, so sentiment's "Answer with a
+    single word" reached first_word_letter's inputs in ii-8 task-agnostic
+    (stop 29), and a margin or threshold on raw scores cut the task's own
+    inputs first. The twin and the proposal are alternatives of one group (the
+    proposal's, or ``memory:<name>``), the twin first; the search keeps the
+    wide one where reaching other inputs helps them (transfer), and the gate
+    judges either on replay.
+
+    Example:
+        >>> from ctxopt.edits import AddItem
+        >>> from ctxopt.similarity import LexicalSimilarity
+        >>> out = narrow([Proposal("r", (AddItem("p", "Add s.", keys=("plural of cat",)),), "reflection")],
+        ...              ["antonym of hot", "plural of dog"], LexicalSimilarity())
+        >>> [(p.name, p.group, p.edits[0].unless) for p in out]
+        [('r+narrow', 'memory:r', ('plural of dog', 'antonym of hot')), ('r', 'memory:r', ())]
+    """
+    pool = tuple(dict.fromkeys(o for o in others if o and o.strip()))
+    if not pool:
+        return list(proposals)
+
+    def against(keys: Sequence[str]) -> tuple[str, ...]:
+        candidates = [o for o in pool if o not in keys]
+        if not candidates:
+            return ()
+        best = [max(column) for column in zip(*(sim.scores(key, candidates) for key in keys))]
+        ranked = sorted(range(len(candidates)), key=lambda i: (-best[i], i))
+        return tuple(candidates[i] for i in ranked[:MAX_UNLESS])
+
+    def narrowed(e: Any) -> Any:
+        if isinstance(e, AddItem) and not e.pinned:
+            return replace(e, unless=against(e.keys or (e.text,)))
+        if isinstance(e, AddDemo):
+            return replace(e, demo=replace(e.demo, unless=against(_demo_keys(e.demo))))
+        return e
+
+    out: list[Proposal] = []
+    for p in proposals:
+        edits = tuple(narrowed(e) for e in p.edits)
+        if edits == p.edits:
+            out.append(p)
+            continue
+        group = p.group or f"memory:{p.name}"
+        out.append(replace(p, name=f"{p.name}+narrow", group=group, edits=edits,
+                           rationale=f"{p.rationale} (not for other tasks' inputs)".strip()))
+        out.append(replace(p, group=group))
     return out
 
 

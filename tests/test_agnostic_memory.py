@@ -144,8 +144,8 @@ def test_the_search_may_place_a_rule_in_core_memory_only_once_replay_can_check_i
     # A rule pinned for every input is offered only once CORE_AFTER earlier tasks can be replayed against it.
     for step, ps in by_step.items():
         cores = [p for p in ps if p["name"].endswith("+core")]
-        if step <= CORE_AFTER:
-            assert not cores and not any((p.get("group") or "").startswith("memory:") for p in ps)
+        if step <= CORE_AFTER:  # before that a memory group holds only a rule and its narrowed twin
+            assert not cores and not any(e.get("pinned") for p in ps for e in p["edits"])
     late = [p for step, ps in by_step.items() if step > CORE_AFTER for p in ps]
     cores = [p for p in late if p["name"].endswith("+core")]
     assert cores and all(e.get("pinned") and not e.get("keys") for p in cores for e in p["edits"])
@@ -200,3 +200,55 @@ def test_a_learned_margin_shows_each_input_only_the_memory_it_matches_best():
     assert shown(narrow, sentence) == ([], 1)
     assert shown(narrow, {"input": "album"}) == (["r-letter"], 0)
     assert "margin=0.1" in repr(RetrievalSelector("lexical", margin=0.1))
+
+
+def test_an_entry_is_not_retrieved_for_an_input_nearer_one_of_its_counter_keys():
+    from ctxopt.context import Demo
+
+    rule = Item(id="r-plural", text="Add s.", keys=("plural of cat", "plural of dog"), unless=("antonym of hot",))
+    demo = Demo(inputs={"input": "plural of cow"}, outputs={"output": "cows"}, unless=("antonym of cold",))
+    ctx = LearnedContext({"predict": PredictorContext("Answer.", items=(rule,), demos=(demo,))})
+    selector = RetrievalSelector("lexical", k_items=3, k_demos=3, margin=1.0)
+    own = selector.select(ctx, None, {"input": "plural of cat"}).predictor("predict")
+    assert [it.id for it in own.items] == ["r-plural"] and [d.id for d in own.demos] == [demo.id]
+    other = selector.select(ctx, None, {"input": "antonym of hot"}).predictor("predict")
+    assert not other.items and not other.demos  # nearer a counter-key than any key: left out
+    wide = LearnedContext({"predict": PredictorContext("Answer.", items=(Item(id="r-plural", text="Add s.",
+                                                                               keys=rule.keys),))})
+    assert selector.select(wide, None, {"input": "antonym of hot"}).predictor("predict").items  # keys alone reach it
+    assert Item.from_dict(rule.to_dict()) == rule and Demo.from_dict(demo.to_dict()) == demo
+    assert "unless" not in wide.predictor("predict").items[0].to_dict()  # old contexts keep their dicts and hashes
+
+
+def test_a_merged_item_keeps_counter_keys_only_when_every_merged_item_had_some():
+    from ctxopt.edits import MergeItems
+
+    a = Item(id="r-a", text="A.", keys=("cat",), unless=("hot", "dog"))
+    b = Item(id="r-b", text="B.", keys=("dog",), unless=("cold",))
+    c = Item(id="r-c", text="C.", keys=("cow",))
+    ctx = LearnedContext({"p": PredictorContext("Answer.", items=(a, b, c))})
+    [both] = ctx.apply_edits([MergeItems("p", ("r-a", "r-b"), "A and B.")]).predictor("p").items[:1]
+    assert both.keys == ("cat", "dog") and both.unless == ("hot", "cold")  # "dog" is now a key
+    wide = ctx.apply_edits([MergeItems("p", ("r-a", "r-c"), "A and C.")]).predictor("p").items[0]
+    assert wide.text == "A and C." and wide.unless == ()
+
+
+def test_from_the_second_task_new_entries_get_a_narrowed_twin_against_the_search_replay_pool(tmp_path):
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix = stream.tasks[0]
+    events = []
+    opt, _ = _fit(tmp_path, stream, callbacks=[events.append])
+    by_step = {}
+    for e in events:
+        if e.kind == "propose":
+            by_step.setdefault(e.step, []).extend(e.data["proposals"])
+    assert not any(p["name"].endswith("+narrow") for p in by_step[1])  # nothing earlier to keep apart from
+    twins = [p for p in by_step[2] if p["name"].endswith("+narrow")]
+    assert twins
+    names = {p["name"] for p in by_step[2]}
+    pool = {ex.input for ex in opt._search_replay(suffix)}
+    gate = {ex.input for ex in opt._gate_sets(stream.tasks[1], [suffix])[1][1]}
+    for twin in twins:
+        assert twin["name"].removesuffix("+narrow") in names  # the wide one stays a choice of the same group
+        counters = [k for e in twin["edits"] for k in (e.get("unless") or e.get("demo", {}).get("unless") or [])]
+        assert counters and set(counters) <= pool and not set(counters) & gate  # the gate judges on other inputs
