@@ -77,9 +77,9 @@ def test_a_borderline_drop_is_undecided_and_names_the_tasks_to_grow():
 
 def test_the_current_task_needs_a_significant_gain():
     gate = PairedTestGate()
-    assert gate.decide(scores("new", 10, 0, 4), []).accepted  # 4 fixed, 0 broken: p = 0.0625 < 0.1
-    d = gate.decide(scores("new", 10, 0, 3), [])
-    assert d.outcome == "rejected" and "not significant" in d.reason and d.p_value == 0.125
+    assert gate.decide(scores("new", 10, 0, 3), []).accepted  # 3 fixed, 0 broken: p = 0.125 < 0.25
+    d = gate.decide(scores("new", 10, 0, 2), [])
+    assert d.outcome == "rejected" and "not significant" in d.reason and d.p_value == 0.25
     assert gate.decide(scores("new", 10, 5, 5), []).reason.startswith("no gain on new")
 
 
