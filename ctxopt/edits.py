@@ -311,6 +311,44 @@ class SetRetrieval(_EditBase):
 
 
 @dataclass(frozen=True)
+class Narrow(_EditBase):
+    """Add counter-keys to an item or demo already in memory (``target``: its id), so that the inputs nearer
+    to them than to its keys no longer retrieve it (:func:`ctxopt.retrieval.shield`).
+
+    Example:
+        >>> from ctxopt.context import Item, PredictorContext
+        >>> pc = PredictorContext("A.", items=(Item("r-1", "One letter.", keys=("cat",)),))
+        >>> Narrow("qa", "r-1", ("A fine film.",)).apply_predictor(pc, step=2, task=None).items[0].unless
+        ('A fine film.',)
+    """
+
+    op: ClassVar[str] = "narrow"
+    predictor: str
+    target: str
+    unless: tuple[str, ...]
+    rationale: str = ""
+
+    def __post_init__(self) -> None:
+        self._check()
+        if isinstance(self.unless, str) or not all(isinstance(k, str) and k.strip() for k in self.unless):
+            raise EditError(f"narrow: unless must be a list of non-empty strings, got {self.unless!r}")
+        object.__setattr__(self, "unless", tuple(self.unless))
+
+    def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
+        def more(entry: Any) -> Any:
+            unless = tuple(dict.fromkeys((*entry.unless, *self.unless)))
+            if unless == entry.unless:
+                raise EditError(f"narrow is a no-op: {self.target} already has these counter-keys")
+            return replace(entry, unless=unless)
+
+        if any(it.id == self.target for it in pc.items):
+            return replace(pc, items=tuple(more(it) if it.id == self.target else it for it in pc.items))
+        if any(d.id == self.target for d in pc.demos):
+            return replace(pc, demos=tuple(more(d) if d.id == self.target else d for d in pc.demos))
+        raise EditError(f"narrow: no item or demo {self.target!r}")
+
+
+@dataclass(frozen=True)
 class AddDemo(_EditBase):
     """Append a demo.
 
@@ -382,13 +420,14 @@ class CountItem(_EditBase):
         return replace_item(pc, self.item_id, new)
 
 
-Edit = Union[AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem]
+Edit = Union[AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem, SetRetrieval,
+             Narrow]
 """Any of the typed edits above; each satisfies the :class:`ctxopt.context.Edit` protocol."""
 
 EDIT_TYPES: dict[str, type] = {
     cls.op: cls
     for cls in (AddItem, UpdateItem, DeleteItem, MergeItems, RewriteInstruction, AddDemo, RemoveDemo, CountItem,
-                SetRetrieval)
+                SetRetrieval, Narrow)
 }
 
 
@@ -436,6 +475,8 @@ def describe(edit: Edit) -> str:
         return f"{p}: remove demo {edit.demo_id}"
     if isinstance(edit, SetRetrieval):
         return f"{p}: set retrieval {edit.setting} = {edit.value}"
+    if isinstance(edit, Narrow):
+        return f"{p}: narrow {edit.target}: not for {len(edit.unless)} input(s) like {shorten(edit.unless[0], 40)!r}"
     if isinstance(edit, CountItem):
         return f"{p}: count item {edit.item_id} helpful {edit.helpful:+d} harmful {edit.harmful:+d}"
     raise EditError(f"not an edit: {edit!r}")
@@ -462,6 +503,7 @@ __all__ = [
     "MergeItems",
     "RewriteInstruction",
     "SetRetrieval",
+    "Narrow",
     "AddDemo",
     "RemoveDemo",
     "CountItem",

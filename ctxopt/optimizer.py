@@ -79,7 +79,16 @@ from ctxopt.proposer import (
     ReflectionProposer,
     dedupe,
 )
-from ctxopt.retrieval import CORE_AFTER, RetrievalSelector, archival, core_or_archival, input_text, narrow, setting_proposals
+from ctxopt.retrieval import (
+    CORE_AFTER,
+    RetrievalSelector,
+    archival,
+    core_or_archival,
+    input_text,
+    narrow,
+    setting_proposals,
+    shield,
+)
 from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
 from ctxopt.selector import ContextSelector, default_selector, retrieves
@@ -588,6 +597,9 @@ class ContinualOptimizer:
             if isinstance(setup.selector, RetrievalSelector):  # may keep new entries off other tasks' inputs
                 raw = narrow(raw, [input_text(dict(e.inputs().items())) for t in setup.earlier
                                    if t.family != task.family for e in self._search_replay(t)], setup.selector.sim)
+                # and may keep what other tasks left off this task's inputs
+                raw += shield(setup.base, setup.predictor, [dict(o.example.inputs().items())
+                                                             for o in observed.observations], setup.selector, task.family)
                 # and chooses how much is retrieved
                 raw += setting_proposals(setup.base, setup.predictor, setup.selector,
                                         threshold=bool(setup.earlier))

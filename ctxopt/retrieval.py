@@ -48,15 +48,15 @@ from typing import Any
 
 from ctxopt._text import shorten
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext, canonical_json
-from ctxopt.edits import AddDemo, AddItem, DeleteItem, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
+from ctxopt.edits import AddDemo, AddItem, DeleteItem, Narrow, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
 from ctxopt.errors import ConfigError
 from ctxopt.proposer import Proposal
 from ctxopt.similarity import Similarity, check_similarity_name, get_similarity
-from ctxopt.tasks import TASK_FIELD
+from ctxopt.tasks import TASK_FIELD, split_visit
 from ctxopt.tokens import count_tokens
 
 __all__ = ["CORE_AFTER", "MAX_KEYS", "MAX_UNLESS", "RETRIEVAL_CHOICES", "Hit", "Retrieval", "RetrievalSelector", "archival",
-           "core_or_archival", "hit_rates", "input_text", "narrow", "setting_proposals"]
+           "core_or_archival", "hit_rates", "input_text", "narrow", "setting_proposals", "shield"]
 
 MAX_KEYS = 6
 """Retrieval keys one new item gets at most (the first inputs that produced it)."""
@@ -457,6 +457,50 @@ def narrow(proposals: Sequence[Proposal], others: Sequence[str], sim: Similarity
                            rationale=f"{p.rationale} (not for other tasks' inputs)".strip()))
         out.append(replace(p, group=group))
     return out
+
+
+def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str, Any]], selector: RetrievalSelector,
+           family: str) -> list[Proposal]:
+    """One proposal, ``shield``: keep the memory other tasks left off this task's inputs.
+
+    The archival items and demos that ``inputs`` (this task's train inputs) retrieve,
+    but that were not learned on this task's ``family`` (demos carry no provenance
+    and always count), each get as counter-keys the :data:`MAX_UNLESS` of those
+    inputs most similar to their keys (:class:`~ctxopt.edits.Narrow`). A rule an
+    early task wrote while nothing else was known ("Answer with a single character
+    only." from first_word_letter, reaching sentiment's short sentences) can then
+    stop reaching a later task. The search switches it on or off, and the gate
+    replays the tasks whose own inputs it changes, as for any edit. Nothing is
+    proposed where no such entry is retrieved.
+
+    Example:
+        >>> from ctxopt.context import Item, PredictorContext
+        >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=(
+        ...     Item(id="r-1", text="One letter.", keys=("cat", "dog"), source_task="first_letter"),))})
+        >>> [p] = shield(ctx, "p", [{"input": "cat toy"}, {"input": "dog bed"}], RetrievalSelector("lexical"), "plural")
+        >>> p.name, p.edits[0].target, p.edits[0].unless
+        ('shield', 'r-1', ('cat toy', 'dog bed'))
+        >>> shield(ctx, "p", [{"input": "cat toy"}], RetrievalSelector("lexical"), "first_letter")
+        []
+    """
+    pc = context.predictor(predictor)
+    texts = tuple(dict.fromkeys(t for t in (input_text(i) for i in inputs) if t.strip()))
+    reached = {h.id for i in inputs for why in [selector.explain(context, None, i).get(predictor)] if why
+               for h in (*why.items, *why.demos)}
+    entries = [(it.id, _item_keys(it)) for it in pc.items if it.id in reached and not it.pinned
+               and (it.source_task is None or split_visit(it.source_task)[0] != family)]
+    entries += [(d.id, _demo_keys(d)) for d in pc.demos if d.id in reached]
+    edits = []
+    for eid, keys in entries:
+        candidates = [t for t in texts if t not in keys]
+        if not candidates:
+            continue
+        best = [max(column) for column in zip(*(selector.sim.scores(key, candidates) for key in keys))]
+        ranked = sorted(range(len(candidates)), key=lambda i: (-best[i], i))[:MAX_UNLESS]
+        edits.append(Narrow(predictor, eid, tuple(candidates[i] for i in ranked),
+                            rationale=f"learned on another task; reached {family}'s inputs"))
+    return [Proposal("shield", tuple(edits), "shield", rationale=f"keep other tasks' memory off {family}'s inputs")
+            ] if edits else []
 
 
 def hit_rates(selector: RetrievalSelector, context: LearnedContext, tasks: Sequence[Any],

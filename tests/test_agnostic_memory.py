@@ -252,3 +252,31 @@ def test_from_the_second_task_new_entries_get_a_narrowed_twin_against_the_search
         assert twin["name"].removesuffix("+narrow") in names  # the wide one stays a choice of the same group
         counters = [k for e in twin["edits"] for k in (e.get("unless") or e.get("demo", {}).get("unless") or [])]
         assert counters and set(counters) <= pool and not set(counters) & gate  # the gate judges on other inputs
+
+
+def test_a_later_task_may_shield_its_inputs_from_memory_an_earlier_task_left(tmp_path):
+    from ctxopt.context import Demo
+    from ctxopt.edits import Narrow, edit_from_dict
+    from ctxopt.retrieval import shield
+
+    letter = Item(id="r-letter", text="Answer with one letter.", keys=("cat", "dog"), source_task="first_letter")
+    again = Item(id="r-again", text="Plural: add s.", keys=("cat",), source_task="plural")
+    demo = Demo(inputs={"input": "dog bed"}, outputs={"output": "d"})
+    ctx = LearnedContext({"predict": PredictorContext("Answer.", items=(letter, again), demos=(demo,))})
+    selector = RetrievalSelector("lexical", k_items=3, k_demos=2, margin=1.0)
+    [p] = shield(ctx, "predict", [{"input": "cat toy"}, {"input": "dog toy"}], selector, "plural")
+    assert {e.target for e in p.edits} == {"r-letter", demo.id}  # not plural's own rule (its second visit)
+    assert all(isinstance(e, Narrow) and edit_from_dict(e.to_dict()) == e for e in p.edits)
+    after = ctx.apply_edits(p.edits)
+    shown = selector.select(after, None, {"input": "dog toy"}).predictor("predict")
+    assert not shown.demos and [it.id for it in shown.items] == ["r-again"]
+    before = selector.select(ctx, None, {"input": "dog toy"}).predictor("predict")
+    assert before.demos and len(before.items) == 2
+    # in a run, the step after the first offers the switch when the first task's memory reaches its inputs
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    events = []
+    _fit(tmp_path, stream, callbacks=[events.append])
+    shields = [p for e in events if e.kind == "propose" for p in e.data["proposals"] if p["name"] == "shield"]
+    assert shields and all(e["op"] == "narrow" and e["unless"] for p in shields for e in p["edits"])
+    assert all(e.step > 1 for e in events if e.kind == "propose" and any(
+        p["name"] == "shield" for p in e.data["proposals"]))
