@@ -12,6 +12,7 @@ from ctxopt.edits import (
     CountItem,
     DeleteItem,
     MergeItems,
+    Narrow,
     RemoveDemo,
     RewriteInstruction,
     SetRetrieval,
@@ -116,6 +117,7 @@ ALL_EDITS = [
     RemoveDemo("qa", DEMO.id),
     CountItem("qa", "r-a", helpful=1, harmful=2),
     SetRetrieval("qa", "k_demos", 8, rationale="more demos"),
+    Narrow("qa", "r-a", ("an input of another task",), rationale="reached it"),
 ]
 
 
