@@ -44,6 +44,7 @@ class PredictorDiff:
     items_reordered: bool = False
     demos_added: tuple[Demo, ...] = ()
     demos_removed: tuple[Demo, ...] = ()
+    demos_changed: tuple[Demo, ...] = ()  # the new side of demos kept with other counter-keys
 
     @property
     def is_empty(self) -> bool:
@@ -56,6 +57,7 @@ class PredictorDiff:
             or self.items_reordered
             or self.demos_added
             or self.demos_removed
+            or self.demos_changed
         ) and self.status == "changed"
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +72,7 @@ class PredictorDiff:
             "items_reordered": self.items_reordered,
             "demos_added": [d.to_dict() for d in self.demos_added],
             "demos_removed": [d.to_dict() for d in self.demos_removed],
+            "demos_changed": [d.to_dict() for d in self.demos_changed],
         }
 
 
@@ -133,6 +136,8 @@ class ContextDiff:
                 lines.append(f"  + demo {d.id} [{d.scope}]")
             for d in p.demos_removed:
                 lines.append(f"  - demo {d.id} [{d.scope}]")
+            for d in p.demos_changed:
+                lines.append(f"  ~ demo {d.id} (unless: {len(d.unless)} counter-keys)")
         return "\n".join(lines)
 
 
@@ -148,7 +153,7 @@ def diff_predictor(name: str, old: PredictorContext, new: PredictorContext, stat
             changed.append(ItemChange(prev, it, tuple(k for k in {**a, **b} if a.get(k) != b.get(k))))
     common_old = [i for i in old_items if i in new_items]
     common_new = [i for i in new_items if i in old_items]
-    old_demos = {d.id for d in old.demos}
+    old_demos = {d.id: d for d in old.demos}
     new_demos = {d.id for d in new.demos}
     return PredictorDiff(
         name=name,
@@ -160,6 +165,7 @@ def diff_predictor(name: str, old: PredictorContext, new: PredictorContext, stat
         items_reordered=common_old != common_new,
         demos_added=tuple(d for d in new.demos if d.id not in old_demos),
         demos_removed=tuple(d for d in old.demos if d.id not in new_demos),
+        demos_changed=tuple(d for d in new.demos if d.id in old_demos and old_demos[d.id] != d),
     )
 
 

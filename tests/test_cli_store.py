@@ -60,6 +60,24 @@ def test_show(store, capsys):
     assert rc == 2 and "no predictor 'nope'" in err
 
 
+def test_show_and_diff_say_which_entries_are_kept_off_other_inputs(tmp_path, capsys):
+    from ctxopt.context import Demo
+    from ctxopt.edits import AddDemo, Narrow
+
+    s = Store.init(tmp_path / "store")
+    wide = BASE.apply_edits([AddItem("qa", "One letter.", keys=("cat",)),
+                             AddDemo("qa", Demo(inputs={"q": "dog"}, outputs={"a": "d"}))], step=1)
+    s.commit(wide, "wide", {"step": 1})
+    pc = wide.predictor("qa")
+    s.commit(wide.apply_edits([Narrow("qa", pc.items[0].id, ("A fine film.",)),
+                               Narrow("qa", pc.demos[0].id, ("A dull film.", "Bad."))], step=2), "narrowed", {"step": 2})
+    rc, out, _ = run(capsys, "show", "--store", str(s.path))
+    assert rc == 0 and "not for 1 inputs like 'A fine film.'] One letter." in out
+    assert "not for 2 inputs like 'A dull film.'] q='dog'" in out
+    rc, out, _ = run(capsys, "diff", "HEAD~1", "HEAD", "--store", str(s.path))
+    assert rc == 0 and "(unless)" in out and f"~ demo {pc.demos[0].id} (unless: 2 counter-keys)" in out
+
+
 def test_diff(store, capsys):
     rc, out, _ = run(capsys, "diff", "HEAD~1", "HEAD", "--store", str(store.path))
     assert rc == 0 and "+ r-" in out and "[rule, bio] Cite the source." in out

@@ -124,11 +124,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         for it in pc.scoped_items(args.task):
             counts = f" +{it.helpful}/-{it.harmful}" if it.helpful or it.harmful else ""
             pin = ", pinned" if it.pinned else ""
-            _out(f"  {it.id} [{it.kind}, {it.scope}{pin}{counts}] {' '.join(it.text.split())}")
+            _out(f"  {it.id} [{it.kind}, {it.scope}{pin}{counts}{_narrowed(it)}] {' '.join(it.text.split())}")
         for d in pc.scoped_demos(args.task):
             shown = lambda fields: "; ".join(f"{k}={_clip(v)}" for k, v in fields.items() if k != "task")  # noqa: E731
-            _out(f"  demo {d.id} [{d.scope}] {shown(d.inputs)} → {shown(d.outputs)}")
+            _out(f"  demo {d.id} [{d.scope}{_narrowed(d)}] {shown(d.inputs)} → {shown(d.outputs)}")
     return 0
+
+
+def _narrowed(entry: Any) -> str:
+    """``, not for N inputs like '…'`` for an item or demo with counter-keys, else nothing."""
+    return f", not for {len(entry.unless)} inputs like {_clip(entry.unless[0], 40)}" if entry.unless else ""
 
 
 def _program_order(store: Any, rev: str, ctx: Any) -> list[str]:
