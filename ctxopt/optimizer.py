@@ -616,7 +616,8 @@ class ContinualOptimizer:
             setup, lambda ctx, t, exs: self._evaluate(program, ctx, t, exs),
             val=self._sample(task.val, self.budget.val_minibatch, "val", task.name),
             replay={t.name: self._search_replay(t) for t in setup.earlier},
-            charge=self.ledger.handle("search", keep=reserved), replay_k=self.budget.replay_per_task)
+            charge=self.ledger.handle("search", keep=reserved), replay_k=self.budget.replay_per_task,
+            max_drop=getattr(self.gate, "max_drop", getattr(self.gate, "epsilon", None)))
         if objective.least() > self.ledger.remaining("task") - reserved:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
                                  f"reserved for the gate {reserved} > {self.ledger.remaining('task')} left")

@@ -162,7 +162,13 @@ class SearchObjective:
     """The search's score for a candidate, charged to the budget as it goes.
 
     The score is the mean on the current task's val minibatch minus twice the
-    estimated drop of each earlier task whose view the candidate changes.
+    estimated drop of each earlier task whose view the candidate changes. A
+    candidate whose estimated drop on one earlier task exceeds ``max_drop`` (the
+    gate's per-task tolerance) is one the gate would turn away: it scores below
+    every candidate within it, so the search does not trade an earlier task for
+    the current one and then lose the whole step at the gate (ii-8 task-agnostic,
+    stop 30: sentiment's pinned "Answer with a single word only" scored best at
+    first_word_letter's expense, and the gate rejected the step).
 
     **Replay where the prompt changes.** Each earlier task has a replay *pool*;
     a candidate is replayed on the first ``replay_k`` pool examples whose prompt
@@ -197,6 +203,7 @@ class SearchObjective:
         replay: The replay pool of every earlier task, by name.
         charge: The ledger's ``search`` handle, keeping the gate's reserve.
         replay_k: How many changed pool examples a candidate is replayed on (default: the whole pool).
+        max_drop: The largest estimated drop of one earlier task a feasible candidate may have (None: no limit).
     """
 
     setup: StepSetup
@@ -205,6 +212,7 @@ class SearchObjective:
     replay: dict[str, list[dspy.Example]]
     charge: Charge
     replay_k: int | None = None
+    max_drop: float | None = None
     values: dict[str, float] = field(default_factory=dict)  # context hash -> its score (an upper bound if cut)
     charged: dict[str, str] = field(default_factory=dict)  # context hash -> "head" or "all"
     replayed: set[tuple[str, str]] = field(default_factory=set)  # (task, example id) the current C was charged on
@@ -305,6 +313,9 @@ class SearchObjective:
         if not self._admit(ctx, "all"):
             return None
         cur = self.evaluate(ctx, task, self.val)
-        penalty = sum(max(0.0, self.replay_drop(ctx, n)) for n in self.changed(ctx))
-        self.values[ctx.hash] = cur - 2.0 * penalty
-        return self.values[ctx.hash]
+        drops = [self.replay_drop(ctx, n) for n in self.changed(ctx)]
+        value = cur - 2.0 * sum(max(0.0, d) for d in drops)
+        if self.max_drop is not None and any(d > self.max_drop + 1e-9 for d in drops):
+            value -= 1.0 + 2.0 * len(self.replay)  # below any candidate within it (its penalty is at most 2 per task)
+        self.values[ctx.hash] = value
+        return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ctxopt.context import LearnedContext, PredictorContext
@@ -206,3 +208,7 @@ def test_replay_goes_to_the_earlier_inputs_whose_prompt_a_candidate_changes():
     assert objective(leaky) == pytest.approx(1.0 - 2 * 0.3)
     assert (leaky.hash, "suffix", reached) in log and (base.hash, "suffix", reached) in log
     assert charges == [10, 5, 5 + 3 + 3]  # base's val; leaky's head; its tail, its replay and base's on those 3
+    # Under the gate's per-task tolerance 0.25, an estimated drop of 0.3 is one the gate would turn away.
+    bounded = replace(objective, max_drop=0.25, values={}, charged={}, replayed=set())
+    assert bounded(base) == 0.5 and bounded(leaky) < bounded(base)
+    assert replace(objective, max_drop=0.35, values={}, charged={}, replayed=set())(leaky) == pytest.approx(0.4)
