@@ -616,7 +616,11 @@ class ContinualOptimizer:
             setup, lambda ctx, t, exs: self._evaluate(program, ctx, t, exs),
             val=self._sample(task.val, self.budget.val_minibatch, "val", task.name),
             replay={t.name: self._search_replay(t) for t in setup.earlier},
-            charge=self.ledger.handle("search", keep=reserved), replay_k=self.budget.replay_per_task,
+            charge=self.ledger.handle("search", keep=reserved),
+            # With per-input retrieval a candidate changes the prompts of few earlier inputs, and which ones
+            # decides whether the gate passes it: replay every pool input it changes (a pinned rule changes
+            # them all, and 3 of them hid first_word_letter 0.8 → 0.2 in ii-8 task-agnostic, stop 30).
+            replay_k=None if retrieves(setup.selector) else self.budget.replay_per_task,
             max_drop=getattr(self.gate, "max_drop", getattr(self.gate, "epsilon", None)))
         if objective.least() > self.ledger.remaining("task") - reserved:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
