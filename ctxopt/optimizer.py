@@ -620,7 +620,8 @@ class ContinualOptimizer:
             # With per-input retrieval a candidate changes the prompts of few earlier inputs, and which ones
             # decides whether the gate passes it: replay every pool input it changes (a pinned rule changes
             # them all, and 3 of them hid first_word_letter 0.8 → 0.2 in ii-8 task-agnostic, stop 30).
-            replay_k=None if retrieves(setup.selector) else self.budget.replay_per_task,
+            # (replay_per_task 0 still turns the search's replay off).
+            replay_k=None if retrieves(setup.selector) and self.budget.replay_per_task else self.budget.replay_per_task,
             max_drop=getattr(self.gate, "max_drop", getattr(self.gate, "epsilon", None)))
         if objective.least() > self.ledger.remaining("task") - reserved:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
