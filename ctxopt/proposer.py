@@ -503,12 +503,18 @@ class FormatRuleProposer:
 
 
 def _feedback_hints(feedback: str) -> list[str]:
-    """Generic advice inside a metric's feedback ("…; answer with one word"), quotes excluded."""
+    """Generic advice inside a metric's feedback ("…; answer with one word"), quotes excluded, and not its
+    verdict on the answer ("the answer was empty" became a rule in ii-8 task-agnostic, stop 30).
+
+    Example:
+        >>> _feedback_hints("the answer was empty; expected 'b'; answer with one word")
+        ['Answer with one word.']
+    """
     hints = []
     for part in re.split(r"[;\n]", feedback or ""):
         part = part.strip().rstrip(".")
         if part and not re.search(r"['\"‘’“”]", part) and len(part.split()) >= 3 and not part.lower().startswith(
-                ("expected", "got", "score", "correct")):
+                ("expected", "got", "score", "correct")) and not _PAST_OUTCOME.match(normalize(part)):
             hints.append(part[0].upper() + part[1:] + ".")
     return hints
 
