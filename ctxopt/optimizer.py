@@ -599,7 +599,8 @@ class ContinualOptimizer:
                                    if t.family != task.family for e in self._search_replay(t)], setup.selector.sim)
                 # and may keep what other tasks left off this task's inputs
                 raw += shield(setup.base, setup.predictor, [dict(o.example.inputs().items())
-                                                             for o in observed.observations], setup.selector, task.family)
+                                                             for o in observed.observations], setup.selector, task.family,
+                              demos=task.visit == 1)
                 # and chooses how much is retrieved
                 raw += setting_proposals(setup.base, setup.predictor, setup.selector,
                                         threshold=bool(setup.earlier))

@@ -460,12 +460,13 @@ def narrow(proposals: Sequence[Proposal], others: Sequence[str], sim: Similarity
 
 
 def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str, Any]], selector: RetrievalSelector,
-           family: str) -> list[Proposal]:
+           family: str, *, demos: bool = True) -> list[Proposal]:
     """One proposal, ``shield``: keep the memory other tasks left off this task's inputs.
 
     The archival items and demos that ``inputs`` (this task's train inputs) retrieve,
-    but that were not learned on this task's ``family`` (demos carry no provenance
-    and always count), each get as counter-keys the :data:`MAX_UNLESS` of those
+    but that were not learned on this task's ``family`` (demos carry no provenance:
+    they count unless ``demos`` is false, as on a revisit, where the family's own
+    demos are what its inputs retrieve), each get as counter-keys the :data:`MAX_UNLESS` of those
     inputs most similar to their keys (:class:`~ctxopt.edits.Narrow`). A rule an
     early task wrote while nothing else was known ("Answer with a single character
     only." from first_word_letter, reaching sentiment's short sentences) can then
@@ -489,7 +490,7 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
                for h in (*why.items, *why.demos)}
     entries = [(it.id, _item_keys(it)) for it in pc.items if it.id in reached and not it.pinned
                and (it.source_task is None or split_visit(it.source_task)[0] != family)]
-    entries += [(d.id, _demo_keys(d)) for d in pc.demos if d.id in reached]
+    entries += [(d.id, _demo_keys(d)) for d in pc.demos if demos and d.id in reached]
     edits = []
     for eid, keys in entries:
         candidates = [t for t in texts if t not in keys]

@@ -267,6 +267,8 @@ def test_a_later_task_may_shield_its_inputs_from_memory_an_earlier_task_left(tmp
     [p] = shield(ctx, "predict", [{"input": "cat toy"}, {"input": "dog toy"}], selector, "plural")
     assert {e.target for e in p.edits} == {"r-letter", demo.id}  # not plural's own rule (its second visit)
     assert all(isinstance(e, Narrow) and edit_from_dict(e.to_dict()) == e for e in p.edits)
+    [revisit] = shield(ctx, "predict", [{"input": "cat toy"}, {"input": "dog toy"}], selector, "plural", demos=False)
+    assert {e.target for e in revisit.edits} == {"r-letter"}  # demos carry no provenance: kept on a revisit
     after = ctx.apply_edits(p.edits)
     shown = selector.select(after, None, {"input": "dog toy"}).predictor("predict")
     assert not shown.demos and [it.id for it in shown.items] == ["r-again"]
