@@ -471,8 +471,11 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
     early task wrote while nothing else was known ("Answer with a single character
     only." from first_word_letter, reaching sentiment's short sentences) can then
     stop reaching a later task. The search switches it on or off, and the gate
-    replays the tasks whose own inputs it changes, as for any edit. Nothing is
-    proposed where no such entry is retrieved.
+    replays the tasks whose own inputs it changes, as for any edit. Like the
+    retrieval settings, it is left to TPE rather than seeded (source ``retrieval``,
+    group ``shield``): switched on in a seed it cost a whole replay of every
+    earlier task whose inputs it touched (ii-8, stop 30). Nothing is proposed
+    where no such entry is retrieved.
 
     Example:
         >>> from ctxopt.context import Item, PredictorContext
@@ -500,8 +503,8 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
         ranked = sorted(range(len(candidates)), key=lambda i: (-best[i], i))[:MAX_UNLESS]
         edits.append(Narrow(predictor, eid, tuple(candidates[i] for i in ranked),
                             rationale=f"learned on another task; reached {family}'s inputs"))
-    return [Proposal("shield", tuple(edits), "shield", rationale=f"keep other tasks' memory off {family}'s inputs")
-            ] if edits else []
+    return [Proposal("shield", tuple(edits), "retrieval", rationale=f"keep other tasks' memory off {family}'s inputs",
+                     group="shield")] if edits else []
 
 
 def hit_rates(selector: RetrievalSelector, context: LearnedContext, tasks: Sequence[Any],
