@@ -401,6 +401,15 @@ MAX_UNLESS = 8
 """Counter-keys one narrowed item or demo gets at most (see :func:`narrow`)."""
 
 
+def _nearest(keys: Sequence[str], others: Sequence[str], sim: Similarity) -> tuple[str, ...]:
+    """The :data:`MAX_UNLESS` texts of ``others`` (not among ``keys``) most similar to any of ``keys``; ties: first."""
+    candidates = [o for o in others if o not in keys]
+    if not candidates:
+        return ()
+    best = [max(column) for column in zip(*(sim.scores(key, candidates) for key in keys))]
+    return tuple(candidates[i] for i in sorted(range(len(candidates)), key=lambda i: (-best[i], i))[:MAX_UNLESS])
+
+
 def narrow(proposals: Sequence[Proposal], others: Sequence[str], sim: Similarity) -> list[Proposal]:
     """Offer each proposal that adds archival memory a narrowed twin that other tasks' inputs do not reach.
 
@@ -431,19 +440,11 @@ def narrow(proposals: Sequence[Proposal], others: Sequence[str], sim: Similarity
     if not pool:
         return list(proposals)
 
-    def against(keys: Sequence[str]) -> tuple[str, ...]:
-        candidates = [o for o in pool if o not in keys]
-        if not candidates:
-            return ()
-        best = [max(column) for column in zip(*(sim.scores(key, candidates) for key in keys))]
-        ranked = sorted(range(len(candidates)), key=lambda i: (-best[i], i))
-        return tuple(candidates[i] for i in ranked[:MAX_UNLESS])
-
     def narrowed(e: Any) -> Any:
         if isinstance(e, AddItem) and not e.pinned:
-            return replace(e, unless=against(e.keys or (e.text,)))
+            return replace(e, unless=_nearest(e.keys or (e.text,), pool, sim))
         if isinstance(e, AddDemo):
-            return replace(e, demo=replace(e.demo, unless=against(_demo_keys(e.demo))))
+            return replace(e, demo=replace(e.demo, unless=_nearest(_demo_keys(e.demo), pool, sim)))
         return e
 
     out: list[Proposal] = []
@@ -494,15 +495,8 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
     entries = [(it.id, _item_keys(it)) for it in pc.items if it.id in reached and not it.pinned
                and (it.source_task is None or split_visit(it.source_task)[0] != family)]
     entries += [(d.id, _demo_keys(d)) for d in pc.demos if demos and d.id in reached]
-    edits = []
-    for eid, keys in entries:
-        candidates = [t for t in texts if t not in keys]
-        if not candidates:
-            continue
-        best = [max(column) for column in zip(*(selector.sim.scores(key, candidates) for key in keys))]
-        ranked = sorted(range(len(candidates)), key=lambda i: (-best[i], i))[:MAX_UNLESS]
-        edits.append(Narrow(predictor, eid, tuple(candidates[i] for i in ranked),
-                            rationale=f"learned on another task; reached {family}'s inputs"))
+    edits = [Narrow(predictor, eid, unless, rationale=f"learned on another task; reached {family}'s inputs")
+             for eid, keys in entries if (unless := _nearest(keys, texts, selector.sim))]
     return [Proposal("shield", tuple(edits), "retrieval", rationale=f"keep other tasks' memory off {family}'s inputs",
                      group="shield")] if edits else []
 
