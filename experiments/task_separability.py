@@ -7,6 +7,14 @@ own train inputs than to other tasks'. This prints, for every pair of tasks (que
 i, key task j), the mean over i's val inputs of the best similarity to j's first train
 inputs: a row whose diagonal does not stand out is a task retrieval cannot isolate.
 
+It also measures what counter-keys add (``narrowing``): for each task after the first,
+a rule keyed by its first train inputs, and each of 8 demos keyed by its own input, get
+as ``unless`` the earlier tasks' inputs nearest their keys, drawn from the back of their
+val (as the optimizer's search pool is). Then, through the real ``RetrievalSelector``:
+*recall*, the share of the task's own val inputs that still retrieve the rule (or some
+demo), and *leak*, the share of earlier tasks' other val inputs that do; without
+counter-keys both are 1.0 when nothing else is in memory.
+
 Only train and val inputs are read (never test, never labels). No LM calls; the
 similarity is the run default (all-MiniLM-L6-v2 embeddings when installed).
 
@@ -27,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ctxopt._atomic import write_json  # noqa: E402
-from ctxopt.retrieval import input_text  # noqa: E402
+from ctxopt.context import Demo, Item, LearnedContext, PredictorContext  # noqa: E402
+from ctxopt.retrieval import MAX_KEYS, RetrievalSelector, _nearest, input_text  # noqa: E402
 from ctxopt.similarity import get_similarity  # noqa: E402
 from ctxopt.streams import load_stream  # noqa: E402
 
@@ -51,6 +60,38 @@ def separability(stream: str, keys: int = 6, queries: int = 8, similarity: str =
             "matrix": matrix, "own_minus_best_other": margin}
 
 
+def _reach(selector: RetrievalSelector, ctx: LearnedContext, xs: list[dict]) -> tuple[float, float]:
+    """The shares of ``xs`` that retrieve the rule, and some demo."""
+    got = [selector.explain(ctx, None, x)["p"] for x in xs]
+    return (round(sum(bool(w.items) for w in got) / len(got), 3), round(sum(bool(w.demos) for w in got) / len(got), 3))
+
+
+def narrowing(stream: str, queries: int = 15, pool: int = 10, similarity: str = "auto") -> dict:
+    """Per task after the first: recall on its own val and leak to earlier tasks' val, rule and demos."""
+    tasks = list(load_stream(stream).tasks)
+    selector = RetrievalSelector(similarity, k_items=1, k_demos=8, margin=1.0)
+
+    def inputs(examples):
+        return [dict((k, v) for k, v in e.inputs().items() if k != "task") for e in examples]
+
+    rows = {}
+    for i, task in enumerate(tasks[1:], start=1):
+        keys = [input_text(x) for x in inputs(task.train[:MAX_KEYS])]
+        others = [input_text(x) for t in tasks[:i] for x in inputs(list(t.val)[-pool:])]
+        rule = Item(id="r-rule", text="A rule.", keys=tuple(keys), unless=_nearest(keys, others, selector.sim))
+        demos = tuple(Demo(inputs=x, outputs={"output": "?"}, unless=_nearest([input_text(x)], others, selector.sim))
+                      for x in inputs(task.train[MAX_KEYS:MAX_KEYS + 8]))
+        ctx = LearnedContext({"p": PredictorContext("Answer.", items=(rule,), demos=demos)})
+
+        own = inputs(list(task.val)[:queries])
+        earlier = [x for t in tasks[:i] for x in inputs(list(t.val)[:max(0, len(t.val) - pool)][:queries])]
+        (rule_recall, demo_recall), (rule_leak, demo_leak) = _reach(selector, ctx, own), _reach(selector, ctx, earlier)
+        rows[task.name] = {"rule_recall": rule_recall, "rule_leak": rule_leak, "demo_recall": demo_recall,
+                           "demo_leak": demo_leak}
+    mean = {k: round(statistics.mean(r[k] for r in rows.values()), 3) for k in next(iter(rows.values()))}
+    return {"stream": stream, "queries": queries, "pool": pool, "tasks": rows, "mean": mean}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stream")
@@ -63,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     print(" " * 24 + " ".join(f"{s:>8}" for s in short) + "   own − best other")
     for name, row in zip(r["tasks"], r["matrix"]):
         print(f"{name[:24]:<24}" + " ".join(f"{x:8.2f}" for x in row) + f"   {r['own_minus_best_other'][name]:+.2f}")
+    n = narrowing(args.stream)
+    m = n["mean"]
+    print(f"counter-keys (mean over tasks 2..): rule recall {m['rule_recall']:.2f}, leak {m['rule_leak']:.2f}; "
+          f"some demo: recall {m['demo_recall']:.2f}, leak {m['demo_leak']:.2f} (both 1.00 without them)")
     out = ROOT / "experiments" / "results" / f"separability_{args.stream}.json"
-    write_json(out, r)
+    write_json(out, {**r, "narrowing": n})
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
