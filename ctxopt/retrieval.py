@@ -107,9 +107,11 @@ class Retrieval:
     pinned: tuple[str, ...]
     items: tuple[Hit, ...]
     demos: tuple[Hit, ...]
+    kept_off: tuple[str, ...] = ()
+    """Ids of the items and demos left out because one of their counter-keys matched the query best."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "pinned": list(self.pinned),
+        return {"query": self.query, "pinned": list(self.pinned), "kept_off": list(self.kept_off),
                 "items": [h.to_dict() for h in self.items], "demos": [h.to_dict() for h in self.demos]}
 
 
@@ -171,13 +173,16 @@ class RetrievalSelector:
             k_items, k_demos, min_score = self.settings(pc)
             items = pc.scoped_items(task)
             archival = [it for it in items if not it.pinned]
+            off: list[str] = []
             why = Retrieval(
                 query=query,
                 pinned=tuple(it.id for it in items if it.pinned),
-                items=self._top(query, [(it.id, _item_keys(it), it.unless) for it in archival], k_items, min_score),
+                items=self._top(query, [(it.id, _item_keys(it), it.unless) for it in archival], k_items, min_score,
+                                off),
                 demos=self._top(query, [(d.id, _demo_keys(d), d.unless) for d in pc.scoped_demos(task)], k_demos,
-                                min_score),
+                                min_score, off),
             )
+            why = replace(why, kept_off=tuple(off))
             why = _within_margin(why, self.margin_for(pc))
             budget = pc.retrieval_settings().get("max_tokens", self.max_tokens)
             out[name] = why if budget is None else self._within_budget(why, pc, task, int(budget))
@@ -221,11 +226,12 @@ class RetrievalSelector:
         return float(pc.retrieval_settings().get("margin", self.margin))
 
     def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...], tuple[str, ...]]], k: int,
-             min_score: float) -> tuple[Hit, ...]:
+             min_score: float, kept_off: list[str]) -> tuple[Hit, ...]:
         """The best ``k`` candidates scoring at least ``min_score`` (ties: smaller id first), in the given order.
 
         A candidate is ``(id, keys, unless)``; one whose best counter-key (``unless``) scores at least its best key
-        is left out: the input is nearer to another task's inputs than to anything the entry was learned from."""
+        is left out, and its id appended to ``kept_off``: the input is nearer to another task's inputs than to
+        anything the entry was learned from."""
         if k == 0 or not candidates:
             return ()
         scores = iter(self.sim.scores(query, [key for _, keys, unless in candidates for key in (*keys, *unless)]))
@@ -235,6 +241,7 @@ class RetrievalSelector:
             against = max((next(scores) for _ in unless), default=None)
             best = max(score for score, _ in per_key)
             if against is not None and against >= best:
+                kept_off.append(cid)
                 continue
             hits.append((position, Hit(cid, best, next(key for score, key in per_key if score == best))))
         ranked = sorted((h for h in hits if h[1].score >= min_score), key=lambda h: (-h[1].score, h[1].id))

@@ -213,6 +213,7 @@ def test_an_entry_is_not_retrieved_for_an_input_nearer_one_of_its_counter_keys()
     assert [it.id for it in own.items] == ["r-plural"] and [d.id for d in own.demos] == [demo.id]
     other = selector.select(ctx, None, {"input": "antonym of hot"}).predictor("predict")
     assert not other.items and not other.demos  # nearer a counter-key than any key: left out
+    assert selector.explain(ctx, None, {"input": "antonym of hot"})["predict"].kept_off == ("r-plural", demo.id)
     wide = LearnedContext({"predict": PredictorContext("Answer.", items=(Item(id="r-plural", text="Add s.",
                                                                                keys=rule.keys),))})
     assert selector.select(wide, None, {"input": "antonym of hot"}).predictor("predict").items  # keys alone reach it

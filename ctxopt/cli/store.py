@@ -211,7 +211,8 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
         for hit in why.demos:
             _out(f"  demo {hit.score:.3f} {hit.id} {_clip(hit.key)}")
         _out(f"retrieved {len(why.items)} of {len(pc.scoped_items(args.task)) - len(why.pinned)} items, "
-             f"{len(why.demos)} of {len(pc.scoped_demos(args.task))} demos")
+             f"{len(why.demos)} of {len(pc.scoped_demos(args.task))} demos"
+             + (f"; {len(why.kept_off)} kept off by their counter-keys" if why.kept_off else ""))
     _out("")
     _out(format_messages(messages))
     return 0
