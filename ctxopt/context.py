@@ -150,7 +150,7 @@ class Item:
         object.__setattr__(self, "keys", tuple(self.keys))
         for key in self.keys:
             _check_str(key, f"a key of item {self.id}")
-        object.__setattr__(self, "unless", _counter_keys(self.unless, f"item {self.id}"))
+        object.__setattr__(self, "unless", check_counter_keys(self.unless, f"item {self.id}"))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``pinned``, ``keys``, ``unless`` only when set)."""
@@ -188,7 +188,7 @@ class Item:
         return cls(**dict(d))
 
 
-def _counter_keys(unless: Any, owner: str) -> tuple[str, ...]:
+def check_counter_keys(unless: Any, owner: str) -> tuple[str, ...]:
     """``unless`` as a tuple of non-empty strings; raises EditError otherwise."""
     if isinstance(unless, str) or not isinstance(unless, Iterable):
         raise EditError(f"{owner}: unless must be a list of strings, got {unless!r}")
@@ -237,7 +237,7 @@ class Demo:
         if not self.id:
             object.__setattr__(self, "id", demo_id(self.inputs, self.outputs, self.scope))
         _check_str(self.id, "demo id")
-        object.__setattr__(self, "unless", _counter_keys(self.unless, f"demo {self.id}"))
+        object.__setattr__(self, "unless", check_counter_keys(self.unless, f"demo {self.id}"))
 
     def __hash__(self) -> int:
         return hash(canonical_json(self.to_dict()))
@@ -651,6 +651,7 @@ __all__ = [
     "Edit",
     "PredictorContext",
     "RETRIEVAL_SETTINGS",
+    "check_counter_keys",
     "check_retrieval_setting",
     "LearnedContext",
     "canonical_json",

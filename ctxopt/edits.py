@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ctxopt._text import shorten
-from ctxopt.context import GLOBAL, KINDS, Demo, Item, PredictorContext, check_retrieval_setting, replace_item
+from ctxopt.context import GLOBAL, KINDS, Demo, Item, PredictorContext, check_counter_keys, check_retrieval_setting, replace_item
 from ctxopt.errors import EditError
 
 
@@ -125,9 +125,7 @@ class AddItem(_EditBase):
         if isinstance(self.keys, str) or not all(isinstance(k, str) for k in self.keys):
             raise EditError(f"add_item: keys must be a list of strings, got {self.keys!r}")
         object.__setattr__(self, "keys", tuple(self.keys))
-        if isinstance(self.unless, str) or not all(isinstance(k, str) for k in self.unless):
-            raise EditError(f"add_item: unless must be a list of strings, got {self.unless!r}")
-        object.__setattr__(self, "unless", tuple(self.unless))
+        object.__setattr__(self, "unless", check_counter_keys(self.unless, "add_item"))
 
     @property
     def item_id(self) -> str:
@@ -330,9 +328,7 @@ class Narrow(_EditBase):
 
     def __post_init__(self) -> None:
         self._check()
-        if isinstance(self.unless, str) or not all(isinstance(k, str) and k.strip() for k in self.unless):
-            raise EditError(f"narrow: unless must be a list of non-empty strings, got {self.unless!r}")
-        object.__setattr__(self, "unless", tuple(self.unless))
+        object.__setattr__(self, "unless", check_counter_keys(self.unless, "narrow"))
 
     def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         def more(entry: Any) -> Any:

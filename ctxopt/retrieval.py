@@ -410,7 +410,7 @@ MAX_UNLESS = 8
 
 def _nearest(keys: Sequence[str], others: Sequence[str], sim: Similarity) -> tuple[str, ...]:
     """The :data:`MAX_UNLESS` texts of ``others`` (not among ``keys``) most similar to any of ``keys``; ties: first."""
-    candidates = [o for o in others if o not in keys]
+    candidates = [o for o in dict.fromkeys(others) if o.strip() and o not in keys]
     if not candidates:
         return ()
     best = [max(column) for column in zip(*(sim.scores(key, candidates) for key in keys))]
@@ -443,15 +443,11 @@ def narrow(proposals: Sequence[Proposal], others: Sequence[str], sim: Similarity
         >>> [(p.name, p.group, p.edits[0].unless) for p in out]
         [('r+narrow', 'memory:r', ('plural of dog', 'antonym of hot')), ('r', 'memory:r', ())]
     """
-    pool = tuple(dict.fromkeys(o for o in others if o and o.strip()))
-    if not pool:
-        return list(proposals)
-
     def narrowed(e: Any) -> Any:
         if isinstance(e, AddItem) and not e.pinned:
-            return replace(e, unless=_nearest(e.keys or (e.text,), pool, sim))
+            return replace(e, unless=_nearest(e.keys or (e.text,), others, sim))
         if isinstance(e, AddDemo):
-            return replace(e, demo=replace(e.demo, unless=_nearest(_demo_keys(e.demo), pool, sim)))
+            return replace(e, demo=replace(e.demo, unless=_nearest(_demo_keys(e.demo), others, sim)))
         return e
 
     out: list[Proposal] = []
@@ -496,8 +492,8 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
         []
     """
     pc = context.predictor(predictor)
-    texts = tuple(dict.fromkeys(t for t in (input_text(i) for i in inputs) if t.strip()))
-    reached = {h.id for i in inputs for why in [selector.explain(context, None, i).get(predictor)] if why
+    texts = [input_text(i) for i in inputs]
+    reached = {h.id for i in inputs for why in [selector.explain(context, None, i)[predictor]]
                for h in (*why.items, *why.demos)}
     entries = [(it.id, _item_keys(it)) for it in pc.items if it.id in reached and not it.pinned
                and (it.source_task is None or split_visit(it.source_task)[0] != family)]
