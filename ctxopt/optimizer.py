@@ -567,8 +567,9 @@ class ContinualOptimizer:
         proposers = self._proposer_list()
         # reflection calls dealt out over the stages: what the budget leaves after consolidation's reserve,
         # so that a reserve cannot starve the last stage in the order
-        between = {n: tuple(f for f in p.signature.output_fields if f != task.output) for n, p in named.items()}
-        teacher = any(isinstance(p, TeacherDemoProposer) for p in proposers) and bool(between[setup.predictor])
+        # the output predictor's other output fields (ChainOfThought's reasoning), for intermediate-aware proposers
+        between = tuple(f for f in named[setup.predictor].signature.output_fields if f != task.output)
+        teacher = any(isinstance(p, TeacherDemoProposer) for p in proposers) and bool(between)
         available = max(0, self.ledger.remaining("reflection") - keep - int(self.grounded) - int(teacher))
         raw: list[Proposal] = []
         for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
@@ -576,7 +577,7 @@ class ContinualOptimizer:
                                    inputs=tuple(program_inputs(program, stage)), output=task.output,
                                    observations=observed.observations, train=tuple(task.train),
                                    seed=self.seed * 100 + setup.step, output_stage=stage == setup.predictor,
-                                   intermediate=between[stage] if stage == setup.predictor else (),
+                                   intermediate=between if stage == setup.predictor else (),
                                    metric=task.metric)
             for proposer in proposers:
                 if isinstance(proposer, ReflectionProposer) and len(named) > 1:  # its calls dealt out by blame
