@@ -210,8 +210,9 @@ class Demo:
 
     ``id`` defaults to a stable hash of the content (pass ``id=""`` or omit it).
     Values are kept as JSON values (normally strings). ``unless`` holds
-    counter-keys, as :attr:`Item.unless` does (serialized only when set; not
-    part of the id).
+    counter-keys, as :attr:`Item.unless` does, and ``source_task`` the task whose
+    train split the demo came from, as :attr:`Item.source_task` does (both
+    serialized only when set; neither is part of the id).
 
     Example:
         >>> d = Demo(inputs={"question": "2+2?"}, outputs={"answer": "4"})
@@ -224,6 +225,7 @@ class Demo:
     outputs: Mapping[str, Any] = field(default_factory=dict)
     scope: str = GLOBAL
     unless: tuple[str, ...] = ()
+    source_task: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("inputs", "outputs"):
@@ -237,22 +239,29 @@ class Demo:
         if not self.id:
             object.__setattr__(self, "id", demo_id(self.inputs, self.outputs, self.scope))
         _check_str(self.id, "demo id")
+        if self.source_task is not None:
+            _check_str(self.source_task, f"source_task of demo {self.id}")
         object.__setattr__(self, "unless", check_counter_keys(self.unless, f"demo {self.id}"))
 
     def __hash__(self) -> int:
         return hash(canonical_json(self.to_dict()))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``unless`` only when set)."""
-        d = {"id": self.id, "scope": self.scope, "inputs": dict(self.inputs), "outputs": dict(self.outputs)}
-        return {**d, "unless": list(self.unless)} if self.unless else d
+        """Return a JSON-compatible dict; :meth:`from_dict` inverts it (``unless`` and ``source_task`` only when set)."""
+        d: dict[str, Any] = {"id": self.id, "scope": self.scope, "inputs": dict(self.inputs),
+                             "outputs": dict(self.outputs)}
+        if self.unless:
+            d["unless"] = list(self.unless)
+        if self.source_task is not None:
+            d["source_task"] = self.source_task
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Demo:
         """Build a demo from :meth:`to_dict` output; raises EditError if invalid."""
         if not isinstance(d, Mapping):
             raise EditError(f"a demo must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - {"id", "scope", "inputs", "outputs", "unless"}
+        unknown = set(d) - {"id", "scope", "inputs", "outputs", "unless", "source_task"}
         if unknown:
             raise EditError(f"demo {d.get('id')!r} has unknown fields: {', '.join(sorted(unknown))}")
         return cls(
@@ -261,6 +270,7 @@ class Demo:
             outputs=d.get("outputs", {}),
             scope=d.get("scope", GLOBAL),
             unless=d.get("unless", ()),
+            source_task=d.get("source_task"),
         )
 
 

@@ -346,7 +346,7 @@ class Narrow(_EditBase):
 
 @dataclass(frozen=True)
 class AddDemo(_EditBase):
-    """Append a demo.
+    """Append a demo; applied during a task, it records that task as the demo's ``source_task``.
 
     Example:
         >>> AddDemo("qa", Demo(inputs={"q": "1+1"}, outputs={"a": "2"})).op
@@ -366,7 +366,8 @@ class AddDemo(_EditBase):
     def apply_predictor(self, pc: PredictorContext, *, step: int, task: str | None) -> PredictorContext:
         if any(d.id == self.demo.id for d in pc.demos):
             raise EditError(f"add_demo is a no-op: demo {self.demo.id} already exists")
-        return replace(pc, demos=pc.demos + (self.demo,))
+        demo = self.demo if self.demo.source_task is not None or task is None else replace(self.demo, source_task=task)
+        return replace(pc, demos=pc.demos + (demo,))
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
 from ctxopt.selector import ContextSelector, default_selector, retrieves
 from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup
 from ctxopt.store import Store
-from ctxopt.tasks import Task, TaskStream, example_id
+from ctxopt.tasks import Task, TaskStream, example_id, split_visit
 from ctxopt.teacher import TeacherDemoProposer
 
 __all__ = [
@@ -592,7 +592,9 @@ class ContinualOptimizer:
             raw = archival(raw, [input_text(dict(o.example.inputs().items())) for o in observed.observations
                                  if o.score < 1] or [input_text(dict(o.example.inputs().items()))
                                                       for o in observed.observations],
-                           instruction=setup.base.predictor(setup.predictor).instruction)
+                           instruction=setup.base.predictor(setup.predictor).instruction,
+                           own={d.id for _, pc in setup.base.predictors.items() for d in pc.demos
+                                if d.source_task and split_visit(d.source_task)[0] == task.family})
             if len(setup.earlier) >= CORE_AFTER:  # pinned = shown to every input: only where replay can check it
                 raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned
             if isinstance(setup.selector, RetrievalSelector):  # may keep new entries off other tasks' inputs

@@ -42,7 +42,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -258,7 +258,8 @@ def _within_margin(why: Retrieval, margin: float) -> Retrieval:
                    demos=tuple(h for h in why.demos if h.score >= floor))
 
 
-def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: str | None = None) -> list[Proposal]:
+def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: str | None = None,
+             own: Collection[str] = ()) -> list[Proposal]:
     """``proposals`` rewritten for one memory shared by every input (a retrieving selector).
 
     * A new item gets ``keys`` after its own (the reflector's "applies when"
@@ -268,8 +269,11 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
       instruction is core memory, shown to every input, and one task's
       instruction must not take over the others. A rewrite that only restates
       ``instruction`` (the current one) is dropped: as an item it would add nothing.
-    * A demo set adds its demos and removes none: the demos already there are
-      other inputs' archival memory.
+    * A demo set adds its demos and removes only ``own``: the ids of the demos
+      this task's family left on an earlier visit (their ``source_task``), which
+      the new set replaces, so a revisit refines the family's demos instead of
+      piling a second set on them (16 plural demos after two visits, stop 30).
+      The other demos are other inputs' archival memory.
     * An update or deletion of an item already in memory is dropped: the item
       may be what other inputs rely on, and one task's failures cannot tell.
       Changing shared items is consolidation's work, gated on every task's
@@ -289,7 +293,7 @@ def archival(proposals: Sequence[Proposal], keys: Sequence[str], instruction: st
     for p in proposals:
         edits = []
         for e in p.edits:
-            if isinstance(e, (RemoveDemo, DeleteItem, UpdateItem)):
+            if isinstance(e, (DeleteItem, UpdateItem)) or (isinstance(e, RemoveDemo) and e.demo_id not in own):
                 continue
             if isinstance(e, RewriteInstruction):
                 if instruction is not None and " ".join(e.text.split()) == " ".join(instruction.split()):
@@ -468,9 +472,9 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
     """One proposal, ``shield``: keep the memory other tasks left off this task's inputs.
 
     The archival items and demos that ``inputs`` (this task's train inputs) retrieve,
-    but that were not learned on this task's ``family`` (demos carry no provenance:
-    they count unless ``demos`` is false, as on a revisit, where the family's own
-    demos are what its inputs retrieve), each get as counter-keys the :data:`MAX_UNLESS` of those
+    but that were not learned on this task's ``family`` (by their ``source_task``; a demo
+    stored before demos carried one counts unless ``demos`` is false, as on a revisit,
+    where the family's own demos are what its inputs retrieve), each get as counter-keys the :data:`MAX_UNLESS` of those
     inputs most similar to their keys (:class:`~ctxopt.edits.Narrow`). A rule an
     early task wrote while nothing else was known ("Answer with a single character
     only." from first_word_letter, reaching sentiment's short sentences) can then
@@ -495,9 +499,12 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
     texts = [input_text(i) for i in inputs]
     reached = {h.id for i in inputs for why in [selector.explain(context, None, i)[predictor]]
                for h in (*why.items, *why.demos)}
+    def other(source: str | None, unknown: bool) -> bool:
+        return unknown if source is None else split_visit(source)[0] != family
+
     entries = [(it.id, _item_keys(it)) for it in pc.items if it.id in reached and not it.pinned
-               and (it.source_task is None or split_visit(it.source_task)[0] != family)]
-    entries += [(d.id, _demo_keys(d)) for d in pc.demos if demos and d.id in reached]
+               and other(it.source_task, True)]
+    entries += [(d.id, _demo_keys(d)) for d in pc.demos if d.id in reached and other(d.source_task, demos)]
     edits = [Narrow(predictor, eid, unless, rationale=f"learned on another task; reached {family}'s inputs")
              for eid, keys in entries if (unless := _nearest(keys, texts, selector.sim))]
     return [Proposal("shield", tuple(edits), "retrieval", rationale=f"keep other tasks' memory off {family}'s inputs",

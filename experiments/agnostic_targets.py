@@ -13,7 +13,10 @@ Reads ``RUN_DIR/results.json`` (no LM calls) and prints, for the ``ctxopt`` meth
 * **recurrence**, for a stream whose tasks come back (``ii-8x2``, ``name@2``): each revisit's score
   on arrival ``R[j][j]`` against its first visit's ``R[f][f]``, and the revisit step's charged
   task-LM calls against the first visit's (issue 16 asks for ≥ the first visit's score at ≤ 25%
-  of its calls).
+  of its calls). A revisit brings fresh test examples, so ``R[f][f]`` and ``R[j][j]`` are scored
+  on different samples; the script also gives ``R[f][j]``, the first visit's C on the revisit's
+  own test split (the same examples), and the charged calls without the sleep pass that ran
+  after each step (``learn_charged``: observe, propose, search and gate).
 
 Every figure comes from the test rows the compare wrote; the script only does arithmetic.
 It writes ``experiments/results/agnostic_<name>.json``.
@@ -89,11 +92,23 @@ def recurrence(run: RunResult) -> list[dict]:
             continue
         f = first[family]
         calls = [run.steps[k].extra.get("charged_task_calls") for k in (f, j)]
+        learn = [_learn_charged(run.steps[k].extra) for k in (f, j)]
         out.append({"task": name, "arrival": run.R[j][j], "first_arrival": run.R[f][f],
+                    "first_on_same_test": run.R[f][j],
                     "charged": calls[1], "first_charged": calls[0],
                     "calls_ratio": round(calls[1] / calls[0], 3) if calls[0] else None,
+                    "learn_charged": learn[1], "first_learn_charged": learn[0],
+                    "learn_ratio": round(learn[1] / learn[0], 3) if learn[0] else None,
                     "reason": run.steps[j].extra.get("reason", "")})
     return out
+
+
+def _learn_charged(extra: dict) -> int | None:
+    """A step's charged task-LM calls without those of the sleep pass after it."""
+    by = extra.get("charged_by_source")
+    if by is None:
+        return None
+    return sum(n for src, n in by.items() if src.startswith("task:") and not src.startswith("task:consolidation"))
 
 
 def _print(name: str, t: dict) -> None:
@@ -114,8 +129,10 @@ def _print(name: str, t: dict) -> None:
     if "task_aware_acc" in t:
         print(f"  task-aware ctxopt ACC {t['task_aware_acc']:.3f}  (task-agnostic {t['vs_task_aware']:+.3f})")
     for v in t.get("recurrence", []):
-        print(f"  revisit {v['task']}: on arrival {v['arrival']:.2f} (first visit {v['first_arrival']:.2f}), "
-              f"charged {v['charged']} task calls (first visit {v['first_charged']}, ratio {v['calls_ratio']})")
+        print(f"  revisit {v['task']}: on arrival {v['arrival']:.2f} (first visit {v['first_arrival']:.2f}; "
+              f"the first visit's C on this test split {v['first_on_same_test']:.2f}), "
+              f"charged {v['charged']} task calls (first visit {v['first_charged']}, ratio {v['calls_ratio']}; "
+              f"without sleep {v['learn_charged']} vs {v['first_learn_charged']}, ratio {v['learn_ratio']})")
     r = t.get("redundancy") or {}
     if r:
         para = f", {r['paraphrases']} paraphrase pairs (≥ {r['merge_threshold']})" if "paraphrases" in r else ""

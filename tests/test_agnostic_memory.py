@@ -269,7 +269,15 @@ def test_a_later_task_may_shield_its_inputs_from_memory_an_earlier_task_left(tmp
     assert {e.target for e in p.edits} == {"r-letter", demo.id}  # not plural's own rule (its second visit)
     assert all(isinstance(e, Narrow) and edit_from_dict(e.to_dict()) == e for e in p.edits)
     [revisit] = shield(ctx, "predict", [{"input": "cat toy"}, {"input": "dog toy"}], selector, "plural", demos=False)
-    assert {e.target for e in revisit.edits} == {"r-letter"}  # demos carry no provenance: kept on a revisit
+    assert {e.target for e in revisit.edits} == {"r-letter"}  # a demo without provenance: kept on a revisit
+    # a demo that records its task is judged by it, on a revisit too: another family's is shielded, its own is not
+    theirs = Demo(inputs={"input": "dog bed"}, outputs={"output": "d"}, source_task="first_letter")
+    mine = Demo(inputs={"input": "cat toys"}, outputs={"output": "cat toyss"}, source_task="plural")
+    known = LearnedContext({"predict": PredictorContext("Answer.", items=(letter, again), demos=(theirs, mine))})
+    for on_revisit in (False, True):
+        [q] = shield(known, "predict", [{"input": "cat toy"}, {"input": "dog toy"}], selector, "plural",
+                     demos=not on_revisit)
+        assert {e.target for e in q.edits} == {"r-letter", theirs.id}
     after = ctx.apply_edits(p.edits)
     shown = selector.select(after, None, {"input": "dog toy"}).predictor("predict")
     assert not shown.demos and [it.id for it in shown.items] == ["r-again"]

@@ -305,3 +305,27 @@ def test_in_a_shared_memory_one_tasks_reflection_cannot_change_or_delete_an_item
     out = archival([delete, update, add], ["rapper"])
     assert [p.name for p in out] == ["reflect0.0"]
     assert [type(e).__name__ for e in out[0].edits] == ["AddItem"]  # its deletion dropped, its addition kept
+
+
+def test_in_a_shared_memory_a_demo_set_replaces_only_the_demos_its_own_family_left():
+    from ctxopt.context import Demo, LearnedContext, PredictorContext
+    from ctxopt.edits import AddDemo, RemoveDemo
+    from ctxopt.proposer import Proposal
+    from ctxopt.retrieval import archival
+
+    # what DemoProposer offers on plural's revisit: clear every demo in scope, then add the new set
+    old_plural = Demo(inputs={"input": "cat"}, outputs={"output": "cats"}, source_task="plural")
+    sentiment = Demo(inputs={"input": "I loved it"}, outputs={"output": "positive"}, source_task="sentiment")
+    new = Demo(inputs={"input": "dog"}, outputs={"output": "dogs"})
+    p = Proposal("demos0", (RemoveDemo("p", old_plural.id), RemoveDemo("p", sentiment.id), AddDemo("p", new)), "demos")
+    [out] = archival([p], ["dog"], own={old_plural.id})
+    assert out.edits == (RemoveDemo("p", old_plural.id), AddDemo("p", new))  # sentiment's demo stays
+    [kept] = archival([p], ["dog"])  # nothing of its own yet: it only adds
+    assert kept.edits == (AddDemo("p", new),)
+    # applied during a visit, the new demo records where it came from, outside its id, and round-trips
+    ctx = LearnedContext({"p": PredictorContext("Answer.", demos=(old_plural, sentiment))})
+    after = ctx.apply_edits(out.edits, step=4, task="plural@2")
+    assert [(d.id, d.source_task) for d in after.predictor("p").demos] == [(sentiment.id, "sentiment"),
+                                                                          (new.id, "plural@2")]
+    assert LearnedContext.from_dict(after.to_dict()) == after
+    assert "source_task" not in new.to_dict() and Demo.from_dict(after.predictor("p").demos[1].to_dict()).source_task

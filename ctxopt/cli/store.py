@@ -127,7 +127,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             _out(f"  {it.id} [{it.kind}, {it.scope}{pin}{counts}{_narrowed(it)}] {' '.join(it.text.split())}")
         for d in pc.scoped_demos(args.task):
             shown = lambda fields: "; ".join(f"{k}={_clip(v)}" for k, v in fields.items() if k != "task")  # noqa: E731
-            _out(f"  demo {d.id} [{d.scope}{_narrowed(d)}] {shown(d.inputs)} → {shown(d.outputs)}")
+            source = f", from {d.source_task}" if d.source_task and d.source_task != d.scope else ""
+            _out(f"  demo {d.id} [{d.scope}{source}{_narrowed(d)}] {shown(d.inputs)} → {shown(d.outputs)}")
     return 0
 
 
