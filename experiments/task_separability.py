@@ -60,10 +60,11 @@ def separability(stream: str, keys: int = 6, queries: int = 8, similarity: str =
             "matrix": matrix, "own_minus_best_other": margin}
 
 
-def _reach(selector: RetrievalSelector, ctx: LearnedContext, xs: list[dict]) -> tuple[float, float]:
-    """The shares of ``xs`` that retrieve the rule, and some demo."""
+def _reach(selector: RetrievalSelector, ctx: LearnedContext, xs: list[dict]) -> tuple[float, float, float]:
+    """The shares of ``xs`` that retrieve the rule and some demo, and the mean number of demos they retrieve."""
     got = [selector.explain(ctx, None, x)["p"] for x in xs]
-    return (round(sum(bool(w.items) for w in got) / len(got), 3), round(sum(bool(w.demos) for w in got) / len(got), 3))
+    return (round(sum(bool(w.items) for w in got) / len(got), 3), round(sum(bool(w.demos) for w in got) / len(got), 3),
+            round(sum(len(w.demos) for w in got) / len(got), 2))
 
 
 def narrowing(stream: str, queries: int = 15, pool: int = 10, similarity: str = "auto") -> dict:
@@ -79,15 +80,16 @@ def narrowing(stream: str, queries: int = 15, pool: int = 10, similarity: str = 
         keys = [input_text(x) for x in inputs(task.train[:MAX_KEYS])]
         others = [input_text(x) for t in tasks[:i] for x in inputs(list(t.val)[-pool:])]
         rule = Item(id="r-rule", text="A rule.", keys=tuple(keys), unless=_nearest(keys, others, selector.sim))
-        demos = tuple(Demo(inputs=x, outputs={"output": "?"}, unless=_nearest([input_text(x)], others, selector.sim))
-                      for x in inputs(task.train[MAX_KEYS:MAX_KEYS + 8]))
+        demos = tuple(Demo(inputs=x, outputs={"output": "?"}, unless=_nearest([input_text(x)], others, selector.sim),
+                           source_task=task.name) for x in inputs(task.train[MAX_KEYS:MAX_KEYS + 8]))
         ctx = LearnedContext({"p": PredictorContext("Answer.", items=(rule,), demos=demos)})
 
         own = inputs(list(task.val)[:queries])
         earlier = [x for t in tasks[:i] for x in inputs(list(t.val)[:max(0, len(t.val) - pool)][:queries])]
-        (rule_recall, demo_recall), (rule_leak, demo_leak) = _reach(selector, ctx, own), _reach(selector, ctx, earlier)
+        (rule_recall, demo_recall, demos_own), (rule_leak, demo_leak, demos_leaked) = (_reach(selector, ctx, own),
+                                                                                     _reach(selector, ctx, earlier))
         rows[task.name] = {"rule_recall": rule_recall, "rule_leak": rule_leak, "demo_recall": demo_recall,
-                           "demo_leak": demo_leak}
+                           "demo_leak": demo_leak, "demos_shown_own": demos_own, "demos_shown_leaked": demos_leaked}
     mean = {k: round(statistics.mean(r[k] for r in rows.values()), 3) for k in next(iter(rows.values()))}
     return {"stream": stream, "queries": queries, "pool": pool, "tasks": rows, "mean": mean}
 
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     n = narrowing(args.stream)
     m = n["mean"]
     print(f"counter-keys (mean over tasks 2..): rule recall {m['rule_recall']:.2f}, leak {m['rule_leak']:.2f}; "
-          f"some demo: recall {m['demo_recall']:.2f}, leak {m['demo_leak']:.2f} (both 1.00 without them)")
+          f"some demo: recall {m['demo_recall']:.2f}, leak {m['demo_leak']:.2f} (both 1.00 without them); "
+          f"demos shown of 8: own inputs {m['demos_shown_own']:.2f}, earlier tasks' {m['demos_shown_leaked']:.2f}")
     out = ROOT / "experiments" / "results" / f"separability_{args.stream}.json"
     write_json(out, {**r, "narrowing": n})
     print(f"wrote {out.relative_to(ROOT)}")
