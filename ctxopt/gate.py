@@ -235,6 +235,18 @@ def sign_test_p(fixed: int, broken: int) -> float:
     return sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2 ** n
 
 
+def binomial_below_p(passed: float, n: int, rate: float) -> float:
+    """One-sided exact binomial test: the chance of ``passed`` or fewer passes in ``n`` tries at a true
+    pass rate of ``rate`` (``passed`` is rounded: a mean score times ``n``).
+
+    Example:
+        >>> round(binomial_below_p(6, 10, 0.8), 3), round(binomial_below_p(1, 10, 0.233), 3), binomial_below_p(3, 10, 0.0)
+        (0.121, 0.284, 1.0)
+    """
+    k, rate = round(passed), min(max(rate, 0.0), 1.0)
+    return min(1.0, sum(math.comb(n, i) * rate ** i * (1 - rate) ** (n - i) for i in range(0, min(k, n) + 1)))
+
+
 @dataclass(frozen=True)
 class DropTest:
     """The mean drop (before − after) over some tasks' paired examples, tested against a tolerance.

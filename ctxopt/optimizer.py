@@ -65,7 +65,7 @@ from ctxopt.credit import check_policy, choose_stages
 from ctxopt.engine import Engine, RunEvent, measure_row
 from ctxopt.errors import BudgetExceeded, ConfigError
 from ctxopt.evaluator import Evaluator
-from ctxopt.gate import DEFAULT_GATE, Decision, Gate, PairedScores, get_gate
+from ctxopt.gate import DEFAULT_GATE, Decision, Gate, PairedScores, binomial_below_p, get_gate
 from ctxopt.grounding import GroundedInstructionProposer
 from ctxopt.lm import get_lm, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
@@ -112,7 +112,8 @@ log = logging.getLogger(__name__)
 
 ROOM_SCOPES = 5  # with max_context_tokens, each step reserves one consolidation check over this many task scopes
 GATE_ROUNDS = 2  # an undecided gate grows the replay samples it names at most this many times
-REVISIT_SLACK = 0.1  # a revisit is cut when C scores no more than this below where the family's last visit ended
+REVISIT_ALPHA = 0.1  # a revisit learns again when its train minibatch shows C below its family's bar at this level
+REVISIT_CLOSE = 0.3  # and, below this level, first observes a minibatch twice as large
 REJECTIONS_FILE = "consolidation_rejections.json"
 
 
@@ -496,6 +497,8 @@ class ContinualOptimizer:
             # could only trade this task's score for noise. The step costs one train minibatch.
             return Gated.rolled_back(setup.base, f"nothing to learn: all {len(observed.observations)} observed "
                                                  "train examples already pass")
+        if self._revisit_close(setup, observed):  # a close call: observe twice as many before deciding
+            observed = self._observe(program, setup, n=2 * len(observed.observations))
         if (revisit := self._revisit_cut(setup, observed)) is not None:
             return Gated.rolled_back(setup.base, revisit)
         proposed = self._propose(program, setup, observed)
@@ -512,20 +515,37 @@ class ContinualOptimizer:
             gated = self._make_room(program, setup, gated)
         return gated
 
-    def _revisit_cut(self, setup: StepSetup, observed: Observed) -> str | None:
-        """Why a revisit stops after observing, or None: a visit of the family was accepted, ending at a val
-        score, and C still scores within :data:`REVISIT_SLACK` of it on this visit's train minibatch, so nothing
-        was forgotten that a search could win back. A family first met, one that never learned anything (every
-        visit rolled back), or one that lost ground learns in full."""
+    def _revisit_p(self, setup: StepSetup, observed: Observed) -> tuple[float, float] | None:
+        """For a revisit of a family whose last accepted visit ended at a val score (its bar): the one-sided
+        binomial p that C's passes on the train minibatch come from a rate as high as the bar, and the bar;
+        None for a first visit, a family that never learned anything, or nothing observed."""
         family = setup.task.family
         bar = self._ended.get(family) if setup.task.name != family else None
         if bar is None or not observed.observations:
             return None
-        now = observed.score
-        if now < bar - REVISIT_SLACK:
+        n = len(observed.observations)
+        return binomial_below_p(observed.score * n, n, bar), bar
+
+    def _revisit_close(self, setup: StepSetup, observed: Observed) -> bool:
+        """Whether a revisit's minibatch neither shows C below its bar nor clears it (p between
+        :data:`REVISIT_ALPHA` and :data:`REVISIT_CLOSE`), and it is the first minibatch."""
+        tested = self._revisit_p(setup, observed)
+        return (tested is not None and REVISIT_ALPHA <= tested[0] < REVISIT_CLOSE
+                and len(observed.observations) <= self.budget.train_minibatch)
+
+    def _revisit_cut(self, setup: StepSetup, observed: Observed) -> str | None:
+        """Why a revisit stops after observing, or None: a visit of the family was accepted, ending at a val
+        score, and C's passes on this visit's train minibatch do not show it below that score (one-sided exact
+        binomial test, p ≥ :data:`REVISIT_ALPHA`; a close call first doubles the minibatch), so nothing was
+        shown forgotten that a search could win back. A family first met, one that never learned anything
+        (every visit rolled back), or one shown to have lost ground learns in full."""
+        tested = self._revisit_p(setup, observed)
+        if tested is None or tested[0] < REVISIT_ALPHA:
             return None
-        return (f"revisit of {family}: C scores {now:.2f} on {len(observed.observations)} train examples, against "
-                f"{bar:.2f} on val when its last visit ended; nothing forgotten to learn again")
+        p, bar = tested
+        return (f"revisit of {setup.task.family}: C scores {observed.score:.2f} on {len(observed.observations)} train "
+                f"examples, against {bar:.2f} on val when its last visit ended (binomial p={p:.2f} ≥ "
+                f"{REVISIT_ALPHA}); nothing shown forgotten to learn again")
 
     def _reserved(self, setup: StepSetup) -> int:
         """Task-LM calls kept from the search: the gate's cost, one round of growing one earlier task's
@@ -538,12 +558,14 @@ class ContinualOptimizer:
             reserved += setup.n_pred * ROOM_SCOPES * self.budget.gate_replay_per_task
         return reserved
 
-    def _observe(self, program: dspy.Module, setup: StepSetup) -> Observed:
-        """Score C on a train minibatch: the failures and feedback the proposers read."""
+    def _observe(self, program: dspy.Module, setup: StepSetup, n: int | None = None) -> Observed:
+        """Score C on a train minibatch (``n`` examples, the budget's by default; a larger one starts with the
+        smaller's examples, which are not charged again): the failures and feedback the proposers read."""
         task = setup.task
         self.emit("phase", task.name, phase="observe")
-        minibatch = self._sample(task.train, self.budget.train_minibatch, "train", setup.step, task.name)
-        self.ledger.charge("task", len(minibatch) * setup.n_pred, "observe")
+        first = min(self.budget.train_minibatch, len(task.train))
+        minibatch = self._sample(task.train, n or self.budget.train_minibatch, "train", setup.step, task.name)
+        self.ledger.charge("task", (len(minibatch) - (first if n else 0)) * setup.n_pred, "observe")
         result = self._evaluator.evaluate(program, setup.base, task, minibatch, scenario=self._scenario)
         by_id = {example_id(e): e for e in minibatch}
         observations = tuple(Observation(by_id[r.example_id], r.score, r.feedback, dict(r.prediction),

@@ -167,6 +167,24 @@ def test_a_revisit_that_kept_its_score_stops_after_observing_even_with_failures_
     assert result.R[2][2] == result.R[1][2] >= result.r0[2]  # it starts, and stays, from what was kept
 
 
+def test_a_close_revisit_observes_a_minibatch_twice_as_large_and_pays_only_for_the_new_half(tmp_path, monkeypatch):
+    import ctxopt.optimizer as optimizer
+
+    monkeypatch.setattr(optimizer, "REVISIT_CLOSE", 1.01)  # every revisit that shows nothing counts as close
+    stream = _toy_recurrence("task-agnostic", noisy=True)
+    budget = get_budget("light", n_trials=4, train_minibatch=8, val_minibatch=5, replay_per_task=3,
+                        gate_replay_per_task=5)
+    events = []
+    result = ContinualOptimizer(task_lm(), reflection_lm(), budget=budget, seed=0, num_threads=2,
+                                callbacks=[events.append]).fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    observed = [e.data["n"] for e in events if e.kind == "observe" and e.task == "suffix@2"]
+    again = result.steps[2]
+    assert observed == [8, 12]  # 8, then all 12 train examples (twice 8 is more than the split holds)
+    assert again.extra["reason"].startswith("revisit of suffix: C scores") and "on 12 train examples" in again.extra[
+        "reason"]
+    assert again.extra["charged_by_source"]["task:observe"] == 12  # the first 8 are not charged twice
+
+
 def test_a_revisit_that_lost_ground_learns_in_full():
     from ctxopt.stages import Observed
 
@@ -175,10 +193,17 @@ def test_a_revisit_that_lost_ground_learns_in_full():
     setup = lambda task: StepSetup(step=3, task=task, base=None, earlier=stream.tasks[:2],  # noqa: E731
                                    scenario="task-aware", scope="suffix", predictor="predict", n_pred=1)
     opt.restore({"ended": {"suffix": 0.9}})
-    seen = lambda score: Observed(score, ("one observation",))  # noqa: E731
-    assert opt._revisit_cut(setup(stream["suffix@2"]), seen(0.7)) is None  # forgot: 0.7 < 0.9 - 0.1
-    assert opt._revisit_cut(setup(stream["suffix@2"]), seen(0.8)).startswith("revisit of suffix")
-    assert opt._revisit_cut(setup(stream["suffix"]), seen(1.0)) is None  # a first visit is never cut
+    seen = lambda score, n=10: Observed(score, ("an observation",) * n)  # noqa: E731
+    again = setup(stream["suffix@2"])
+    # 5 of 10 against a bar of 0.9: binomial p = 0.002, shown forgotten
+    assert opt._revisit_cut(again, seen(0.5)) is None and not opt._revisit_close(again, seen(0.5))
+    # 8 of 10: p = 0.26, a close call, so the minibatch doubles first; 16 of 20 (p = 0.13) is then cut
+    assert opt._revisit_close(again, seen(0.8)) and not opt._revisit_close(again, seen(0.8, 20))
+    assert opt._revisit_cut(again, seen(0.8, 20)).startswith("revisit of suffix")
+    assert opt._revisit_cut(again, seen(0.6, 20)) is None  # 12 of 20: p = 0.0004
+    # 9 of 10: nothing close, nothing forgotten
+    assert not opt._revisit_close(again, seen(0.9)) and opt._revisit_cut(again, seen(0.9)).startswith("revisit")
+    assert opt._revisit_cut(setup(stream["suffix"]), seen(0.0)) is None  # a first visit is never cut
     assert opt.resume_state()["ended"] == {"suffix": 0.9}
 
 
