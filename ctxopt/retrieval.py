@@ -80,28 +80,6 @@ def _demo_keys(demo: Demo) -> tuple[str, ...]:
     return (input_text(demo.inputs),)
 
 
-Candidate = tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
-"""What :meth:`RetrievalSelector._top` ranks: ``(id, keys, unless, kin)``."""
-
-
-def _demo_candidates(demos: Sequence[Demo]) -> list[Candidate]:
-    """The demos as retrieval candidates, each narrowed demo judged against the inputs of its whole set.
-
-    A narrowed demo that a task family left (:attr:`Demo.source_task`) stays off an input
-    nearer to one of its counter-keys than to every input of the family's narrowed demos
-    (its ``kin``), as an item's boundary is drawn from all of its keys; it is still ranked by
-    its similarity to its own input. Each judged by its one input against its 8 counter-keys,
-    negation's demos reached 53% of its val inputs on ii-8 (2 demos of 8 on average), and
-    87% against their set's inputs (``experiments/task_separability.py``). A demo without counter-keys or provenance is
-    judged alone."""
-    sets: dict[str, list[str]] = {}
-    for d in demos:
-        if d.unless and d.source_task:
-            sets.setdefault(split_visit(d.source_task)[0], []).extend(_demo_keys(d))
-    return [(d.id, _demo_keys(d), d.unless, tuple(dict.fromkeys(sets[split_visit(d.source_task)[0]]))
-             if d.unless and d.source_task else ()) for d in demos]
-
-
 @dataclass(frozen=True)
 class Hit:
     """One retrieved item or demo: its id, its score and the key that scored it."""
@@ -199,9 +177,10 @@ class RetrievalSelector:
             why = Retrieval(
                 query=query,
                 pinned=tuple(it.id for it in items if it.pinned),
-                items=self._top(query, [(it.id, _item_keys(it), it.unless, ()) for it in archival], k_items,
+                items=self._top(query, [(it.id, _item_keys(it), it.unless) for it in archival], k_items, min_score,
+                                off),
+                demos=self._top(query, [(d.id, _demo_keys(d), d.unless) for d in pc.scoped_demos(task)], k_demos,
                                 min_score, off),
-                demos=self._top(query, _demo_candidates(pc.scoped_demos(task)), k_demos, min_score, off),
             )
             why = replace(why, kept_off=tuple(off))
             why = _within_margin(why, self.margin_for(pc))
@@ -246,24 +225,22 @@ class RetrievalSelector:
         """The predictor's ``margin``: its learned one (C's versioned state), else this selector's."""
         return float(pc.retrieval_settings().get("margin", self.margin))
 
-    def _top(self, query: str, candidates: Sequence[Candidate], k: int,
+    def _top(self, query: str, candidates: Sequence[tuple[str, tuple[str, ...], tuple[str, ...]]], k: int,
              min_score: float, kept_off: list[str]) -> tuple[Hit, ...]:
         """The best ``k`` candidates scoring at least ``min_score`` (ties: smaller id first), in the given order.
 
-        A candidate is ``(id, keys, unless, kin)``; one whose best counter-key (``unless``) scores at least its
-        best key and its best ``kin`` key (the inputs of the set it was learned in) is left out, and its id
-        appended to ``kept_off``: the input is nearer to another task's inputs than to anything the entry was
-        learned from. Its score, and so its rank, comes from its own keys alone."""
+        A candidate is ``(id, keys, unless)``; one whose best counter-key (``unless``) scores at least its best key
+        is left out, and its id appended to ``kept_off``: the input is nearer to another task's inputs than to
+        anything the entry was learned from."""
         if k == 0 or not candidates:
             return ()
-        texts = list(dict.fromkeys(key for _, keys, unless, kin in candidates for key in (*keys, *unless, *kin)))
-        score_of = dict(zip(texts, self.sim.scores(query, texts)))
+        scores = iter(self.sim.scores(query, [key for _, keys, unless in candidates for key in (*keys, *unless)]))
         hits: list[tuple[int, Hit]] = []
-        for position, (cid, keys, unless, kin) in enumerate(candidates):
-            per_key = [(score_of[key], key) for key in keys]
-            against = max((score_of[key] for key in unless), default=None)
+        for position, (cid, keys, unless) in enumerate(candidates):
+            per_key = [(next(scores), key) for key in keys]
+            against = max((next(scores) for _ in unless), default=None)
             best = max(score for score, _ in per_key)
-            if against is not None and against >= max((best, *(score_of[key] for key in kin))):
+            if against is not None and against >= best:
                 kept_off.append(cid)
                 continue
             hits.append((position, Hit(cid, best, next(key for score, key in per_key if score == best))))

@@ -221,34 +221,6 @@ def test_an_entry_is_not_retrieved_for_an_input_nearer_one_of_its_counter_keys()
     assert "unless" not in wide.predictor("predict").items[0].to_dict()  # old contexts keep their dicts and hashes
 
 
-def test_a_narrowed_demo_is_judged_against_its_whole_sets_inputs_and_ranked_by_its_own():
-    from ctxopt.context import Demo
-
-    def demo(text, unless, source="plural"):
-        return Demo(inputs={"input": text}, outputs={"output": "?"}, unless=unless, source_task=source)
-
-    # each demo alone is nearer its counter-key than its own input for the query "plural of cat please"
-    cow = demo("plural of cow", ("cat please",))
-    cat = demo("plural of cat please now", ("cat",))
-    selector = RetrievalSelector("lexical", k_items=3, k_demos=3, margin=1.0)
-    query = {"input": "plural of cat please"}
-
-    def shown(*demos):
-        ctx = LearnedContext({"predict": PredictorContext("Answer.", demos=demos)})
-        return [d.id for d in selector.select(ctx, None, query).predictor("predict").demos]
-
-    assert shown(cow) == []  # alone, cow's input is farther than its counter-key
-    assert shown(cow, cat) == [cow.id, cat.id]  # the query is nearer an input of cow's set than cow's counter-key
-    loner = Demo(inputs=cow.inputs, outputs=cow.outputs, unless=cow.unless)  # no provenance: judged alone
-    assert shown(loner, cat) == [cat.id]
-    other = demo("plural of cow", ("cat please",), source="antonyms@2")  # another family's set is its own boundary
-    assert shown(other, cat) == [cat.id]
-    # a demo stays off an input nearer to one of its counter-keys than to all of its set's inputs
-    far = selector.explain(LearnedContext({"predict": PredictorContext("Answer.", demos=(cow, cat))}), None,
-                           {"input": "cat"})["predict"]
-    assert not far.demos and set(far.kept_off) == {cow.id, cat.id}
-
-
 def test_a_merged_item_keeps_counter_keys_only_when_every_merged_item_had_some():
     from ctxopt.edits import MergeItems
 
