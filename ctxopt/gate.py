@@ -241,7 +241,7 @@ def binomial_below_p(passed: float, n: int, rate: float) -> float:
 
     Example:
         >>> round(binomial_below_p(6, 10, 0.8), 3), round(binomial_below_p(1, 10, 0.233), 3), binomial_below_p(3, 10, 0.0)
-        (0.121, 0.284, 1.0)
+        (0.121, 0.285, 1.0)
     """
     k, rate = round(passed), min(max(rate, 0.0), 1.0)
     return min(1.0, sum(math.comb(n, i) * rate ** i * (1 - rate) ** (n - i) for i in range(0, min(k, n) + 1)))
