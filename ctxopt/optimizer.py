@@ -88,6 +88,7 @@ from ctxopt.retrieval import (
     narrow,
     setting_proposals,
     shield,
+    unsaid,
 )
 from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
@@ -594,6 +595,7 @@ class ContinualOptimizer:
         teacher = any(isinstance(p, TeacherDemoProposer) for p in proposers) and bool(between)
         available = max(0, self.ledger.remaining("reflection") - keep - int(self.grounded) - int(teacher))
         raw: list[Proposal] = []
+        cut: list[tuple[str, str]] = []
         for stage in dict.fromkeys((*choice.order, *choice.demos)):  # the most blamed stage first
             pctx = ProposalContext(context=setup.base, task=task.family, scope=setup.scope, predictor=stage,
                                    inputs=tuple(program_inputs(program, stage)), output=task.output,
@@ -617,6 +619,9 @@ class ContinualOptimizer:
                            instruction=setup.base.predictor(setup.predictor).instruction,
                            own={d.id for _, pc in setup.base.predictors.items() for d in pc.demos
                                 if d.source_task and split_visit(d.source_task)[0] == task.family})
+            if isinstance(setup.selector, RetrievalSelector):  # says nothing these inputs already see
+                raw, cut = unsaid(raw, setup.base, setup.predictor, [dict(o.example.inputs().items())
+                                                                     for o in observed.observations], setup.selector)
             if len(setup.earlier) >= CORE_AFTER:  # pinned = shown to every input: only where replay can check it
                 raw = core_or_archival(raw)  # the search places each new rule: retrieved, or pinned
             if isinstance(setup.selector, RetrievalSelector):  # may keep new entries off other tasks' inputs
@@ -630,6 +635,7 @@ class ContinualOptimizer:
                 raw += setting_proposals(setup.base, setup.predictor, setup.selector,
                                         threshold=bool(setup.earlier))
         proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)
+        dropped = [*cut, *dropped]
         self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
         return Proposed(tuple(proposals), tuple(dropped))
 

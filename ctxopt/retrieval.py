@@ -511,6 +511,56 @@ def shield(context: LearnedContext, predictor: str, inputs: Sequence[Mapping[str
                      group="shield")] if edits else []
 
 
+def unsaid(proposals: Sequence[Proposal], context: LearnedContext, predictor: str,
+           inputs: Sequence[Mapping[str, Any]], selector: RetrievalSelector) -> tuple[list[Proposal], list[tuple[str, str]]]:
+    """Leave out new items that restate what ``inputs`` already see, or what an earlier proposal adds.
+
+    An added item on ``predictor`` whose text scores at least the similarity's
+    ``merge`` threshold against a pinned item, an item one of ``inputs`` (this
+    task's observed inputs) retrieves, or an item an earlier kept proposal adds,
+    is cut from its proposal; a proposal left with no edits is dropped. The gate
+    cannot do this: on a 0.5B model a second wording of a format rule can win
+    a val minibatch by a flipped answer, and babi-10 task-agnostic kept "Answer with
+    a single word only, with no explanation." beside "Answer with the single
+    word only, no extra words." (0.84 with all-MiniLM-L6-v2), stop 31. The
+    threshold is a paraphrase's, not a related rule's: "Answer with a single
+    character only." scores 0.60 against the latter and stays.
+
+    Returns the kept proposals and ``(name, reason)`` for each cut or dropped one.
+
+    Example:
+        >>> from ctxopt.edits import AddItem
+        >>> ctx = LearnedContext({"p": PredictorContext("Answer.", items=(
+        ...     Item(id="r-1", text="Answer in one word.", pinned=True),))})
+        >>> kept, cut = unsaid([Proposal("a", (AddItem("p", "Answer in one word!"), AddItem("p", "Use digits.")),
+        ...                              "reflection"), Proposal("b", (AddItem("p", "Use digits."),), "reflection")],
+        ...                    ctx, "p", [{"input": "2 plus 3"}], RetrievalSelector("lexical"))
+        >>> [[e.text for e in p.edits] for p in kept], cut
+        ([['Use digits.']], [('a', 'restates r-1'), ('b', 'restates a')])
+    """
+    pc, sim = context.predictor(predictor), selector.sim
+    reached = {h.id for i in inputs for h in selector.explain(context, None, i)[predictor].items}
+    said = [(it.id, it.text) for it in pc.items if it.pinned or it.id in reached]
+    kept: list[Proposal] = []
+    cut: list[tuple[str, str]] = []
+    for p in proposals:
+        edits, adds = [], []
+        for e in p.edits:
+            if isinstance(e, AddItem) and e.predictor == predictor and said:
+                scores = sim.scores(e.text, [text for _, text in said])
+                best = max(range(len(said)), key=scores.__getitem__)
+                if scores[best] >= sim.merge:
+                    cut.append((p.name, f"restates {said[best][0]}"))
+                    continue
+            edits.append(e)
+            if isinstance(e, AddItem) and e.predictor == predictor:
+                adds.append((p.name, e.text))
+        if edits:
+            kept.append(p if len(edits) == len(p.edits) else replace(p, edits=tuple(edits)))
+            said += adds
+    return kept, cut
+
+
 def hit_rates(selector: RetrievalSelector, context: LearnedContext, tasks: Sequence[Any],
               task_aware: bool = False) -> dict[str, float | None]:
     """Per task: the share of items retrieved for its val inputs that were learned on that task.

@@ -291,3 +291,26 @@ def test_a_later_task_may_shield_its_inputs_from_memory_an_earlier_task_left(tmp
     assert shields and all(e["op"] == "narrow" and e["unless"] for p in shields for e in p["edits"])
     assert all(e.step > 1 for e in events if e.kind == "propose" and any(
         p["name"] == "shield" for p in e.data["proposals"]))
+
+
+def test_a_new_rule_that_restates_what_the_task_inputs_already_see_is_cut():
+    from ctxopt.proposer import Proposal
+    from ctxopt.retrieval import unsaid
+
+    seen = Item(id="r-seen", text="Answer with one letter only.", keys=("cat toy",), source_task="first_letter")
+    far = Item(id="r-far", text="Add the two numbers.", keys=("7 plus 8",), source_task="sum")
+    ctx = LearnedContext({"predict": PredictorContext("Answer.", items=(seen, far))})
+    selector = RetrievalSelector("lexical", k_items=1, margin=1.0, min_score=0.3)
+    assert [h.id for h in selector.explain(ctx, None, {"input": "cat toy"})["predict"].items] == ["r-seen"]
+    proposals = [Proposal("a", (AddItem("predict", "Answer with one letter only!"),), "reflection"),
+                 Proposal("b", (AddItem("predict", "Add the two numbers!"), AddItem("predict", "Say plurals.")),
+                          "reflection"),
+                 Proposal("c", (AddItem("predict", "Say plurals!"),), "reflection")]
+    kept, cut = unsaid(proposals, ctx, "predict", [{"input": "cat toy"}], selector)
+    # what the inputs retrieve (r-seen) is not said again; r-far is not theirs, so its wording may come back
+    assert [[e.text for e in p.edits] for p in kept] == [["Add the two numbers!", "Say plurals."]]
+    assert cut == [("a", "restates r-seen"), ("c", "restates b")]
+    # a pinned rule is shown to every input
+    pinned = LearnedContext({"predict": PredictorContext("Answer.", items=(
+        Item(id="r-core", text="Add the two numbers.", pinned=True),))})
+    assert unsaid(proposals[1:2], pinned, "predict", [{"input": "cat toy"}], selector)[1] == [("b", "restates r-core")]
