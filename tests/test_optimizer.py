@@ -204,3 +204,26 @@ def test_reflection_drops_rules_that_only_restate_the_feedback():
                          ("input",), "output", (fail,), tuple(stream.tasks[0].train))
     texts = [p.edits[0].text for p in ReflectionProposer(lm, samples=1).propose(pc)]
     assert texts == ["Answer with the first letter of the input."]
+
+
+def test_traced_demos_take_one_answer_at_a_time_and_never_teach_only_the_models_own_guess():
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.proposer import DemoProposer, Observation, ProposalContext
+    from ctxopt.tasks import make_example
+
+    train = tuple(make_example({"input": f"q{i}", "output": str(i % 3)}, ["input"]) for i in range(9))
+
+    def win(i, answer):
+        ex = make_example({"input": f"w{i}", "output": answer}, ["input"])
+        call = {"predictor": "predict", "inputs": {"input": f"w{i}"}, "outputs": {"output": answer}}
+        return Observation(ex, 1.0, "", {"output": answer}, [call])
+
+    def traced(observations):
+        pc = ProposalContext(LearnedContext({"predict": PredictorContext("Answer.")}), "count", "global",
+                             "predict", ("input",), "output", tuple(observations), train)
+        return [p for p in DemoProposer(sizes=(4,)).propose(pc) if p.name == "demos-traced"]
+
+    assert traced([win(i, "2") for i in range(6)]) == []  # every win says "2" while the labels vary
+    [p] = traced([win(0, "2"), win(1, "2"), win(2, "2"), win(3, "2"), win(4, "1"), win(5, "3")])
+    shown = sorted(e.demo.outputs["output"] for e in p.edits)
+    assert shown == ["1", "2", "2", "3"]  # not the first four wins, all "2"
