@@ -365,14 +365,14 @@ class PredictorContext:
         )
 
 
-RETRIEVAL_SETTINGS = ("k_items", "k_demos", "min_score", "margin", "max_tokens")
+RETRIEVAL_SETTINGS = ("k_items", "k_demos", "min_score", "margin", "max_tokens", "reach")
 """Retrieval settings a context may carry (:class:`ctxopt.retrieval.RetrievalSelector` reads them)."""
 
 
 def check_retrieval_setting(key: str, value: Any) -> None:
     """Raise EditError unless ``key`` is a retrieval setting and ``value`` fits it.
 
-    ``k_items`` and ``k_demos`` are integers ≥ 0, ``min_score`` and ``margin`` are in [0, 1], and ``max_tokens``
+    ``k_items`` and ``k_demos`` are integers ≥ 0, ``min_score``, ``margin`` and ``reach`` are in [0, 1], and ``max_tokens``
     (the per-call token budget of what is shown) is an integer ≥ 1.
     """
     if key not in RETRIEVAL_SETTINGS:
@@ -380,7 +380,7 @@ def check_retrieval_setting(key: str, value: Any) -> None:
     if key == "max_tokens":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EditError(f"retrieval setting max_tokens must be a positive integer, got {value!r}")
-    elif key in ("min_score", "margin"):
+    elif key in ("min_score", "margin", "reach"):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
             raise EditError(f"retrieval setting {key} must be a number in [0, 1], got {value!r}")
     elif isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -15,6 +15,10 @@ val (as the optimizer's search pool is). Then, through the real ``RetrievalSelec
 demo), and *leak*, the share of earlier tasks' other val inputs that do; without
 counter-keys both are 1.0 when nothing else is in memory.
 
+And what the selector's floor (``reach``) does alone, with no counter-keys: for every
+task, the same rule and demos, and the shares of its own val inputs and of every other
+task's val inputs (earlier or not yet seen) that retrieve them.
+
 Only train and val inputs are read (never test, never labels). No LM calls; the
 similarity is the run default (all-MiniLM-L6-v2 embeddings when installed).
 
@@ -67,14 +71,35 @@ def _reach(selector: RetrievalSelector, ctx: LearnedContext, xs: list[dict]) -> 
             round(sum(len(w.demos) for w in got) / len(got), 2))
 
 
-def narrowing(stream: str, queries: int = 15, pool: int = 10, similarity: str = "auto") -> dict:
-    """Per task after the first: recall on its own val and leak to earlier tasks' val, rule and demos."""
+def _inputs(examples) -> list[dict]:
+    return [dict((k, v) for k, v in e.inputs().items() if k != "task") for e in examples]
+
+
+def floors(stream: str, queries: int = 15, reach: float = 0.1, similarity: str = "auto") -> dict:
+    """Per task, with no counter-keys: recall on its own val and leak to every other task's val (seen or not)."""
     tasks = list(load_stream(stream).tasks)
-    selector = RetrievalSelector(similarity, k_items=1, k_demos=8, margin=1.0)
+    selector = RetrievalSelector(similarity, k_items=1, k_demos=8, margin=1.0, reach=reach)
+    rows = {}
+    for task in tasks:
+        rule = Item(id="r-rule", text="A rule.", keys=tuple(input_text(x) for x in _inputs(task.train[:MAX_KEYS])))
+        demos = tuple(Demo(inputs=x, outputs={"output": "?"}, source_task=task.name)
+                      for x in _inputs(task.train[MAX_KEYS:MAX_KEYS + 8]))
+        ctx = LearnedContext({"p": PredictorContext("Answer.", items=(rule,), demos=demos)})
+        own = _inputs(list(task.val)[:queries])
+        others = [x for t in tasks if t is not task for x in _inputs(list(t.val)[:queries])]
+        (rule_recall, demo_recall, _), (rule_leak, demo_leak, _) = _reach(selector, ctx, own), _reach(selector, ctx, others)
+        rows[task.name] = {"rule_recall": rule_recall, "rule_leak": rule_leak, "demo_recall": demo_recall,
+                           "demo_leak": demo_leak}
+    mean = {k: round(statistics.mean(r[k] for r in rows.values()), 3) for k in next(iter(rows.values()))}
+    return {"stream": stream, "queries": queries, "reach": reach, "tasks": rows, "mean": mean}
 
-    def inputs(examples):
-        return [dict((k, v) for k, v in e.inputs().items() if k != "task") for e in examples]
 
+def narrowing(stream: str, queries: int = 15, pool: int = 10, similarity: str = "auto") -> dict:
+    """Per task after the first: recall on its own val and leak to earlier tasks' val, rule and demos (no floor)."""
+    tasks = list(load_stream(stream).tasks)
+    selector = RetrievalSelector(similarity, k_items=1, k_demos=8, margin=1.0, reach=1.0)
+
+    inputs = _inputs
     rows = {}
     for i, task in enumerate(tasks[1:], start=1):
         keys = [input_text(x) for x in inputs(task.train[:MAX_KEYS])]
@@ -111,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"counter-keys (mean over tasks 2..): rule recall {m['rule_recall']:.2f}, leak {m['rule_leak']:.2f}; "
           f"some demo: recall {m['demo_recall']:.2f}, leak {m['demo_leak']:.2f} (both 1.00 without them); "
           f"demos shown of 8: own inputs {m['demos_shown_own']:.2f}, earlier tasks' {m['demos_shown_leaked']:.2f}")
+    f = floors(args.stream)
+    m = f["mean"]
+    print(f"floors (reach {f['reach']:g}, no counter-keys, mean over all tasks): rule recall {m['rule_recall']:.2f}, "
+          f"leak to every other task {m['rule_leak']:.2f}; some demo: recall {m['demo_recall']:.2f}, "
+          f"leak {m['demo_leak']:.2f} (all 1.00 without a floor)")
     out = ROOT / "experiments" / "results" / f"separability_{args.stream}.json"
-    write_json(out, {**r, "narrowing": n})
+    write_json(out, {**r, "narrowing": n, "floors": f})
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -156,12 +156,37 @@ def test_a_learned_threshold_keeps_memory_from_inputs_unlike_its_keys():
 
     rule = Item(id="r-plural", text="Add s.", keys=("plural of cat", "plural of dog"))
     base = LearnedContext({"predict": PredictorContext("Answer.", items=(rule,))})
-    selector = RetrievalSelector("lexical", k_items=3)
+    selector = RetrievalSelector("lexical", k_items=3, reach=1.0)
     unlike = {"input": "antonym of hot"}
     assert [it.id for it in selector.select(base, None, unlike).predictor("predict").items] == ["r-plural"]
     strict = base.apply_edits([SetRetrieval("predict", "min_score", 0.4)])
     assert selector.select(strict, None, unlike).predictor("predict").items == ()
     assert [it.id for it in selector.select(strict, None, {"input": "plural of cat"}).predictor("predict").items] == ["r-plural"]
+
+
+def test_an_entry_reaches_only_inputs_about_as_like_its_keys_as_they_are_like_each_other():
+    from ctxopt.context import Demo
+    from ctxopt.edits import SetRetrieval
+
+    rule = Item(id="r-plural", text="Add s.", keys=("plural of cat", "plural of dog"))
+    demos = tuple(Demo(inputs={"input": f"plural of {w}"}, outputs={"output": f"{w}s"}, source_task="plural")
+                  for w in ("cat", "dog"))
+    lone = Demo(inputs={"input": "sum of 2 and 3"}, outputs={"output": "5"}, source_task="sum")
+    base = LearnedContext({"predict": PredictorContext("Answer.", items=(rule,), demos=(*demos, lone))})
+    selector = RetrievalSelector("lexical", k_items=3, k_demos=4, margin=1.0)  # reach 0.1 by default
+    sim = selector.sim.matrix(["plural of cat", "plural of dog"])[0][1]
+    assert sim - 0.1 > max(selector.sim.scores("antonym of hot", ["plural of cat", "plural of dog"]))
+
+    def shown(ctx, text):
+        pc = selector.select(ctx, None, {"input": text}).predictor("predict")
+        return [it.id for it in pc.items], sorted(d.outputs["output"] for d in pc.demos)
+
+    # the plural rule and demos (a set of two, judged together) reach a plural input, not an antonym one;
+    # the lone sum demo has nothing to measure its keys' cohesion by, so it has no floor
+    assert shown(base, "plural of cow") == (["r-plural"], ["5", "cats", "dogs"])
+    assert shown(base, "antonym of hot") == ([], ["5"])
+    wide = base.apply_edits([SetRetrieval("predict", "reach", 1.0)])  # C's own setting wins: no floor
+    assert shown(wide, "antonym of hot") == (["r-plural"], ["5", "cats", "dogs"])
 
 
 def test_a_learned_token_budget_caps_what_is_retrieved():
@@ -188,7 +213,7 @@ def test_a_learned_margin_shows_each_input_only_the_memory_it_matches_best():
     base = LearnedContext({"predict": PredictorContext("Answer.", items=(word,))}).apply_edits(
         [AddDemo("predict", Demo(inputs={"input": "the film was a delight from start to end"},
                                  outputs={"output": "positive"}))])
-    selector = RetrievalSelector("lexical", margin=1.0)
+    selector = RetrievalSelector("lexical", margin=1.0, reach=1.0)  # the margin alone (no floor)
     sentence = {"input": "the film was dull from start to end"}
 
     def shown(ctx, inputs):
@@ -208,7 +233,7 @@ def test_an_entry_is_not_retrieved_for_an_input_nearer_one_of_its_counter_keys()
     rule = Item(id="r-plural", text="Add s.", keys=("plural of cat", "plural of dog"), unless=("antonym of hot",))
     demo = Demo(inputs={"input": "plural of cow"}, outputs={"output": "cows"}, unless=("antonym of cold",))
     ctx = LearnedContext({"predict": PredictorContext("Answer.", items=(rule,), demos=(demo,))})
-    selector = RetrievalSelector("lexical", k_items=3, k_demos=3, margin=1.0)
+    selector = RetrievalSelector("lexical", k_items=3, k_demos=3, margin=1.0, reach=1.0)  # counter-keys alone
     own = selector.select(ctx, None, {"input": "plural of cat"}).predictor("predict")
     assert [it.id for it in own.items] == ["r-plural"] and [d.id for d in own.demos] == [demo.id]
     other = selector.select(ctx, None, {"input": "antonym of hot"}).predictor("predict")

@@ -183,7 +183,7 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
     inputs[field] = args.for_input
     if args.selector == "retrieval":
         selector: Any = RetrievalSelector(args.similarity, k_items=args.k_items, k_demos=args.k_demos,
-                                          min_score=args.min_score, margin=args.margin)
+                                          min_score=args.min_score, margin=args.margin, reach=args.reach)
     else:
         selector = ScopeSelector()
     messages = prompt_messages(program, ctx, inputs, predictor=name, task=args.task, selector=selector)
@@ -201,9 +201,9 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
     else:
         k_items, k_demos, min_score = selector.settings(pc)
         learned = " learned" if pc.retrieval else ""
-        margin = selector.margin_for(pc)
+        margin, reach = selector.margin_for(pc), selector.reach_for(pc)
         _out(f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g}"
-             + (f", margin {margin:g})" if margin < 1 else ")"))
+             + (f", margin {margin:g}" if margin < 1 else "") + (f", reach {reach:g})" if reach < 1 else ")"))
         items = {it.id: it for it in pc.items}
         for item_id in why.pinned:
             _out(f"  pinned      {item_id} {_clip(items[item_id].text)}")
@@ -340,6 +340,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="similarity a retrieved item or demo needs (default 0)")
     p.add_argument("--margin", type=float, default=0.1, metavar="M",
                    help="how far below the input's best match a retrieved one may score (default 0.1; 1: no limit)")
+    p.add_argument("--reach", type=float, default=0.1, metavar="R",
+                   help="how far below its keys' own cohesion an input may match an entry (default 0.1; 1: no limit)")
     p.add_argument("--stream", default=None, metavar="SPEC",
                    help="with --for-input: the stream the program is built for (default: the one the store recorded)")
     p.add_argument("--program", default="builtin", metavar="SPEC",
