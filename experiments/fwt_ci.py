@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     store = Store.open(args.run_dir / "store")
-    identity = RunDir(args.run_dir, store).identity()
+    run = RunDir(args.run_dir, store)
+    identity = run.identity()
     if not identity.get("stream"):
         raise SystemExit(f"fwt_ci: {args.run_dir} has no run state naming its stream")
     scenario = identity.get("scenario", "task-aware")
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return store.show(found[-1].rev)
 
     c0 = after_step(0)
-    n = min(len(stream), int(identity.get("done", 0)) or len(stream))
+    # a stopped run: the context after its last finished step met the task after it (the store may hold a
+    # commit of the step under way, whose version must not stand in for a step not finished)
+    n = min(len(stream), run.done() + 1)
     before, after, control, per_task = [], [], [], []
     for j in range(1, n):
         task = stream.tasks[j]
