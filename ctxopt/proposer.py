@@ -234,7 +234,7 @@ that apply to inputs like it. End every ADD line with " WHEN: <the kind of input
 it applies to>", e.g. "ADD: Answer with the first letter. WHEN: a single word
 whose first letter is asked for"."""
 
-_WHEN = re.compile(r"\s+WHEN\s*:\s*", re.IGNORECASE)
+_WHEN = re.compile(r"(?:^|\s+)WHEN\s*:\s*", re.IGNORECASE)
 
 
 def split_when(body: str) -> tuple[str, str]:
@@ -245,6 +245,8 @@ def split_when(body: str) -> tuple[str, str]:
         ('Answer with one letter.', 'the first letter of a word is asked')
         >>> split_when("Be brief.")
         ('Be brief.', '')
+        >>> split_when('When: a question with "where" in it')  # no rule at all (babi, stop 32)
+        ('', 'a question with "where" in it')
     """
     parts = _WHEN.split(body, maxsplit=1)
     return (parts[0].strip(), parts[1].strip().strip("\"'`").strip()) if len(parts) == 2 else (body, "")
@@ -378,6 +380,8 @@ class ReflectionProposer:
         try:
             if verb == "ADD":
                 rule, when = split_when(body)
+                if not rule:  # only an "applies when", no rule: it taught "When: a question with where" (babi)
+                    return None
                 return AddItem(pc.predictor, rule, scope=pc.scope, rationale=why, keys=(when,) if when else ())
             if verb == "UPDATE":
                 return UpdateItem(pc.predictor, item_id, body, rationale=why)

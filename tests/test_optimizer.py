@@ -204,6 +204,10 @@ def test_reflection_drops_rules_that_only_restate_the_feedback():
                          ("input",), "output", (fail,), tuple(stream.tasks[0].train))
     texts = [p.edits[0].text for p in ReflectionProposer(lm, samples=1).propose(pc)]
     assert texts == ["Answer with the first letter of the input."]
+    # a line that is only an "applies when" is no rule
+    bare = scripted_lm(lambda system, user: 'ADD: When: a question with "where" in it\nADD: Be brief. WHEN: a word')
+    [only] = ReflectionProposer(bare, samples=1).propose(pc)
+    assert (only.edits[0].text, only.edits[0].keys) == ("Be brief.", ("a word",))
 
 
 def test_traced_demos_take_one_answer_at_a_time_and_never_teach_only_the_models_own_guess():
