@@ -64,7 +64,7 @@ def separability(stream: str, keys: int = 6, queries: int = 8, similarity: str =
             "matrix": matrix, "own_minus_best_other": margin}
 
 
-def _reach(selector: RetrievalSelector, ctx: LearnedContext, xs: list[dict]) -> tuple[float, float, float]:
+def _shares(selector: RetrievalSelector, ctx: LearnedContext, xs: list[dict]) -> tuple[float, float, float]:
     """The shares of ``xs`` that retrieve the rule and some demo, and the mean number of demos they retrieve."""
     got = [selector.explain(ctx, None, x)["p"] for x in xs]
     return (round(sum(bool(w.items) for w in got) / len(got), 3), round(sum(bool(w.demos) for w in got) / len(got), 3),
@@ -87,7 +87,7 @@ def floors(stream: str, queries: int = 15, reach: float = 0.1, similarity: str =
         ctx = LearnedContext({"p": PredictorContext("Answer.", items=(rule,), demos=demos)})
         own = _inputs(list(task.val)[:queries])
         others = [x for t in tasks if t is not task for x in _inputs(list(t.val)[:queries])]
-        (rule_recall, demo_recall, _), (rule_leak, demo_leak, _) = _reach(selector, ctx, own), _reach(selector, ctx, others)
+        (rule_recall, demo_recall, _), (rule_leak, demo_leak, _) = _shares(selector, ctx, own), _shares(selector, ctx, others)
         rows[task.name] = {"rule_recall": rule_recall, "rule_leak": rule_leak, "demo_recall": demo_recall,
                            "demo_leak": demo_leak}
     mean = {k: round(statistics.mean(r[k] for r in rows.values()), 3) for k in next(iter(rows.values()))}
@@ -99,20 +99,19 @@ def narrowing(stream: str, queries: int = 15, pool: int = 10, similarity: str = 
     tasks = list(load_stream(stream).tasks)
     selector = RetrievalSelector(similarity, k_items=1, k_demos=8, margin=1.0, reach=1.0)
 
-    inputs = _inputs
     rows = {}
     for i, task in enumerate(tasks[1:], start=1):
-        keys = [input_text(x) for x in inputs(task.train[:MAX_KEYS])]
-        others = [input_text(x) for t in tasks[:i] for x in inputs(list(t.val)[-pool:])]
+        keys = [input_text(x) for x in _inputs(task.train[:MAX_KEYS])]
+        others = [input_text(x) for t in tasks[:i] for x in _inputs(list(t.val)[-pool:])]
         rule = Item(id="r-rule", text="A rule.", keys=tuple(keys), unless=_nearest(keys, others, selector.sim))
         demos = tuple(Demo(inputs=x, outputs={"output": "?"}, unless=_nearest([input_text(x)], others, selector.sim),
-                           source_task=task.name) for x in inputs(task.train[MAX_KEYS:MAX_KEYS + 8]))
+                           source_task=task.name) for x in _inputs(task.train[MAX_KEYS:MAX_KEYS + 8]))
         ctx = LearnedContext({"p": PredictorContext("Answer.", items=(rule,), demos=demos)})
 
-        own = inputs(list(task.val)[:queries])
-        earlier = [x for t in tasks[:i] for x in inputs(list(t.val)[:max(0, len(t.val) - pool)][:queries])]
-        (rule_recall, demo_recall, demos_own), (rule_leak, demo_leak, demos_leaked) = (_reach(selector, ctx, own),
-                                                                                     _reach(selector, ctx, earlier))
+        own = _inputs(list(task.val)[:queries])
+        earlier = [x for t in tasks[:i] for x in _inputs(list(t.val)[:max(0, len(t.val) - pool)][:queries])]
+        (rule_recall, demo_recall, demos_own), (rule_leak, demo_leak, demos_leaked) = (_shares(selector, ctx, own),
+                                                                                     _shares(selector, ctx, earlier))
         rows[task.name] = {"rule_recall": rule_recall, "rule_leak": rule_leak, "demo_recall": demo_recall,
                            "demo_leak": demo_leak, "demos_shown_own": demos_own, "demos_shown_leaked": demos_leaked}
     mean = {k: round(statistics.mean(r[k] for r in rows.values()), 3) for k in next(iter(rows.values()))}
