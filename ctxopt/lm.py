@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_REFLECTION_MODEL",
     "DEFAULT_TASK_LM",
     "DEFAULT_TASK_MODEL",
+    "END_OF_ANSWER",
     "LocalEngine",
     "TrackedLM",
     "Usage",
@@ -70,6 +71,7 @@ __all__ = [
     "resolve_local",
     "split_api_base",
     "usage_of",
+    "with_answer_stop",
 ]
 
 logger = logging.getLogger(__name__)
@@ -342,12 +344,36 @@ def _load_llama(path: str, n_ctx: int, seed: int) -> _LoadedModel:
         return _loaded[key]
 
 
+END_OF_ANSWER = "[[ ## completed ## ]]"
+"""The marker DSPy's ChatAdapter asks a model to write after its last output field.
+
+Local decoding stops there (:func:`with_answer_stop`). The adapter reads each output
+field from its first section, so what a model writes after the marker never reaches
+an answer; a small model often goes on with a made-up next input until ``max_tokens``
+(on bAbI, 43% of the 0.5B's output characters came after it, 46 of 2,804 calls ran to
+the limit). Other adapters never write it, and for them nothing changes.
+"""
+
+
+def with_answer_stop(stop: Any) -> list[str]:
+    """The stop sequences of a request, plus :data:`END_OF_ANSWER`.
+
+    Example:
+        >>> with_answer_stop(None), with_answer_stop(["Observation:"])
+        (['[[ ## completed ## ]]'], ['Observation:', '[[ ## completed ## ]]'])
+    """
+    stops = [stop] if isinstance(stop, str) else list(stop or ())
+    return stops if END_OF_ANSWER in stops else [*stops, END_OF_ANSWER]
+
+
 class LocalEngine:
     """DSPy engine that runs a GGUF model in-process with llama-cpp-python.
 
     The model is loaded on the first request and shared between engines on
     the same file; one lock serializes access to it, so the engine is
     thread-safe. At temperature 0 decoding is greedy and deterministic.
+    Decoding stops at :data:`END_OF_ANSWER`, which the engine adds to the request's stop
+    sequences: not to the request itself, so DSPy's cache keys are those of any other engine.
 
     Example:
         >>> engine = LocalEngine("/models/qwen.gguf")              # doctest: +SKIP
@@ -374,7 +400,6 @@ class LocalEngine:
             messages.append({"role": "system", "content": system})
         messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
         config = request.config
-        stop = config.stop if config.stop else None
         loaded = self._model()
         with loaded.lock:
             if loaded.closed:
@@ -386,7 +411,7 @@ class LocalEngine:
                     temperature=config.temperature if config.temperature is not None else 0.0,
                     top_p=config.top_p if config.top_p is not None else 1.0,
                     max_tokens=config.max_tokens,
-                    stop=list(stop) if stop else None,
+                    stop=with_answer_stop(config.stop),
                     seed=config.seed if config.seed is not None else self.seed,
                 )
             except ValueError as exc:  # e.g. prompt longer than the context window

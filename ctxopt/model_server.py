@@ -5,7 +5,7 @@
 process with the LM spec ``openai/<name>@http://127.0.0.1:8080/v1``
 (:func:`ctxopt.lm.get_lm`).
 
-Two settings make its answers the same as the in-process :class:`~ctxopt.lm.LocalEngine`
+Three settings make its answers the same as the in-process :class:`~ctxopt.lm.LocalEngine`
 on the same prompts, so scores do not depend on the transport:
 
 * **prefix reuse** — the KV cache is reused only in whole aligned blocks of the previous
@@ -14,7 +14,9 @@ on the same prompts, so scores do not depend on the transport:
   may change a greedy answer when requests interleave;
 * **no repeat penalty** — the stock server's request default is ``repeat_penalty=1.1``,
   which an OpenAI client cannot override; ``create_chat_completion`` in-process uses 1.0.
-  Here every request is decoded with 1.0.
+  Here every request is decoded with 1.0;
+* **the same stop** — decoding stops at DSPy's end-of-answer marker
+  (:data:`ctxopt.lm.END_OF_ANSWER`), as in-process.
 
 The server handles one request at a time (llama-cpp-python holds a lock around the
 model); concurrent clients queue.
@@ -30,7 +32,7 @@ from typing import Any
 
 from ctxopt.errors import ConfigError, MissingDependencyError
 from ctxopt.kv_cache import PROMPT_BLOCK, reuse_whole_blocks_only
-from ctxopt.lm import llama_threads, resolve_local
+from ctxopt.lm import llama_threads, resolve_local, with_answer_stop
 
 __all__ = ["build_app", "serve"]
 
@@ -53,6 +55,7 @@ def _decode_like_in_process(llama: Any) -> None:
     @functools.wraps(create)
     def create_chat_completion(*args: Any, **kwargs: Any) -> Any:
         kwargs["repeat_penalty"] = 1.0
+        kwargs["stop"] = with_answer_stop(kwargs.get("stop"))
         return create(*args, **kwargs)
 
     llama.create_chat_completion = create_chat_completion

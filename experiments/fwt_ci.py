@@ -7,7 +7,9 @@ task ``j ≥ 1`` of its stream:
 * **after** — per-example test scores of the version committed after step ``j`` (the context
   that met task ``j+1``; ``R[j-1][j]`` of the accuracy matrix);
 * **format only** (the control) — the same version with every demo removed and only the items
-  that state an output format kept (:data:`FORMAT_WORDS`).
+  that state an output format kept (:data:`FORMAT_WORDS`), retrieved as the version retrieves them;
+* **format everywhere** (the stronger control) — those items pinned, without keys or counter-keys,
+  so that every input sees them.
 
 The first two re-read the run's own measurements from its evaluation cache (no model calls
 when the run finished); the control is measured on the test splits (it is part of the
@@ -32,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import dspy  # noqa: E402
+
 from ctxopt._atomic import write_json  # noqa: E402
 from ctxopt.errors import DataError  # noqa: E402
 from ctxopt.evaluator import Evaluator  # noqa: E402
@@ -49,12 +53,18 @@ FORMAT_WORDS = re.compile(r"\b(format|one word|single (word|letter|character|num
 """An item that says how to write the answer, not what the answer is."""
 
 
-def format_only(context):
-    """``context`` with no demos and only its output-format items."""
+def format_only(context, *, everywhere: bool = False):
+    """``context`` with no demos and only its output-format items.
+
+    As learned, an item reaches only the inputs its keys retrieve; ``everywhere`` pins each format item
+    and drops its keys and counter-keys, so every input sees it (the strongest format-only context).
+    """
     out = context
     for name, pc in context.predictors.items():
-        out = out.with_predictor(name, replace(pc, demos=(), items=tuple(it for it in pc.items
-                                                                           if FORMAT_WORDS.search(it.text))))
+        kept = tuple(it for it in pc.items if FORMAT_WORDS.search(it.text))
+        if everywhere:
+            kept = tuple(replace(it, pinned=True, keys=(), unless=()) for it in kept)
+        out = out.with_predictor(name, replace(pc, demos=(), items=kept))
     return out
 
 
@@ -80,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     stream = load_stream(identity["stream"], seed=int(identity.get("seed", 0)), sizes=sizes, scenario=scenario)
     cache = args.eval_cache or next((p for p in (args.run_dir / "eval_cache", args.run_dir.parent / "eval_cache")
                                      if p.is_dir()), args.run_dir / "eval_cache")
+    # the request cache of the run (``ctxopt compare`` keeps it beside the method folders): a finished run's
+    # test calls are answered from it, so only the control costs model calls
+    requests = next((p for p in (args.run_dir / "dspy_cache", args.run_dir.parent / "dspy_cache") if p.is_dir()), None)
+    if requests is not None:
+        dspy.configure_cache(disk_cache_dir=str(requests))
     task_lm = get_lm((identity.get("lms") or {}).get("task_lm", "local"))
     evaluator = Evaluator(task_lm, num_threads=2, cache_dir=cache, selector=default_selector(scenario))
     program = program_for(stream)
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     # a stopped run: the context after its last finished step met the task after it (the store may hold a
     # commit of the step under way, whose version must not stand in for a step not finished)
     n = min(len(stream), run.done() + 1)
-    before, after, control, per_task = [], [], [], []
+    before, after, control, pinned, per_task = [], [], [], [], []
     for j in range(1, n):
         task = stream.tasks[j]
         ctx = after_step(j)
@@ -106,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         after.append(list(a.scores))
         if not args.no_control:
             f = evaluator.evaluate_test(program, format_only(ctx), task, scenario=scenario)
+            e = evaluator.evaluate_test(program, format_only(ctx, everywhere=True), task, scenario=scenario)
             control.append(list(f.scores))
-            row["format_only"] = f.mean
+            pinned.append(list(e.scores))
+            row.update(format_only=f.mean, format_everywhere=e.mean)
         per_task.append(row)
         print(f"  {task.name:<26} r0 {b.mean:.3f}  before arrival {a.mean:.3f}"
-              + (f"  format only {row['format_only']:.3f}" if control else ""), file=sys.stderr)
+              + (f"  format only {row['format_only']:.3f}  format everywhere {row['format_everywhere']:.3f}"
+                 if control else ""), file=sys.stderr)
 
     fwt, lo, hi = fwt_interval(before, after, resamples=args.resamples)
     result = {"run_dir": str(args.run_dir), "stream": identity["stream"], "scenario": scenario,
@@ -123,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                       beyond_format_ci95=[blo, bhi])
         print(f"format-only control: FWT {fmt * 100:+.1f} [{flo * 100:+.1f}, {fhi * 100:+.1f}]; "
               f"transfer beyond format {beyond * 100:+.1f} [{blo * 100:+.1f}, {bhi * 100:+.1f}]")
+        beyond_e, belo, behi = fwt_interval(pinned, after, resamples=args.resamples)
+        fmt_e, felo, fehi = fwt_interval(before, pinned, resamples=args.resamples)
+        result.update(format_everywhere_fwt=fmt_e, format_everywhere_ci95=[felo, fehi],
+                      beyond_format_everywhere=beyond_e, beyond_format_everywhere_ci95=[belo, behi])
+        print(f"format items shown to every input: FWT {fmt_e * 100:+.1f} [{felo * 100:+.1f}, {fehi * 100:+.1f}]; "
+              f"transfer beyond them {beyond_e * 100:+.1f} [{belo * 100:+.1f}, {behi * 100:+.1f}]")
     name = args.name or args.run_dir.resolve().name
     out = args.out_dir / f"fwt_{name}.json"
     write_json(out, result)

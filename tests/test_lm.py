@@ -8,9 +8,10 @@ import uuid
 import dspy
 import pytest
 
+from ctxopt import lm as lm_module
 from ctxopt import models
 from ctxopt.errors import ConfigError, MissingDependencyError, ModelIntegrityError
-from ctxopt.lm import ACCEPTED_FORMS, TrackedLM, get_lm, usage_of
+from ctxopt.lm import ACCEPTED_FORMS, END_OF_ANSWER, LocalEngine, TrackedLM, get_lm, usage_of
 from tests.fakes import chat_fields, scripted_lm
 
 
@@ -124,6 +125,44 @@ def test_assembly_concatenates_parts_in_order_and_verifies(tmp_path, monkeypatch
         models.model_path("bad")
     assert not (tmp_path / "home" / "models" / "bad.gguf").exists()
     assert not list((tmp_path / "home" / "models").glob(".*part"))
+
+
+class _RecordingLlama:
+    """Stands in for llama_cpp.Llama: records each request and answers one field then the marker."""
+
+    def __init__(self):
+        self.requests = []
+
+    def create_chat_completion(self, **kwargs):
+        self.requests.append(kwargs)
+        return {"choices": [{"message": {"content": "[[ ## answer ## ]]\nParis\n\n"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}}
+
+
+def test_local_engine_stops_at_the_end_of_answer_marker_and_keeps_the_requests_own_stops(monkeypatch):
+    llama = _RecordingLlama()
+    monkeypatch.setattr(lm_module, "_load_llama", lambda *a: lm_module._LoadedModel(llama))
+    lm = TrackedLM(f"local/stop-test-{uuid.uuid4()}", engine=LocalEngine("none.gguf"), temperature=0.0,
+                   max_tokens=16, cache=False)
+    predict = dspy.Predict("question -> answer")
+    predict.set_lm(lm)
+    assert predict(question="Capital of France?").answer == "Paris"
+    lm("hi", stop=["Observation:"])
+    assert [r["stop"] for r in llama.requests] == [[END_OF_ANSWER], ["Observation:", END_OF_ANSWER]]
+
+
+@pytest.mark.real_lm
+def test_real_model_writes_nothing_after_its_last_output_field(real_lm):
+    """The 0.5B goes on after the marker with a made-up next input; local decoding now stops there."""
+    uncached = real_lm.copy(cache=False)
+    predict = dspy.Predict("input -> output")
+    predict.set_lm(uncached)
+    story = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is Mary?"
+    pred = predict(input=story)
+    assert pred.output.strip()
+    raw = uncached.history[-1]["outputs"][0]
+    assert "[[ ## input ## ]]" not in raw and raw.count("[[ ## output ## ]]") == 1
+    assert uncached.history[-1]["usage"]["completion_tokens"] < 64
 
 
 @pytest.mark.real_lm
