@@ -467,13 +467,12 @@ class DemoProposer:
             edits = clear + tuple(AddDemo(pc.predictor, d, rationale="labeled train example")
                                   for d in sorted(demos, key=lambda d: d.id))
             out.append(Proposal(f"demos{s}", edits, "demos", f"{size} labeled train demos", group=group))
-        traced = [(o, step) for o in pc.observations if o.score >= 1.0
-                  for step in pc.stage_calls(o)[:1]]
-        answers = {canonical_json(step["outputs"]) for _, step in traced}
+        traced = [step for o in pc.observations if o.score >= 1.0 for step in pc.stage_calls(o)[:1]]
+        answers = {canonical_json(step["outputs"]) for step in traced}
         varied = len({canonical_json(ex.get(pc.output)) for ex in train}) > 1
         if len(traced) >= 2 and (len(answers) > 1 or not (varied and pc.output_stage)):
             demos = set()
-            for _, step in spread(traced, lambda t: canonical_json(t[1]["outputs"]))[: max(self.sizes, default=0)]:
+            for step in spread(traced, lambda t: canonical_json(t["outputs"]))[: max(self.sizes, default=0)]:
                 demos.add(self._demo(pc, dict(step["inputs"]), dict(step["outputs"])))
             if len(demos) >= 2:
                 edits = clear + tuple(AddDemo(pc.predictor, d, rationale="successful trace")
