@@ -1,12 +1,12 @@
-"""Benchmark the end-of-answer stop: the same static calls with and without it, embedded model.
+"""Benchmark the end-of-answer stop: the same calls with and without it, embedded model.
 
 The local engine stops decoding at DSPy's end-of-answer marker (:data:`ctxopt.lm.END_OF_ANSWER`).
 This script measures what that saves and checks that it changes no answer: for each task, the
-first ``--n-test`` test examples are evaluated twice with the static program (or a run's learned
-context, ``--store``), DSPy's request
-cache off and a fresh evaluator cache, once with the stop and once without it (the engine's
-stop list patched back to the request's own). The two passes alternate task by task, and which
-goes first alternates too, so a machine shared with other work slows both alike.
+first ``--n-test`` test examples are evaluated twice under the static context (or a run's learned
+one, ``--store``), with DSPy's request cache off and a fresh evaluator cache, once with the stop
+and once without it (the engine's stop list patched back to the request's own). The two passes
+alternate task by task, and which goes first alternates too, so a machine shared with other work
+slows both alike.
 
 Prints per-task seconds, completion tokens and score for both, and how many examples got a
 different score; writes ``experiments/results/bench_stop.json``.

@@ -68,6 +68,11 @@ def format_only(context, *, everywhere: bool = False):
     return out
 
 
+def _beside(run_dir: Path, name: str) -> Path | None:
+    """The run's folder ``name``: in the run directory, else beside it (``ctxopt compare`` keeps caches there)."""
+    return next((p for p in (run_dir / name, run_dir.parent / name) if p.is_dir()), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", type=Path)
@@ -88,11 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     scenario = identity.get("scenario", "task-aware")
     sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
     stream = load_stream(identity["stream"], seed=int(identity.get("seed", 0)), sizes=sizes, scenario=scenario)
-    cache = args.eval_cache or next((p for p in (args.run_dir / "eval_cache", args.run_dir.parent / "eval_cache")
-                                     if p.is_dir()), args.run_dir / "eval_cache")
+    cache = args.eval_cache or _beside(args.run_dir, "eval_cache") or args.run_dir / "eval_cache"
     # the request cache of the run (``ctxopt compare`` keeps it beside the method folders): a finished run's
     # test calls are answered from it, so only the control costs model calls
-    requests = next((p for p in (args.run_dir / "dspy_cache", args.run_dir.parent / "dspy_cache") if p.is_dir()), None)
+    requests = _beside(args.run_dir, "dspy_cache")
     if requests is not None:
         dspy.configure_cache(disk_cache_dir=str(requests))
     task_lm = get_lm((identity.get("lms") or {}).get("task_lm", "local"))
