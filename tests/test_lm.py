@@ -128,7 +128,7 @@ def test_assembly_concatenates_parts_in_order_and_verifies(tmp_path, monkeypatch
 
 
 class _RecordingLlama:
-    """Stands in for llama_cpp.Llama: records each request and answers one field then the marker."""
+    """Stands in for llama_cpp.Llama: records each request and answers one field, cut where a stop would cut it."""
 
     def __init__(self):
         self.requests = []
