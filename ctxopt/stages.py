@@ -157,6 +157,9 @@ class Gated:
         return cls(False, base, reason, tuple(proposals), decision, room)
 
 
+PHASES = ("head", "val", "all")  # how far the search has scored (and charged) a context: val's head, val, replay
+
+
 @dataclass
 class SearchObjective:
     """The search's score for a candidate, charged to the budget as it goes.
@@ -185,11 +188,17 @@ class SearchObjective:
     and nothing more is evaluated: it cannot be the best, and parsimony (which keeps
     a smaller candidate only at a score at least the best's) could not keep it
     either, so no decision changes. Only what TPE learns from it differs: the
-    bound instead of the exact score.
+    bound instead of the exact score. The same holds after the tail: replay only
+    lowers a score (a drop counts, a gain does not), so a candidate whose val
+    mean is below the best is not replayed, and its val mean is its bound. On a
+    long task-agnostic stream that is most of the search's cost: a candidate
+    whose items reach every earlier input replays every pool (ii-8 at step 8:
+    2 × 70 calls against 30 for val), and most candidates lose on val.
 
     **Charging.** Each distinct context is charged once, for what it adds: the
-    head, then, unless it stops there, the tail, its changed tasks' replay samples
-    and, the first time a task is replayed, the current context on that sample.
+    head, then, unless it stops there, the tail, then, unless it stops there, its
+    changed tasks' replay samples and, the first time a task is replayed, the
+    current context on that sample.
     Contexts an earlier (killed) process scored are charged through
     :meth:`resumed`, which scores them again from the evaluator's cache in the
     order the search met them, so it takes the same early stops and charges what
@@ -214,7 +223,7 @@ class SearchObjective:
     replay_k: int | None = None
     max_drop: float | None = None
     values: dict[str, float] = field(default_factory=dict)  # context hash -> its score (an upper bound if cut)
-    charged: dict[str, str] = field(default_factory=dict)  # context hash -> "head" or "all"
+    charged: dict[str, str] = field(default_factory=dict)  # context hash -> "head", "val" or "all"
     replayed: set[tuple[str, str]] = field(default_factory=set)  # (task, example id) the current C was charged on
 
     def __post_init__(self) -> None:
@@ -228,8 +237,8 @@ class SearchObjective:
 
     @property
     def cut(self) -> set[str]:
-        """Contexts whose scoring stopped after the head."""
-        return {h for h, phase in self.charged.items() if phase == "head" and h in self.values}
+        """Contexts whose scoring stopped after the head or after val (not replayed)."""
+        return {h for h, phase in self.charged.items() if phase != "all" and h in self.values}
 
     def targets(self, ctx: LearnedContext) -> dict[str, tuple[list[dspy.Example], int]]:
         """For each earlier task whose pool ``ctx`` changes: the examples it is replayed on (the first
@@ -249,18 +258,18 @@ class SearchObjective:
 
     def cost(self, ctx: LearnedContext) -> int:
         """Calls that scoring ``ctx`` in full adds to what was charged already (0 if it was)."""
-        if self.charged.get(ctx.hash) == "all":
-            return 0
-        head = len(self.head) if ctx.hash not in self.charged else 0
-        return self.setup.n_pred * head + self._rest(ctx)
+        return self._phase_cost(ctx, "all")
+
+    def _phase_cost(self, ctx: LearnedContext, phase: str) -> int:
+        """Calls that scoring ``ctx`` up to ``phase`` adds to what was charged already."""
+        have = PHASES.index(self.charged[ctx.hash]) + 1 if ctx.hash in self.charged else 0
+        parts = {"head": len(self.head), "val": len(self.val) - len(self.head),
+                 "all": sum(len(exs) for exs, _ in self.targets(ctx).values()) + len(self._new_base(ctx))}
+        return self.setup.n_pred * sum(parts[p] for p in PHASES[have:PHASES.index(phase) + 1])
 
     def _new_base(self, ctx: LearnedContext) -> set[tuple[str, str]]:
         """The (task, example) pairs ``ctx`` is replayed on that the current context was not charged on yet."""
         return {(n, example_id(ex)) for n, (exs, _) in self.targets(ctx).items() for ex in exs} - self.replayed
-
-    def _rest(self, ctx: LearnedContext) -> int:
-        replays = sum(len(exs) for exs, _ in self.targets(ctx).values())
-        return self.setup.n_pred * (len(self.val) - len(self.head) + replays + len(self._new_base(ctx)))
 
     def least(self) -> int:
         """The calls below which no search is worth starting: one val minibatch and every replay sample."""
@@ -268,11 +277,11 @@ class SearchObjective:
         return self.setup.n_pred * (len(self.val) + sum(per))
 
     def _admit(self, ctx: LearnedContext, phase: str) -> bool:
-        """Charge ``ctx`` up to ``phase`` ("head" or "all"); False (nothing charged) if the budget refuses."""
+        """Charge ``ctx`` up to ``phase`` (one of :data:`PHASES`); False (nothing charged) if the budget refuses."""
         have = self.charged.get(ctx.hash)
-        if have == "all" or have == phase:
+        if have is not None and PHASES.index(have) >= PHASES.index(phase):
             return True
-        n = self.setup.n_pred * len(self.head) if phase == "head" else self.cost(ctx)
+        n = self._phase_cost(ctx, phase)
         if n and not self.charge(n, "task"):
             return False
         if phase == "all":
@@ -310,9 +319,14 @@ class SearchObjective:
             if bound < max(self.values.values()):
                 self.values[ctx.hash] = bound
                 return bound
-        if not self._admit(ctx, "all"):
+        if not self._admit(ctx, "val"):
             return None
         cur = self.evaluate(ctx, task, self.val)
+        if self.values and cur < max(self.values.values()) and self.changed(ctx):  # replay could only lower it
+            self.values[ctx.hash] = cur
+            return cur
+        if not self._admit(ctx, "all"):
+            return None
         drops = [self.replay_drop(ctx, n) for n in self.changed(ctx)]
         value = cur - 2.0 * sum(max(0.0, d) for d in drops)
         if self.max_drop is not None and any(d > self.max_drop + 1e-9 for d in drops):

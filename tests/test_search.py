@@ -147,11 +147,54 @@ def test_a_hopeless_candidate_stops_after_the_head_and_a_resume_charges_the_same
     assert (bad.hash, "reverse", 10) not in log and (bad.hash, "reverse", 5) in log
     assert values[3] == 0.75 and first.cut == {bad.hash, fair.hash}  # 0.5 on the head: at most 0.75 < 0.9
     assert not any(h == bad.hash and t == "suffix" for h, t, _ in log)  # no replay for a cut candidate
-    # base: its val; good: head, then tail + its replay + base's replay (first time); bad, fair: the head only
-    assert charges == [10, 5, 5 + 3 + 3, 5, 5]
+    # base: its val; good: head, tail, then its replay + base's replay (first time); bad, fair: the head only
+    assert charges == [10, 5, 5, 3 + 3, 5, 5]
     again_log, again = [], []
     resumed = objective(again_log, again)
     for c in (base, good, bad, fair):
+        resumed.resumed(c)
+    assert again == charges and resumed.values == first.values
+
+
+def test_a_candidate_below_the_best_on_val_is_not_replayed_and_a_resume_charges_the_same():
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.edits import AddItem
+    from ctxopt.stages import SearchObjective, StepSetup
+    from tests.toy import toy_stream
+
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    base = LearnedContext({"predict": PredictorContext("Answer.")})
+    good, close, even = (base.apply_edits([AddItem("predict", text)]) for text in ("Good.", "Close.", "Even."))
+    # (head, tail) means on reverse's val; every candidate reaches suffix's pool and scores 0.9 there (base 1.0)
+    halves = {base.hash: (0.6, 0.6), good.hash: (1.0, 1.0), close.hash: (1.0, 0.4), even.hash: (0.8, 0.8)}
+    setup = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic",
+                      scope="global", predictor="predict", n_pred=1)
+
+    def objective(log: list, charges: list) -> SearchObjective:
+        def evaluate(ctx, task, examples):
+            log.append((ctx.hash, task.name, len(examples)))
+            if task is suffix:
+                return 1.0 if ctx == base else 0.9
+            head, tail = halves[ctx.hash]
+            return head if len(examples) == 5 else (head + tail) / 2
+        return SearchObjective(setup, evaluate, val=list(reverse.val)[:10], replay={"suffix": list(suffix.val)[:3]},
+                               charge=lambda n, kind="task": charges.append(n) or True)
+
+    log, charges = [], []
+    first = objective(log, charges)
+    values = [first(c) for c in (base, good, close, even)]
+    assert values[:2] == [0.6, pytest.approx(1.0 - 2 * 0.1)]  # good: val 1.0, suffix's estimated drop 0.1
+    # close: 1.0 on the head could still reach 1.0; 0.7 on val is below the best 0.8, and replay only lowers
+    # a score, so it is not replayed: 0.7 is its bound. even: 0.8 on val ties the best, so it is replayed.
+    assert values[2] == pytest.approx(0.7) and not any(h == close.hash and t == "suffix" for h, t, _ in log)
+    assert values[3] == pytest.approx(0.8 - 2 * 0.1) and (even.hash, "suffix", 3) in log
+    assert first.cut == {close.hash}
+    # base: its val; good: head, tail, its replay + base's (first time); close: head, tail; even: head, tail, replay
+    assert charges == [10, 5, 5, 3 + 3, 5, 5, 5, 5, 3]
+    again_log, again = [], []
+    resumed = objective(again_log, again)
+    for c in (base, good, close, even):
         resumed.resumed(c)
     assert again == charges and resumed.values == first.values
 
@@ -207,7 +250,7 @@ def test_replay_goes_to_the_earlier_inputs_whose_prompt_a_candidate_changes():
     # 1.0 on val, minus twice the estimated drop: 1.0 on the 3 reached inputs, 3 of a pool of 10
     assert objective(leaky) == pytest.approx(1.0 - 2 * 0.3)
     assert (leaky.hash, "suffix", reached) in log and (base.hash, "suffix", reached) in log
-    assert charges == [10, 5, 5 + 3 + 3]  # base's val; leaky's head; its tail, its replay and base's on those 3
+    assert charges == [10, 5, 5, 3 + 3]  # base's val; leaky's head; its tail; its replay and base's on those 3
     # Under the gate's per-task tolerance 0.25, an estimated drop of 0.3 is one the gate would turn away.
     bounded = replace(objective, max_drop=0.25, values={}, charged={}, replayed=set())
     assert bounded(base) == 0.5 and bounded(leaky) < bounded(base)
