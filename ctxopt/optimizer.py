@@ -271,6 +271,7 @@ class ContinualOptimizer:
         self._context: LearnedContext | None = None
         self._seen: list[Task] = []
         self._ended: dict[str, float] = {}  # task family -> its full-val score when its last accepted visit ended
+        self._paid: set[str] = set()  # prompt keys (StepSetup.keys) the search and the gate charged in this run
         self._scenario = "task-aware"
         self._step = 0
         self._search_figures: dict[str, Any] = {}  # the current step's search_scored and search_cut, stage blame
@@ -420,7 +421,7 @@ class ContinualOptimizer:
 
     def resume_state(self) -> dict[str, Any]:
         """What a resumed run needs from this optimizer (the engine keeps it in ``state.json``)."""
-        return {"ledger": self.ledger.to_dict(), "ended": dict(self._ended)}
+        return {"ledger": self.ledger.to_dict(), "ended": dict(self._ended), "paid": sorted(self._paid)}
 
     def restore(self, state: dict[str, Any], seen: Sequence[Task] = ()) -> None:
         """Continue from :meth:`resume_state` output, with ``seen`` the tasks learned so far."""
@@ -428,6 +429,7 @@ class ContinualOptimizer:
             self.ledger = Ledger.from_dict({**state["ledger"], "budget": self.budget.to_dict()})
         self._seen = list(seen)
         self._ended = dict(state.get("ended") or {})
+        self._paid = set(state.get("paid") or ())
 
     def step(self, program: dspy.Module, task: Task, *, context: LearnedContext | None = None,
              seen: Sequence[Task] | None = None, scenario: str | None = None) -> StepOutcome:
@@ -654,7 +656,7 @@ class ContinualOptimizer:
             # them all, and 3 of them hid first_word_letter 0.8 → 0.2 in ii-8 task-agnostic, stop 30).
             # (replay_per_task 0 still turns the search's replay off).
             replay_k=None if retrieves(setup.selector) and self.budget.replay_per_task else self.budget.replay_per_task,
-            max_drop=getattr(self.gate, "max_drop", getattr(self.gate, "epsilon", None)))
+            max_drop=getattr(self.gate, "max_drop", getattr(self.gate, "epsilon", None)), paid=self._paid)
         if objective.least() > self.ledger.remaining("task") - reserved:
             raise BudgetExceeded(f"task-LM budget too small to search task {task.name}: {objective.least()} + "
                                  f"reserved for the gate {reserved} > {self.ledger.remaining('task')} left")
@@ -679,8 +681,9 @@ class ContinualOptimizer:
 
         While the gate is undecided, the replay samples it names grow (:meth:`_grown`) and it decides
         again, at most :data:`GATE_ROUNDS` times. The examples a round adds are charged under ``gate``
-        for both sides (charges never depend on caches). An undecided gate that stays so, whose named
-        samples are already whole, or whose growth the budget refuses, rejects and says why.
+        for both sides, each prompt once a run (:meth:`_unpaid`; charges never depend on caches). An
+        undecided gate that stays so, whose named samples are already whole, or whose growth the budget
+        refuses, rejects and says why.
         """
         task, base, best = setup.task, setup.base, searched.best
         self.emit("phase", task.name, phase="gate")
@@ -689,8 +692,10 @@ class ContinualOptimizer:
         decision = first = self.gate.decide(scores[0], scores[1:])
         rounds = 0
         while decision.outcome == "undecided":
-            grown, added = self._grown(setup, decision.grow, sizes)
-            cost = 2 * setup.n_pred * added
+            grown, _ = self._grown(setup, decision.grow, sizes)
+            cost = setup.n_pred * len(self._unpaid(setup, [
+                (ctx, t, exs) for t, exs in self._gate_sets(task, setup.earlier, {**sizes, **grown})[1:]
+                if t.name in grown for ctx in (base, best)]))
             if rounds == GATE_ROUNDS:
                 why = " of growing the replay samples"
             elif not grown:
@@ -698,12 +703,11 @@ class ContinualOptimizer:
             elif not self.ledger.can_spend("task", cost):
                 why = f": growing the replay samples needs {cost} task-LM calls, {self.ledger.remaining('task')} left"
             else:
-                self.ledger.charge("task", cost, "gate")
                 sizes.update(grown)
                 rounds += 1
                 self.emit("phase", task.name, phase="gate", grow=dict(grown), round=rounds)
                 scores = self._paired(program, setup, base, best, changed_only=True, keep_current=True,
-                                      sizes=sizes, charge=False)
+                                      sizes=sizes)  # charges the examples the grown samples add
                 decision = self.gate.decide(scores[0], scores[1:])
                 continue
             decision = replace(decision, accepted=False, outcome="rejected",
@@ -750,14 +754,9 @@ class ContinualOptimizer:
             return replace(gated, accepted=False, context=base, room=room,
                            reason=f"rendered context would be {too_big} > max_context_tokens={limit} and "
                                   f"consolidation could not make room ({room.summary()})")
-        # The same examples as the gate's last round. On the base samples every score was computed by the gate
-        # (base) or by the consolidation checks (the tasks whose prompts changed), and is not charged again;
-        # the examples a grown sample adds are charged for the tasks whose prompts the consolidation changed.
-        first, grown = self.budget.gate_replay_per_task, gated.replay_sizes
-        fresh = sum(len(exs[first:]) for t, exs in self._gate_sets(task, setup.earlier, grown)[1:]
-                    if t.name in grown and setup.differs(best, room.context, t, exs[first:]))
-        self.ledger.charge("task", setup.n_pred * fresh, "gate")
-        scores = self._paired(program, setup, base, room.context, sizes=grown, charge=False)
+        # The same examples as the gate's last round: what the gate and the consolidation checks scored is
+        # paid for, so this charges only the prompts the consolidation changed on examples a grown sample adds.
+        scores = self._paired(program, setup, base, room.context, sizes=gated.replay_sizes)
         decision = self.gate.decide(scores[0], scores[1:])
         if not decision.accepted:
             return replace(gated, accepted=False, context=base, room=room, decision=decision,
@@ -826,28 +825,34 @@ class ContinualOptimizer:
         return setup.n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
     def _paired(self, program: dspy.Module, setup: StepSetup, before: LearnedContext, after: LearnedContext, *,
-                changed_only: bool = False, keep_current: bool = False, charge: bool = True,
-                source: str = "gate", sizes: Mapping[str, int] | None = None) -> list[PairedScores]:
+                changed_only: bool = False, keep_current: bool = False, source: str = "gate",
+                sizes: Mapping[str, int] | None = None) -> list[PairedScores]:
         """Paired scores of ``before`` and ``after`` on the gate sets; the first entry is the step's task.
 
         ``changed_only`` keeps only the tasks whose prompts differ (with ``keep_current`` the current task
         is always kept): on the others both sides score the same, so they are neither run nor charged.
-        ``charge=False`` is for a re-check whose scores were all computed, and paid for, by earlier checks.
-        ``sizes`` are grown replay sample sizes (:meth:`_gate_sets`).
+        ``sizes`` are grown replay sample sizes (:meth:`_gate_sets`). Charged under ``source``: the prompts
+        no earlier charge of the run paid for (:meth:`_unpaid`), so a re-check on a grown sample pays for
+        the examples it adds, and the current context's replay, scored when it passed its own gate, is free.
         """
         sets = self._gate_sets(setup.task, setup.earlier, sizes)
-        cost = self._gate_cost(setup, sizes)
         if changed_only:
-            keep = [i for i, (t, exs) in enumerate(sets)
+            sets = [(t, exs) for i, (t, exs) in enumerate(sets)
                     if (i == 0 and keep_current) or setup.differs(before, after, t, exs)]
-            cost = setup.n_pred * sum((2 if i == 0 else 1) * len(sets[i][1]) for i in keep)
-            sets = [sets[i] for i in keep]
-        if charge:
-            self.ledger.charge("task", cost, source)  # raises: nothing run
+        keys = self._unpaid(setup, [(ctx, t, exs) for t, exs in sets for ctx in (before, after)])
+        self.ledger.charge("task", setup.n_pred * len(keys), source)  # raises: nothing run
+        self._paid.update(keys)
         ev, scenario = self._evaluator, self._scenario
         return [PairedScores(t.name, self._scores(ev.evaluate(program, before, t, exs, scenario=scenario)),
                              self._scores(ev.evaluate(program, after, t, exs, scenario=scenario)))
                 for t, exs in sets]
+
+    def _unpaid(self, setup: StepSetup, runs: Sequence[tuple[LearnedContext, Task, Sequence[dspy.Example]]]
+                ) -> list[str]:
+        """The prompt keys of ``runs`` (context, task, examples) that no charge of this run paid for: what a
+        cold run, whose evaluator caches every prompt it computed, would send to the model."""
+        keys = (k for ctx, t, exs in runs for k in setup.keys(ctx, t, exs))
+        return [k for k in dict.fromkeys(keys) if k not in self._paid]
 
     def _check(self, program: dspy.Module, setup: StepSetup, source: str) -> Callable[..., Decision]:
         """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance).

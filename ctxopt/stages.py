@@ -29,12 +29,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ctxopt.budget import Charge
-from ctxopt.context import LearnedContext
+from ctxopt.context import LearnedContext, canonical_json
 from ctxopt.gate import Decision
 from ctxopt.proposer import Observation, Proposal
 from ctxopt.selector import ContextSelector, ScopeSelector, retrieves
@@ -88,6 +89,14 @@ class StepSetup:
         if not retrieves(self.selector):
             return (ctx.view(label),)
         return tuple(self.selector.select(ctx, label, dict(ex.inputs().items())).view(label) for ex in examples)
+
+    def keys(self, ctx: LearnedContext, task: Task, examples: Sequence[dspy.Example]) -> list[str]:
+        """One key per example for the prompt ``ctx`` gives it: equal keys are one model call in a cold run
+        (the evaluator caches by the example and what the program sees), so a run charges each key once."""
+        views = self.shows(ctx, task, examples)
+        views = views if len(views) == len(examples) else views * len(examples)
+        return [hashlib.sha256(canonical_json([task.name, example_id(ex), v]).encode()).hexdigest()[:24]
+                for ex, v in zip(examples, views, strict=True)]
 
     def differs(self, before: LearnedContext, after: LearnedContext, task: Task,
                 examples: Sequence[dspy.Example]) -> bool:
@@ -195,10 +204,14 @@ class SearchObjective:
     whose items reach every earlier input replays every pool (ii-8 at step 8:
     2 × 70 calls against 30 for val), and most candidates lose on val.
 
-    **Charging.** Each distinct context is charged once, for what it adds: the
-    head, then, unless it stops there, the tail, then, unless it stops there, its
-    changed tasks' replay samples and, the first time a task is replayed, the
-    current context on that sample.
+    **Charging.** A context is charged in turn for the head, then, unless it
+    stops there, the tail, then, unless it stops there, its changed tasks'
+    replay samples and the current context on them. Each charge counts only the
+    prompts not paid for yet in this run (``paid``, keys from
+    :meth:`StepSetup.keys`, shared with the optimizer's gate and kept across
+    steps): a cold run computes each prompt once, so two contexts that show an
+    example the same prompt, or the current context replayed on a pool it was
+    replayed on at an earlier step, cost one call, not two.
     Contexts an earlier (killed) process scored are charged through
     :meth:`resumed`, which scores them again from the evaluator's cache in the
     order the search met them, so it takes the same early stops and charges what
@@ -224,7 +237,7 @@ class SearchObjective:
     max_drop: float | None = None
     values: dict[str, float] = field(default_factory=dict)  # context hash -> its score (an upper bound if cut)
     charged: dict[str, str] = field(default_factory=dict)  # context hash -> "head", "val" or "all"
-    replayed: set[tuple[str, str]] = field(default_factory=set)  # (task, example id) the current C was charged on
+    paid: set[str] = field(default_factory=set)  # prompt keys charged in this run (the optimizer's set)
 
     def __post_init__(self) -> None:
         self._tasks = {t.name: t for t in self.setup.earlier}
@@ -258,18 +271,22 @@ class SearchObjective:
 
     def cost(self, ctx: LearnedContext) -> int:
         """Calls that scoring ``ctx`` in full adds to what was charged already (0 if it was)."""
-        return self._phase_cost(ctx, "all")
+        return self.setup.n_pred * len(self._unpaid(ctx, "all"))
 
-    def _phase_cost(self, ctx: LearnedContext, phase: str) -> int:
-        """Calls that scoring ``ctx`` up to ``phase`` adds to what was charged already."""
+    def _unpaid(self, ctx: LearnedContext, phase: str) -> list[str]:
+        """The prompt keys that scoring ``ctx`` up to ``phase`` needs and that no charge of this run paid for."""
         have = PHASES.index(self.charged[ctx.hash]) + 1 if ctx.hash in self.charged else 0
-        parts = {"head": len(self.head), "val": len(self.val) - len(self.head),
-                 "all": sum(len(exs) for exs, _ in self.targets(ctx).values()) + len(self._new_base(ctx))}
-        return self.setup.n_pred * sum(parts[p] for p in PHASES[have:PHASES.index(phase) + 1])
-
-    def _new_base(self, ctx: LearnedContext) -> set[tuple[str, str]]:
-        """The (task, example) pairs ``ctx`` is replayed on that the current context was not charged on yet."""
-        return {(n, example_id(ex)) for n, (exs, _) in self.targets(ctx).items() for ex in exs} - self.replayed
+        task, keys = self.setup.task, []
+        for part in PHASES[have:PHASES.index(phase) + 1]:
+            if part == "head":
+                keys += self.setup.keys(ctx, task, self.head)
+            elif part == "val":
+                keys += self.setup.keys(ctx, task, self.val[len(self.head):])
+            else:
+                for name, (exs, _) in self.targets(ctx).items():
+                    keys += self.setup.keys(ctx, self._tasks[name], exs)
+                    keys += self.setup.keys(self.setup.base, self._tasks[name], exs)
+        return [k for k in dict.fromkeys(keys) if k not in self.paid]
 
     def least(self) -> int:
         """The calls below which no search is worth starting: one val minibatch and every replay sample."""
@@ -281,11 +298,10 @@ class SearchObjective:
         have = self.charged.get(ctx.hash)
         if have is not None and PHASES.index(have) >= PHASES.index(phase):
             return True
-        n = self._phase_cost(ctx, phase)
-        if n and not self.charge(n, "task"):
+        keys = self._unpaid(ctx, phase)
+        if keys and not self.charge(self.setup.n_pred * len(keys), "task"):
             return False
-        if phase == "all":
-            self.replayed.update(self._new_base(ctx))
+        self.paid.update(keys)
         self.charged[ctx.hash] = phase
         return True
 
@@ -293,7 +309,7 @@ class SearchObjective:
         """This objective for one of ``parts`` search workers: it may charge ``1/parts`` of what is left."""
         share = getattr(self.charge, "share", None)
         return replace(self, charge=share(parts) if share else self.charge, values=dict(self.values),
-                       charged=dict(self.charged), replayed=set(self.replayed))
+                       charged=dict(self.charged), paid=set(self.paid))
 
     def resumed(self, ctx: LearnedContext) -> None:
         """A context an earlier process scored for this search: score and charge it as then (evaluations cached)."""

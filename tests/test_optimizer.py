@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dspy
 import pytest
 
@@ -111,7 +113,13 @@ def test_killed_run_resumes_to_the_same_final_context(tmp_path):
     # the redone step counts both attempts; the others took one; no clock is left once all are saved
     assert [s.extra["learn_attempts"] for s in result.steps] == [2 if s.step == killed_step else 1 for s in result.steps]
     assert not (run_b / CLOCK_FILE).exists()
-    assert len(result.R) == 3 and result.R == full.fit(program_for(stream), stream, run_dir=run_a).R
+    again = full.fit(program_for(stream), stream, run_dir=run_a)
+    assert len(result.R) == 3 and result.R == again.R
+    # each prompt is charged once a run (the search and the gate share the set of paid prompts, kept in the
+    # run's state across steps), so the redone step charges what it charged in the run never killed
+    charged = [s.extra["charged_task_calls"] for s in result.steps]
+    assert charged == [s.extra["charged_task_calls"] for s in again.steps] and all(charged)
+    assert json.loads((run_b / "state.json").read_text())["method_state"]["paid"]
 
 
 def test_test_data_never_reaches_reflection_or_search(tmp_path, monkeypatch):

@@ -199,6 +199,38 @@ def test_a_candidate_below_the_best_on_val_is_not_replayed_and_a_resume_charges_
     assert again == charges and resumed.values == first.values
 
 
+def test_a_prompt_is_charged_once_a_run_whichever_context_shows_it():
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.edits import AddItem
+    from ctxopt.stages import SearchObjective, StepSetup
+    from tests.toy import toy_stream
+
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    pool = list(suffix.val)[:4]
+
+    class PoolOnly:  # a retrieving selector: new items reach suffix's pool and no input of reverse
+        def select(self, context, task, inputs):
+            if any(ex.input == inputs["input"] for ex in pool):
+                return context
+            return context.with_predictor("predict", PredictorContext(context.predictor("predict").instruction))
+
+    base = LearnedContext({"predict": PredictorContext("Answer.")})
+    one, two = (base.apply_edits([AddItem("predict", text)]) for text in ("One.", "Two."))
+    setup = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic",
+                      scope="global", predictor="predict", n_pred=1, selector=PoolOnly())
+    paid = set(setup.keys(base, suffix, pool))  # the current C's prompts on the pool: paid at an earlier step
+    charges: list = []
+    objective = SearchObjective(setup, lambda ctx, task, exs: 1.0 if task is suffix else 0.5,
+                                val=list(reverse.val)[:10], replay={"suffix": pool},
+                                charge=lambda n, kind="task": charges.append(n) or True, paid=paid)
+    assert [objective(c) for c in (base, one, two)] == [0.5, 0.5, 0.5]
+    # base: its val; one and two show reverse's inputs base's prompts (nothing to pay), and each pays for its
+    # own prompts on the pool, not for base's there
+    assert charges == [10, 4, 4]
+    assert paid >= set(setup.keys(one, suffix, pool)) | set(setup.keys(base, reverse, list(reverse.val)[:10]))
+
+
 def test_a_step_reports_how_many_contexts_its_search_scored_and_cut(tmp_path):
     from ctxopt.budget import get_budget
     from ctxopt.optimizer import ContinualOptimizer
@@ -252,6 +284,6 @@ def test_replay_goes_to_the_earlier_inputs_whose_prompt_a_candidate_changes():
     assert (leaky.hash, "suffix", reached) in log and (base.hash, "suffix", reached) in log
     assert charges == [10, 5, 5, 3 + 3]  # base's val; leaky's head; its tail; its replay and base's on those 3
     # Under the gate's per-task tolerance 0.25, an estimated drop of 0.3 is one the gate would turn away.
-    bounded = replace(objective, max_drop=0.25, values={}, charged={}, replayed=set())
+    bounded = replace(objective, max_drop=0.25, values={}, charged={}, paid=set())
     assert bounded(base) == 0.5 and bounded(leaky) < bounded(base)
-    assert replace(objective, max_drop=0.35, values={}, charged={}, replayed=set())(leaky) == pytest.approx(0.4)
+    assert replace(objective, max_drop=0.35, values={}, charged={}, paid=set())(leaky) == pytest.approx(0.4)
