@@ -182,9 +182,11 @@ def test_a_borderline_step_grows_the_replay_sample_and_resolves(tmp_path):
     first, second = result.steps
     assert first.extra["gate_outcome"] == "accepted" and first.extra["gate_rounds"] == 0
     assert second.extra["gate_outcome"] == "undecided" and second.extra["gate_rounds"] == 2 and second.accepted
-    # Charged under "gate": both sides on the current val (10), the candidate on the base sample (10),
-    # then both sides on what each round adds (10, then 20).
-    assert second.extra["charged_by_source"]["task:gate"] == 2 * 10 + 10 + 2 * (10 + 20)
+    # Charged under "gate", each prompt once a run: both sides on the current val (10) but for the val
+    # minibatch (4) the search scored them on, the candidate on the base sample (10), then the candidate on
+    # what each round adds (10, then 20); the current C's side was paid at step 1, whose gate scored it on
+    # all 40 of the first task's val.
+    assert second.extra["charged_by_source"]["task:gate"] == 2 * (10 - 4) + 10 + (10 + 20)
     grown = [e.data["grow"] for e in events if e.kind == "phase" and "grow" in e.data]
     assert grown == [{"suffix": 20}, {"suffix": 40}]
     # Each grown sample is the smaller one plus more of the same seeded order (so cached scores are reused).
@@ -204,13 +206,15 @@ def test_an_undecided_step_that_stays_undecided_is_rejected_and_says_so(tmp_path
 
 
 def test_growth_the_budget_refuses_is_a_rejection_that_says_so(tmp_path):
-    # Step 1 needs 92 calls (its gate: both sides on 40 val examples). Step 2 spends 4 (observe) + 8 (search)
-    # + 30 (gate) + 20 (the first round, which the search kept) of 92: the second round's 40 do not fit.
-    _, _, result, _ = run(tmp_path, broken_at=(0, 1), task_calls_per_task=92)
+    # Step 1 charges 84 calls: 4 (observe), 8 (search), 72 (gate: both sides on 40 val examples, less the 4 of
+    # each the search scored). Of the run's 146, step 2 has 62 (the search needs 8 beside the gate's reserve,
+    # 50): 4 (observe) + 8 (search) + 22 (gate) + 10 (the first round: the candidate on 10 more; the current
+    # C's side was paid at step 1) leave 18, and the second round's 20 do not fit.
+    _, _, result, _ = run(tmp_path, broken_at=(0, 1), task_calls_per_task=92, total_task_calls=146)
     first, step = result.steps
-    assert first.accepted and not step.accepted
+    assert first.accepted and not step.accepted and first.extra["charged_task_calls"] == 84
     assert step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
-    assert "undecided after 1 round(s): growing the replay samples needs 40 task-LM calls, 30 left" in step.extra["reason"]
+    assert "undecided after 1 round(s): growing the replay samples needs 20 task-LM calls, 18 left" in step.extra["reason"]
 
 
 def test_the_gate_judges_the_search_on_replay_examples_the_search_did_not_see():
