@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aware", type=Path, help="task-aware compare results (JSON or run dir) to compare ACC with")
     ap.add_argument("--name", help="name of the JSON written (default: the run dir's name)")
     args = ap.parse_args(argv)
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
+        ap.error(f"--name {args.name!r}: use letters, digits, '.', '_' or '-' (it names a file in experiments/results)")
     if not (args.run_dir / "results.json").is_file():
         ap.error(f"{args.run_dir}: no results.json (not a compare run directory)")
     t = targets(_runs(args.run_dir), _runs(args.aware) if args.aware else None)
