@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -182,14 +182,19 @@ class SearchObjective:
     stop 30: sentiment's pinned "Answer with a single word only" scored best at
     first_word_letter's expense, and the gate rejected the step).
 
-    **Replay where the prompt changes.** Each earlier task has a replay *pool*;
-    a candidate is replayed on the first ``replay_k`` pool examples whose prompt
-    it changes (with a retrieving selector, often a few inputs, not the task's
-    all). The others score exactly as under the current context, so the task's
-    drop is estimated as the mean drop on those examples times the share of the
-    pool the candidate changes. A candidate whose demos leak to 3 of 10 earlier
-    inputs is replayed on those 3, where a fixed sample of 3 would often miss
-    every one of them.
+    **Replay where the prompt changes, and where there is something to lose.**
+    Each earlier task has a replay *pool*; a candidate is replayed on the first
+    ``replay_k`` pool examples whose prompt it changes (with a retrieving
+    selector, often a few inputs, not the task's all) and that the current
+    context scores above 0. The others cannot drop: an unchanged prompt scores
+    as before, and a score of 0 cannot fall. So the task's drop is estimated as
+    the mean drop on the replayed examples times their share of the pool. Gains
+    on inputs the current context gets wrong are not counted, so the estimate
+    is at least the drop a full replay would show (the gate, which replays all,
+    counts them). A candidate whose demos leak to 3 of 10 earlier inputs is
+    replayed on those 3, where a fixed sample of 3 would often miss every one
+    of them; on an earlier task the current context answers 0.2 of, a
+    candidate that reaches all 10 inputs is replayed on about 2.
 
     **Hopeless candidates stop early.** A candidate is first scored on the head
     of the val minibatch (its first half). If even a perfect tail and no replay
@@ -205,8 +210,9 @@ class SearchObjective:
     2 × 70 calls against 30 for val), and most candidates lose on val.
 
     **Charging.** A context is charged in turn for the head, then, unless it
-    stops there, the tail, then, unless it stops there, its changed tasks'
-    replay samples and the current context on them. Each charge counts only the
+    stops there, the tail, then, unless it stops there, the current context on
+    the pool examples whose prompt it changes (their scores pick the examples to
+    replay) and itself on those it is replayed on. Each charge counts only the
     prompts not paid for yet in this run (``paid``, keys from
     :meth:`StepSetup.keys`, shared with the optimizer's gate and kept across
     steps): a cold run computes each prompt once, so two contexts that show an
@@ -253,15 +259,14 @@ class SearchObjective:
         """Contexts whose scoring stopped after the head or after val (not replayed)."""
         return {h for h, phase in self.charged.items() if phase != "all" and h in self.values}
 
-    def targets(self, ctx: LearnedContext) -> dict[str, tuple[list[dspy.Example], int]]:
-        """For each earlier task whose pool ``ctx`` changes: the examples it is replayed on (the first
-        ``replay_k`` changed ones) and how many of the pool it changes."""
+    def targets(self, ctx: LearnedContext) -> dict[str, list[dspy.Example]]:
+        """For each earlier task whose pool ``ctx`` changes: the pool examples whose prompt it changes, in order."""
         if ctx.hash not in self._targets:
             out = {}
             for n, pool in self.replay.items():
                 diff = self.setup.differing(self.setup.base, ctx, self._tasks[n], pool)
                 if diff:
-                    out[n] = (diff[: self.replay_k] if self.replay_k is not None else diff, len(diff))
+                    out[n] = diff
             self._targets[ctx.hash] = out
         return self._targets[ctx.hash]
 
@@ -269,24 +274,29 @@ class SearchObjective:
         """The earlier tasks for some of whose replay pool ``ctx`` changes what the program sees."""
         return list(self.targets(ctx))
 
-    def cost(self, ctx: LearnedContext) -> int:
-        """Calls that scoring ``ctx`` in full adds to what was charged already (0 if it was)."""
-        return self.setup.n_pred * len(self._unpaid(ctx, "all"))
+    def replayed(self, ctx: LearnedContext, name: str) -> tuple[list[dspy.Example], int]:
+        """Earlier task ``name``'s examples ``ctx`` is replayed on (the first ``replay_k`` of those whose
+        prompt it changes and the current context scores above 0), and how many such the pool has.
+        Scores the current context on the changed examples: charge them first."""
+        task, base, changed = self._tasks[name], self.setup.base, self.targets(ctx)[name]
+        self.evaluate(base, task, changed)  # one batch; the per-example scores below come from the cache
+        right = [ex for ex in changed if self.evaluate(base, task, [ex]) > 0]
+        return (right[: self.replay_k] if self.replay_k is not None else right), len(right)
 
-    def _unpaid(self, ctx: LearnedContext, phase: str) -> list[str]:
-        """The prompt keys that scoring ``ctx`` up to ``phase`` needs and that no charge of this run paid for."""
-        have = PHASES.index(self.charged[ctx.hash]) + 1 if ctx.hash in self.charged else 0
-        task, keys = self.setup.task, []
-        for part in PHASES[have:PHASES.index(phase) + 1]:
+    def _charges(self, ctx: LearnedContext, parts: Sequence[str]) -> Iterator[list[str]]:
+        """The prompt keys scoring ``ctx``'s ``parts`` needs, in the charges that pay for them: one for all that
+        is known before anything runs, then (with replay) one for the examples the current context's scores
+        pick."""
+        task, base, targets = self.setup.task, self.setup.base, self.targets(ctx) if "all" in parts else {}
+        known = []
+        for part in parts:
             if part == "head":
-                keys += self.setup.keys(ctx, task, self.head)
+                known += self.setup.keys(ctx, task, self.head)
             elif part == "val":
-                keys += self.setup.keys(ctx, task, self.val[len(self.head):])
-            else:
-                for name, (exs, _) in self.targets(ctx).items():
-                    keys += self.setup.keys(ctx, self._tasks[name], exs)
-                    keys += self.setup.keys(self.setup.base, self._tasks[name], exs)
-        return [k for k in dict.fromkeys(keys) if k not in self.paid]
+                known += self.setup.keys(ctx, task, self.val[len(self.head):])
+        yield known + [k for n, exs in targets.items() for k in self.setup.keys(base, self._tasks[n], exs)]
+        if targets:
+            yield [k for n in targets for k in self.setup.keys(ctx, self._tasks[n], self.replayed(ctx, n)[0])]
 
     def least(self) -> int:
         """The calls below which no search is worth starting: one val minibatch and every replay sample."""
@@ -294,14 +304,15 @@ class SearchObjective:
         return self.setup.n_pred * (len(self.val) + sum(per))
 
     def _admit(self, ctx: LearnedContext, phase: str) -> bool:
-        """Charge ``ctx`` up to ``phase`` (one of :data:`PHASES`); False (nothing charged) if the budget refuses."""
+        """Charge ``ctx`` up to ``phase`` (one of :data:`PHASES`), each prompt not paid for yet in this run;
+        False if the budget refuses (what was charged before the refusal stays charged)."""
         have = self.charged.get(ctx.hash)
-        if have is not None and PHASES.index(have) >= PHASES.index(phase):
-            return True
-        keys = self._unpaid(ctx, phase)
-        if keys and not self.charge(self.setup.n_pred * len(keys), "task"):
-            return False
-        self.paid.update(keys)
+        start = PHASES.index(have) + 1 if have is not None else 0
+        for keys in self._charges(ctx, PHASES[start:PHASES.index(phase) + 1]):
+            keys = [k for k in dict.fromkeys(keys) if k not in self.paid]
+            if keys and not self.charge(self.setup.n_pred * len(keys), "task"):
+                return False
+            self.paid.update(keys)
         self.charged[ctx.hash] = phase
         return True
 
@@ -316,12 +327,14 @@ class SearchObjective:
         self(ctx)
 
     def replay_drop(self, ctx: LearnedContext, name: str) -> float:
-        """Estimated drop of earlier task ``name``'s pool mean: the drop where ``ctx`` changes the prompt,
-        times the share of the pool it changes (unchanged examples score as before)."""
-        examples, n_changed = self.targets(ctx)[name]
+        """Estimated drop of earlier task ``name``'s pool mean: the drop on the examples ``ctx`` is replayed on,
+        times the share of the pool that could drop (changed prompt, current score above 0)."""
+        examples, n_right = self.replayed(ctx, name)
+        if not examples:
+            return 0.0
         task = self._tasks[name]
         drop = self.evaluate(self.setup.base, task, examples) - self.evaluate(ctx, task, examples)
-        return drop * n_changed / len(self.replay[name])
+        return drop * n_right / len(self.replay[name])
 
     def __call__(self, ctx: LearnedContext) -> float | None:
         if ctx.hash in self.values:

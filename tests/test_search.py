@@ -147,8 +147,9 @@ def test_a_hopeless_candidate_stops_after_the_head_and_a_resume_charges_the_same
     assert (bad.hash, "reverse", 10) not in log and (bad.hash, "reverse", 5) in log
     assert values[3] == 0.75 and first.cut == {bad.hash, fair.hash}  # 0.5 on the head: at most 0.75 < 0.9
     assert not any(h == bad.hash and t == "suffix" for h, t, _ in log)  # no replay for a cut candidate
-    # base: its val; good: head, tail, then its replay + base's replay (first time); bad, fair: the head only
-    assert charges == [10, 5, 5, 3 + 3, 5, 5]
+    # base: its val; good: head, tail, then base's scores on the 3 pool inputs good changes (they pick what is
+    # replayed: base gets all 3 right), then good on those 3; bad, fair: the head only
+    assert charges == [10, 5, 5, 3, 3, 5, 5]
     again_log, again = [], []
     resumed = objective(again_log, again)
     for c in (base, good, bad, fair):
@@ -190,13 +191,45 @@ def test_a_candidate_below_the_best_on_val_is_not_replayed_and_a_resume_charges_
     assert values[2] == pytest.approx(0.7) and not any(h == close.hash and t == "suffix" for h, t, _ in log)
     assert values[3] == pytest.approx(0.8 - 2 * 0.1) and (even.hash, "suffix", 3) in log
     assert first.cut == {close.hash}
-    # base: its val; good: head, tail, its replay + base's (first time); close: head, tail; even: head, tail, replay
-    assert charges == [10, 5, 5, 3 + 3, 5, 5, 5, 5, 3]
+    # base: its val; good: head, tail, base's scores on the pool, good's replay; close: head, tail; even: head,
+    # tail, its replay (base's scores on the pool were paid for with good's)
+    assert charges == [10, 5, 5, 3, 3, 5, 5, 5, 5, 3]
     again_log, again = [], []
     resumed = objective(again_log, again)
     for c in (base, good, close, even):
         resumed.resumed(c)
     assert again == charges and resumed.values == first.values
+
+
+def test_replay_skips_the_earlier_inputs_the_current_context_gets_wrong():
+    from ctxopt.stages import SearchObjective, StepSetup
+    from ctxopt.tasks import example_id
+    from tests.toy import toy_stream
+
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    suffix, reverse = stream.tasks
+    pool = list(suffix.val)[:10]
+    right = {example_id(pool[k]) for k in (0, 3)}  # the current C answers only these two of the pool right
+    base = LearnedContext({"predict": PredictorContext("Answer.")})
+    wide = base.apply_edits([AddItem("predict", "Wide.")])  # reaches every input (the scope selector)
+    setup = StepSetup(step=2, task=reverse, base=base, earlier=(suffix,), scenario="task-agnostic",
+                      scope="global", predictor="predict", n_pred=1)
+    log, charges = [], []
+
+    def evaluate(ctx, task, examples):
+        log.append((ctx.hash, task.name, tuple(example_id(e) for e in examples)))
+        if task is reverse:
+            return 0.5 if ctx == base else 1.0
+        return sum(ctx == base and example_id(e) in right for e in examples) / len(examples)  # wide: all wrong
+
+    objective = SearchObjective(setup, evaluate, val=list(reverse.val)[:10], replay={"suffix": pool},
+                                charge=lambda n, kind="task": charges.append(n) or True)
+    assert objective(base) == 0.5
+    assert objective.replayed(wide, "suffix") == ([pool[0], pool[3]], 2)
+    # 1.0 on val; of the 10 changed inputs base gets 2 right and wide breaks both: drop 2/10, penalty twice that
+    assert objective(wide) == pytest.approx(1.0 - 2 * 0.2)
+    assert charges == [10, 5, 5, 10, 2]  # base's val; wide's head, tail; base's scores on the pool; wide on 2
+    assert not any(h == wide.hash and t == "suffix" and len(ids) > 2 for h, t, ids in log)
 
 
 def test_a_prompt_is_charged_once_a_run_whichever_context_shows_it():
@@ -278,11 +311,12 @@ def test_replay_goes_to_the_earlier_inputs_whose_prompt_a_candidate_changes():
                                 charge=lambda n, kind="task": charges.append(n) or True, replay_k=3)
     assert objective.least() == 10 + 3
     assert objective(base) == 0.5
-    assert objective.targets(leaky) == {"suffix": ([pool[4], pool[6], pool[9]], 3)}
+    assert objective.targets(leaky) == {"suffix": [pool[4], pool[6], pool[9]]}
+    assert objective.replayed(leaky, "suffix") == ([pool[4], pool[6], pool[9]], 3)
     # 1.0 on val, minus twice the estimated drop: 1.0 on the 3 reached inputs, 3 of a pool of 10
     assert objective(leaky) == pytest.approx(1.0 - 2 * 0.3)
     assert (leaky.hash, "suffix", reached) in log and (base.hash, "suffix", reached) in log
-    assert charges == [10, 5, 5, 3 + 3]  # base's val; leaky's head; its tail; its replay and base's on those 3
+    assert charges == [10, 5, 5, 3, 3]  # base's val; leaky's head; its tail; base's on those 3; leaky's replay
     # Under the gate's per-task tolerance 0.25, an estimated drop of 0.3 is one the gate would turn away.
     bounded = replace(objective, max_drop=0.25, values={}, charged={}, paid=set())
     assert bounded(base) == 0.5 and bounded(leaky) < bounded(base)
