@@ -553,8 +553,13 @@ class ContinualOptimizer:
     def _reserved(self, setup: StepSetup) -> int:
         """Task-LM calls kept from the search: the gate's cost, one round of growing one earlier task's
         replay sample (both sides), should the gate be undecided, and, with a context budget, one
-        consolidation check over a few task scopes, should the step need to make room."""
-        reserved = self._gate_cost(setup)
+        consolidation check over a few task scopes, should the step need to make room.
+
+        The gate's cost leaves out the val minibatch on both sides: the search scores the current C and every
+        candidate it could return on it (a context cut before its whole minibatch is never the best), so
+        those prompts are paid for when the gate runs (each prompt is charged once a run)."""
+        minibatch = min(self.budget.val_minibatch, len(setup.task.val))
+        reserved = self._gate_cost(setup) - 2 * setup.n_pred * minibatch
         if setup.earlier:
             reserved += 2 * setup.n_pred * self.budget.gate_replay_per_task
         if self.budget.max_context_tokens is not None:

@@ -208,7 +208,7 @@ def test_an_undecided_step_that_stays_undecided_is_rejected_and_says_so(tmp_path
 def test_growth_the_budget_refuses_is_a_rejection_that_says_so(tmp_path):
     # Step 1 charges 84 calls: 4 (observe), 8 (search), 72 (gate: both sides on 40 val examples, less the 4 of
     # each the search scored). Of the run's 146, step 2 has 62 (the search needs 8 beside the gate's reserve,
-    # 50): 4 (observe) + 8 (search) + 22 (gate) + 10 (the first round: the candidate on 10 more; the current
+    # 42): 4 (observe) + 8 (search) + 22 (gate) + 10 (the first round: the candidate on 10 more; the current
     # C's side was paid at step 1) leave 18, and the second round's 20 do not fit.
     _, _, result, _ = run(tmp_path, broken_at=(0, 1), task_calls_per_task=92, total_task_calls=146)
     first, step = result.steps
