@@ -63,9 +63,9 @@ from ctxopt.consolidate import (
 from ctxopt.context import GLOBAL, LearnedContext
 from ctxopt.credit import check_policy, choose_stages
 from ctxopt.engine import Engine, RunEvent, measure_row
-from ctxopt.errors import BudgetExceeded, ConfigError
+from ctxopt.errors import BudgetExceeded, ConfigError, EditError
 from ctxopt.evaluator import Evaluator
-from ctxopt.gate import DEFAULT_GATE, Decision, Gate, PairedScores, binomial_below_p, get_gate
+from ctxopt.gate import DEFAULT_GATE, Decision, Gate, PairedScores, PairedTestGate, binomial_below_p, get_gate
 from ctxopt.grounding import GroundedInstructionProposer
 from ctxopt.lm import get_lm, lm_name, usage_of
 from ctxopt.matrix import RunResult, StepRecord
@@ -689,18 +689,53 @@ class ContinualOptimizer:
         for both sides, each prompt once a run (:meth:`_unpaid`; charges never depend on caches). An
         undecided gate that stays so, whose named samples are already whole, or whose growth the budget
         refuses, rejects and says why.
+
+        **One fallback after harm.** A candidate that gains on the task but costs an earlier one is often
+        a bundle: the proposals that reach the broken earlier inputs, and others that do not (babi-10
+        task-agnostic, stop 34: qa6's demos with a reflection rule pinned to core memory, which reached
+        every qa1 input). The gate then judges, once, the same bundle without every proposal that changes
+        the prompt of a broken earlier example (:meth:`_fallback`), at half the gain test's level (two
+        tries at α/2 each let a null edit through no more often than one at α).
         """
-        task, base, best = setup.task, setup.base, searched.best
+        task, base = setup.task, setup.base
         self.emit("phase", task.name, phase="gate")
+        decision, first, scores, rounds, sizes = self._judge(program, setup, searched.best, self.gate)
+        best, proposals = searched.best, searched.proposals
+        if not decision.accepted and (fallback := self._fallback(setup, searched, decision, scores)):
+            ctx, kept, cut = fallback
+            self.emit("phase", task.name, phase="gate", fallback=[p.name for p in kept], without=cut)
+            second, _, again, more, grown = self._judge(program, setup, ctx,
+                                                        replace(self.gate, alpha=self.gate.alpha / 2))
+            without = f"without {', '.join(cut)} (reaching the earlier inputs the whole candidate broke; gain test at α/2)"
+            if second.accepted:
+                reason = f"{second.reason}; {without}, after the whole candidate was rejected: {decision.reason}"
+                decision, scores, sizes = replace(second, reason=reason), again, grown
+                best, proposals, rounds = ctx, kept, rounds + more
+            else:
+                decision = replace(decision, reason=f"{decision.reason}; {without}: {second.reason}")
+        self.emit("gate", task.name, **decision.to_dict(), first_outcome=first.outcome, rounds=rounds)
+        gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes}
+        if not decision.accepted:
+            return Gated(False, base, decision.reason, proposals, decision, **gate_run,
+                         val_after=scores[0].mean_before)
+        # The gate's paired outcome is the evidence for the items these proposals added or changed.
+        best = credit(best, changed_item_ids(base, best), scores)
+        return Gated(True, best, decision.reason, proposals, decision, **gate_run, val_after=scores[0].mean_after)
+
+    def _judge(self, program: dspy.Module, setup: StepSetup, candidate: LearnedContext, gate: Gate
+               ) -> tuple[Decision, Decision, list[PairedScores], int, dict[str, int]]:
+        """``gate``'s decision on ``candidate`` against the current C, growing replay samples while it is
+        undecided: the decision, the first one, the last paired scores, the rounds grown and the sizes."""
+        task, base = setup.task, setup.base
         sizes: dict[str, int] = {}
-        scores = self._paired(program, setup, base, best, changed_only=True, keep_current=True)
-        decision = first = self.gate.decide(scores[0], scores[1:])
+        scores = self._paired(program, setup, base, candidate, changed_only=True, keep_current=True)
+        decision = first = gate.decide(scores[0], scores[1:])
         rounds = 0
         while decision.outcome == "undecided":
             grown, _ = self._grown(setup, decision.grow, sizes)
             cost = setup.n_pred * len(self._unpaid(setup, [
                 (ctx, t, exs) for t, exs in self._gate_sets(task, setup.earlier, {**sizes, **grown})[1:]
-                if t.name in grown for ctx in (base, best)]))
+                if t.name in grown for ctx in (base, candidate)]))
             if rounds == GATE_ROUNDS:
                 why = " of growing the replay samples"
             elif not grown:
@@ -711,22 +746,51 @@ class ContinualOptimizer:
                 sizes.update(grown)
                 rounds += 1
                 self.emit("phase", task.name, phase="gate", grow=dict(grown), round=rounds)
-                scores = self._paired(program, setup, base, best, changed_only=True, keep_current=True,
+                scores = self._paired(program, setup, base, candidate, changed_only=True, keep_current=True,
                                       sizes=sizes)  # charges the examples the grown samples add
-                decision = self.gate.decide(scores[0], scores[1:])
+                decision = gate.decide(scores[0], scores[1:])
                 continue
             decision = replace(decision, accepted=False, outcome="rejected",
                                reason=f"undecided after {rounds} round(s){why} ({decision.reason})")
             break
-        self.emit("gate", task.name, **decision.to_dict(), first_outcome=first.outcome, rounds=rounds)
-        gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes}
-        if not decision.accepted:
-            return Gated(False, base, decision.reason, searched.proposals, decision, **gate_run,
-                         val_after=scores[0].mean_before)
-        # The gate's paired outcome is the evidence for the items these proposals added or changed.
-        best = credit(best, changed_item_ids(base, best), scores)
-        return Gated(True, best, decision.reason, searched.proposals, decision, **gate_run,
-                     val_after=scores[0].mean_after)
+        return decision, first, scores, rounds, sizes
+
+    def _fallback(self, setup: StepSetup, searched: Searched, decision: Decision, scores: Sequence[PairedScores]
+                  ) -> tuple[LearnedContext, tuple[Proposal, ...], list[str]] | None:
+        """After a rejection for harm (the task's gain passed the paired gate's sign test), the best candidate
+        without each proposal that, applied alone to the current C, changes the prompt of an earlier example
+        the candidate broke: that context, the proposals it keeps and the names it cuts. None when there is
+        no such proposal, nothing would be left, or the budget cannot pay for the first gate check."""
+        alpha = getattr(self.gate, "alpha", None)
+        if not isinstance(self.gate, PairedTestGate) or decision.p_value is None or decision.p_value >= alpha:
+            return None
+        tasks, base = {t.name: t for t in setup.earlier}, setup.base
+        broken = {s.task: [e for e in tasks[s.task].val if s.after.get(example_id(e), 1.0) < s.before.get(example_id(e), 0.0)]
+                  for s in scores[1:] if s.broken and s.task in tasks}
+        if not broken:
+            return None
+        kept, cut = [], []
+        for p in searched.proposals:
+            try:
+                alone = base.apply_edits(list(p.edits), step=setup.step, task=setup.task.name)
+            except EditError:
+                alone = None
+            if alone is None or any(setup.differing(base, alone, tasks[n], exs) for n, exs in broken.items()):
+                cut.append(p.name)
+            else:
+                kept.append(p)
+        if not cut or not kept:
+            return None
+        try:
+            ctx = base.apply_edits([e for p in kept for e in p.edits], step=setup.step, task=setup.task.name)
+        except EditError:
+            return None
+        sets = self._gate_sets(setup.task, setup.earlier)
+        keys = self._unpaid(setup, [(c, t, exs) for i, (t, exs) in enumerate(sets)
+                                    if i == 0 or setup.differs(base, ctx, t, exs) for c in (base, ctx)])
+        if ctx.hash == base.hash or not self.ledger.can_spend("task", setup.n_pred * len(keys)):
+            return None
+        return ctx, tuple(kept), cut
 
     def _grown(self, setup: StepSetup, names: Sequence[str], sizes: dict[str, int]) -> tuple[dict[str, int], int]:
         """The replay samples of ``names`` doubled, up to each task's whole val: the new sizes of those that

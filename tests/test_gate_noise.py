@@ -240,3 +240,53 @@ def test_a_drop_a_fixed_sample_of_ten_would_miss_is_caught_by_growing_it(tmp_pat
     # Holding only the observed drop to max_drop (the rule before the bound) lets it through on 1 of 10.
     _, _, result, _ = run(tmp_path / "observed", broken_at=broken_at, gate=PairedTestGate(alpha_safe=0.5))
     assert result.steps[1].accepted and result.steps[1].extra["gate_rounds"] == 0
+
+
+HINT = "Mind the doubled letters."
+
+
+def test_a_bundle_rejected_for_harm_is_judged_again_without_what_reached_the_broken_inputs(tmp_path):
+    from ctxopt.selector import KeepItems
+
+    stream = make_stream((10, 10))
+    first, second = stream.tasks
+    probe = ContinualOptimizer(None, None, seed=0)
+    order = probe._gate_sets(second, [first])[1][1]
+    broken = {e.input for e in order[:6]}  # 6 of the first task's 10 replay inputs break under the hint
+    rule = RULES["double"][0]
+
+    def respond(system: str, user: str) -> str:
+        word = re.findall(r"\[\[ ## input ## \]\]\n(\S+)", user)[-1]
+        k = int(word[-1])
+        if k == 0:
+            out = "wrong" if word in broken and HINT in system else (word + "zz" if RULES["suffix"][0] in system else word)
+        else:  # half the second task's words need the rule, the other half the hint
+            need = rule if WORDS.index(word[:-2]) % 2 == 0 else HINT
+            out = RULES["double"][1](word) if need in system else word
+        return chat_fields(output=out)
+
+    class Both:
+        """The first task's rule; then the second's rule, keyed to its own inputs, and a hint shown to all."""
+
+        def propose(self, pc: ProposalContext) -> list[Proposal]:
+            if pc.task == "suffix":
+                return [Proposal("rule", (AddItem(pc.predictor, RULES["suffix"][0], scope=pc.scope),), "scripted")]
+            return [Proposal("keyed", (AddItem(pc.predictor, rule + " [1]", scope=pc.scope),), "scripted"),
+                    Proposal("hint", (AddItem(pc.predictor, HINT, scope=pc.scope),), "scripted")]
+
+    def keep(item, inputs) -> bool:  # an item ending in "[k]" reaches only the inputs of task k
+        return not item.text.endswith("]") or item.text.endswith(f"[{inputs['input'][-1]}]")
+
+    opt = ContinualOptimizer(scripted_lm(respond, name="scripted/hint"), None,
+                             budget=get_budget("light", **{**BUDGET, "n_trials": 4, "val_minibatch": 10}), seed=0, num_threads=2,
+                             measure_test=False, proposers=[Both()], selector=KeepItems(keep), consolidate=False)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    step = result.steps[1]
+    # The search (on all of val, and no replay: replay_per_task 0) takes both, 1.0 on val; the gate sees the hint break 6 of the
+    # first task's 10 and rejects; without the hint, which reaches those inputs, the keyed rule alone fixes
+    # half of val with nothing broken (p = 1/32 < α/2) and lands.
+    assert step.accepted, step.extra["reason"]
+    assert "without hint" in step.extra["reason"] and "after the whole candidate was rejected" in step.extra["reason"]
+    items = [it.text for it in opt._context.predictor("predict").items]
+    assert rule + " [1]" in items and HINT not in items
+    assert step.extra["proposals"] == ["keyed"]
