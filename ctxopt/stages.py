@@ -247,7 +247,8 @@ class SearchObjective:
 
     def __post_init__(self) -> None:
         self._tasks = {t.name: t for t in self.setup.earlier}
-        self._targets: dict[str, dict[str, tuple[list[dspy.Example], int]]] = {}
+        self._targets: dict[str, dict[str, list[dspy.Example]]] = {}
+        self._base: dict[tuple[str, str], float] = {}  # (earlier task, example id) -> the current C's score
 
     @property
     def head(self) -> list[dspy.Example]:
@@ -279,8 +280,10 @@ class SearchObjective:
         prompt it changes and the current context scores above 0), and how many such the pool has.
         Scores the current context on the changed examples: charge them first."""
         task, base, changed = self._tasks[name], self.setup.base, self.targets(ctx)[name]
-        self.evaluate(base, task, changed)  # one batch; the per-example scores below come from the cache
-        right = [ex for ex in changed if self.evaluate(base, task, [ex]) > 0]
+        if any((name, example_id(ex)) not in self._base for ex in changed):
+            self.evaluate(base, task, changed)  # one batch; the per-example scores below come from the cache
+            self._base.update({(name, example_id(ex)): self.evaluate(base, task, [ex]) for ex in changed})
+        right = [ex for ex in changed if self._base[name, example_id(ex)] > 0]
         return (right[: self.replay_k] if self.replay_k is not None else right), len(right)
 
     def _charges(self, ctx: LearnedContext, parts: Sequence[str]) -> Iterator[list[str]]:
