@@ -513,7 +513,7 @@ class ContinualOptimizer:
             if searched.stopped_by_budget:
                 why += " before the budget ran out"
             return Gated.rolled_back(setup.base, why)
-        gated = self._gate(program, setup, searched)
+        gated = self._gate(program, setup, searched, proposed.proposals)
         if gated.accepted and over_budget(gated.context, self.budget.max_context_tokens):
             gated = self._make_room(program, setup, gated)
         return gated
@@ -681,7 +681,8 @@ class ContinualOptimizer:
         self._search_figures.update(search_scored=len(objective.values), search_cut=len(objective.cut))
         return Searched(result.best, tuple(result.best_proposals), result.stopped_by_budget)
 
-    def _gate(self, program: dspy.Module, setup: StepSetup, searched: Searched) -> Gated:
+    def _gate(self, program: dspy.Module, setup: StepSetup, searched: Searched,
+              offered: Sequence[Proposal] = ()) -> Gated:
         """Full val of the task and the replay sample of every earlier task whose view changes.
 
         While the gate is undecided, the replay samples it names grow (:meth:`_grown`) and it decides
@@ -691,22 +692,24 @@ class ContinualOptimizer:
         refuses, rejects and says why.
 
         **One fallback after harm.** A candidate that gains on the task but costs an earlier one is often
-        a bundle: the proposals that reach the broken earlier inputs, and others that do not (babi-10
-        task-agnostic, stop 34: qa6's demos with a reflection rule pinned to core memory, which reached
-        every qa1 input). The gate then judges, once, the same bundle without every proposal that changes
-        the prompt of a broken earlier example (:meth:`_fallback`), at half the gain test's level (two
-        tries at α/2 each let a null edit through no more often than one at α).
+        a bundle: the proposals that reach the broken earlier inputs, and others that do not, or that have
+        a twin that does not (babi-10 task-agnostic, stop 34: qa6's demos with a reflection rule pinned to
+        core memory, which reached every qa1 input). The gate then judges, once, the bundle with every
+        proposal that changes the prompt of a broken earlier example swapped for such a twin or left out
+        (:meth:`_fallback`), at half the gain test's level (two tries at α/2 each let a null edit through
+        no more often than one at α).
         """
         task, base = setup.task, setup.base
         self.emit("phase", task.name, phase="gate")
         decision, first, scores, rounds, sizes = self._judge(program, setup, searched.best, self.gate)
         best, proposals = searched.best, searched.proposals
-        if not decision.accepted and (fallback := self._fallback(setup, searched, decision, scores)):
+        if not decision.accepted and (fallback := self._fallback(setup, searched, decision, scores, offered)):
             ctx, kept, cut = fallback
             self.emit("phase", task.name, phase="gate", fallback=[p.name for p in kept], without=cut)
             second, _, again, more, grown = self._judge(program, setup, ctx,
                                                         replace(self.gate, alpha=self.gate.alpha / 2))
-            without = f"without {', '.join(cut)} (reaching the earlier inputs the whole candidate broke; gain test at α/2)"
+            without = (f"fallback {', '.join(cut)} (swapped or left out: it reached earlier inputs the whole "
+                       f"candidate broke; gain test at α/2)")
             if second.accepted:
                 reason = f"{second.reason}; {without}, after the whole candidate was rejected: {decision.reason}"
                 decision, scores, sizes = replace(second, reason=reason), again, grown
@@ -755,12 +758,14 @@ class ContinualOptimizer:
             break
         return decision, first, scores, rounds, sizes
 
-    def _fallback(self, setup: StepSetup, searched: Searched, decision: Decision, scores: Sequence[PairedScores]
-                  ) -> tuple[LearnedContext, tuple[Proposal, ...], list[str]] | None:
+    def _fallback(self, setup: StepSetup, searched: Searched, decision: Decision, scores: Sequence[PairedScores],
+                  offered: Sequence[Proposal] = ()) -> tuple[LearnedContext, tuple[Proposal, ...], list[str]] | None:
         """After a rejection for harm (the task's gain passed the paired gate's sign test), the best candidate
-        without each proposal that, applied alone to the current C, changes the prompt of an earlier example
-        the candidate broke: that context, the proposals it keeps and the names it cuts. None when there is
-        no such proposal, nothing would be left, or the budget cannot pay for the first gate check."""
+        with each proposal that, applied alone to the current C, changes the prompt of an earlier example the
+        candidate broke replaced by the first alternative of its group among ``offered`` (the step's
+        proposals: its archival or narrowed twin) that changes none of them, or else left out. Returns that
+        context, its proposals and what was replaced or left out ("a → b", "a"); None when nothing reaches
+        a broken example, nothing would be left, or the budget cannot pay for the first gate check."""
         alpha = getattr(self.gate, "alpha", None)
         if not isinstance(self.gate, PairedTestGate) or decision.p_value is None or decision.p_value >= alpha:
             return None
@@ -769,16 +774,22 @@ class ContinualOptimizer:
                   for s in scores[1:] if s.broken and s.task in tasks}
         if not broken:
             return None
-        kept, cut = [], []
-        for p in searched.proposals:
+
+        def clear(p: Proposal) -> bool:  # applied alone, it leaves every broken example's prompt as it was
             try:
                 alone = base.apply_edits(list(p.edits), step=setup.step, task=setup.task.name)
             except EditError:
-                alone = None
-            if alone is None or any(setup.differing(base, alone, tasks[n], exs) for n, exs in broken.items()):
-                cut.append(p.name)
-            else:
+                return False
+            return not any(setup.differing(base, alone, tasks[n], exs) for n, exs in broken.items())
+
+        kept, cut = [], []
+        for p in searched.proposals:
+            if clear(p):
                 kept.append(p)
+                continue
+            twin = next((q for q in offered if p.group and q.group == p.group and q.name != p.name and clear(q)), None)
+            cut.append(f"{p.name} → {twin.name}" if twin else p.name)
+            kept += [twin] if twin else []
         if not cut or not kept:
             return None
         try:

@@ -286,7 +286,42 @@ def test_a_bundle_rejected_for_harm_is_judged_again_without_what_reached_the_bro
     # first task's 10 and rejects; without the hint, which reaches those inputs, the keyed rule alone fixes
     # half of val with nothing broken (p = 1/32 < α/2) and lands.
     assert step.accepted, step.extra["reason"]
-    assert "without hint" in step.extra["reason"] and "after the whole candidate was rejected" in step.extra["reason"]
+    assert "fallback hint (swapped or left out" in step.extra["reason"]
+    assert "after the whole candidate was rejected" in step.extra["reason"]
     items = [it.text for it in opt._context.predictor("predict").items]
     assert rule + " [1]" in items and HINT not in items
     assert step.extra["proposals"] == ["keyed"]
+
+
+def test_the_fallback_swaps_a_proposal_that_reached_a_broken_input_for_a_twin_that_does_not():
+    from ctxopt.context import LearnedContext, PredictorContext
+    from ctxopt.selector import KeepItems
+    from ctxopt.stages import Searched, StepSetup
+
+    stream = make_stream((10, 10))
+    first, second = stream.tasks
+    opt = ContinualOptimizer(None, None, seed=0)
+    opt.ledger.start_task(second.name)
+    base = LearnedContext({"predict": PredictorContext("Answer.")})
+
+    def keep(item, inputs) -> bool:  # an item ending in "[k]" reaches only the inputs of task k
+        return not item.text.endswith("]") or item.text.endswith(f"[{inputs['input'][-1]}]")
+
+    setup = StepSetup(step=2, task=second, base=base, earlier=(first,), scenario="task-agnostic", scope="global",
+                      predictor="predict", n_pred=1, selector=KeepItems(keep))
+    rule = Proposal("rule", (AddItem("predict", RULES["double"][0] + " [1]"),), "scripted")
+    wide = Proposal("hint", (AddItem("predict", HINT),), "scripted", group="memory:hint")
+    twin = Proposal("hint+narrow", (AddItem("predict", HINT + " [1]"),), "scripted", group="memory:hint")
+    other = Proposal("note", (AddItem("predict", "Be brief."),), "scripted")  # wide, and no twin
+    best = base.apply_edits([e for p in (rule, wide, other) for e in p.edits])
+    ids = [example_id(e) for e in first.val]
+    harm = PairedScores(first.name, dict.fromkeys(ids, 1.0), {i: float(k >= 6) for k, i in enumerate(ids)})
+    decision = PairedTestGate().decide(scores("double", 10, 0, 8), [harm])
+    assert decision.outcome == "rejected" and decision.p_value < 0.25
+    ctx, kept, cut = opt._fallback(setup, Searched(best, (rule, wide, other)), decision, [scores("double", 10, 0, 8), harm],
+                                   offered=(rule, wide, twin, other))
+    assert [p.name for p in kept] == ["rule", "hint+narrow"] and cut == ["hint → hint+narrow", "note"]
+    assert [it.text for it in ctx.predictor("predict").items] == [RULES["double"][0] + " [1]", HINT + " [1]"]
+    # a rejection for want of gain gets no fallback
+    no_gain = PairedTestGate().decide(scores("double", 10, 5, 5), [harm])
+    assert opt._fallback(setup, Searched(best, (rule, wide, other)), no_gain, [harm], offered=(twin,)) is None
