@@ -14,6 +14,7 @@ from ctxopt.optimizer import ContinualOptimizer
 from ctxopt.program import program_for
 from ctxopt.proposer import ReflectionProposer
 from ctxopt.rundir import CLOCK_FILE
+from ctxopt.selector import ScopeSelector
 from ctxopt.store import Store
 from ctxopt.tasks import example_id, sealed_test_split
 from tests.toy import RULES, reflection_lm, task_lm, toy_stream
@@ -45,10 +46,11 @@ def test_helpful_edit_is_accepted_committed_and_measured(tmp_path):
 
 
 def test_edit_that_breaks_an_earlier_task_is_rolled_back_with_reason(tmp_path):
-    # Task-agnostic: rules are global, so "reverse" also reverses the suffix task's answers.
+    # Task-agnostic with every item shown to every input (the scope selector: no retrieval, so no narrowed
+    # twin the gate's fallback could swap in): "reverse" also reverses the suffix task's answers.
     stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
     budget = get_budget("light", **{**SMALL, "replay_per_task": 0})  # only the gate sees the replay set
-    opt, run = make_opt(tmp_path, scenario="task-agnostic", budget=budget,
+    opt, run = make_opt(tmp_path, scenario="task-agnostic", budget=budget, selector=ScopeSelector(),
                         proposers=[ReflectionProposer(reflection_lm(), samples=1)])
     result = opt.fit(program_for(stream), stream, run_dir=run)
     assert result.steps[0].accepted is True
@@ -61,6 +63,20 @@ def test_edit_that_breaks_an_earlier_task_is_rolled_back_with_reason(tmp_path):
     # C is unchanged by the rejected step, and the earlier task keeps its score.
     assert store.current().hash == store.log()[1].context_hash
     assert result.R[1][0] == 1.0
+
+
+def test_with_retrieval_the_gate_falls_back_to_the_narrowed_twin_of_a_rule_that_broke_an_earlier_task(tmp_path):
+    stream = toy_stream("task-agnostic", names=("suffix", "reverse"))
+    budget = get_budget("light", **{**SMALL, "replay_per_task": 0})
+    opt, run = make_opt(tmp_path, scenario="task-agnostic", budget=budget,
+                        proposers=[ReflectionProposer(reflection_lm(), samples=1)])
+    result = opt.fit(program_for(stream), stream, run_dir=run)
+    step = result.steps[1]
+    # The wide reverse rule broke suffix at the gate; its narrowed twin (kept off inputs like suffix's) lands.
+    assert step.accepted and step.extra["proposals"] == ["reflect0.0+narrow"]
+    assert "fallback reflect0.0 → reflect0.0+narrow" in step.extra["reason"]
+    assert "earlier task suffix drops" in step.extra["reason"]
+    assert result.R[1][0] == 1.0 and result.R[1][1] > 0
 
 
 def test_budgets_are_never_exceeded(tmp_path):
