@@ -117,6 +117,15 @@ def test_the_every_switch_on_seed_leaves_out_a_proposal_that_conflicts_with_an_e
     assert [p.name for p in result.best_proposals] == ["good"] and result.best_value == 1.1
 
 
+def assert_a_resume_charges_the_same(objective, contexts, first, charges) -> None:
+    """A fresh objective that meets ``contexts`` as a resumed search does charges and scores as ``first`` did."""
+    again: list = []
+    resumed = objective([], again)
+    for c in contexts:
+        resumed.resumed(c)
+    assert again == charges and resumed.values == first.values
+
+
 def test_a_hopeless_candidate_stops_after_the_head_and_a_resume_charges_the_same():
     from ctxopt.context import LearnedContext, PredictorContext
     from ctxopt.edits import AddItem
@@ -150,11 +159,7 @@ def test_a_hopeless_candidate_stops_after_the_head_and_a_resume_charges_the_same
     # base: its val; good: head, tail, then base's scores on the 3 pool inputs good changes (they pick what is
     # replayed: base gets all 3 right), then good on those 3; bad, fair: the head only
     assert charges == [10, 5, 5, 3, 3, 5, 5]
-    again_log, again = [], []
-    resumed = objective(again_log, again)
-    for c in (base, good, bad, fair):
-        resumed.resumed(c)
-    assert again == charges and resumed.values == first.values
+    assert_a_resume_charges_the_same(objective, (base, good, bad, fair), first, charges)
 
 
 def test_a_candidate_below_the_best_on_val_is_not_replayed_and_a_resume_charges_the_same():
@@ -194,11 +199,7 @@ def test_a_candidate_below_the_best_on_val_is_not_replayed_and_a_resume_charges_
     # base: its val; good: head, tail, base's scores on the pool, good's replay; close: head, tail; even: head,
     # tail, its replay (base's scores on the pool were paid for with good's)
     assert charges == [10, 5, 5, 3, 3, 5, 5, 5, 5, 3]
-    again_log, again = [], []
-    resumed = objective(again_log, again)
-    for c in (base, good, close, even):
-        resumed.resumed(c)
-    assert again == charges and resumed.values == first.values
+    assert_a_resume_charges_the_same(objective, (base, good, close, even), first, charges)
 
 
 def test_replay_skips_the_earlier_inputs_the_current_context_gets_wrong():
