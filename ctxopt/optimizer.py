@@ -696,8 +696,10 @@ class ContinualOptimizer:
         a twin that does not (babi-10 task-agnostic, stop 34: qa6's demos with a reflection rule pinned to
         core memory, which reached every qa1 input). The gate then judges, once, the bundle with every
         proposal that changes the prompt of a broken earlier example swapped for such a twin or left out
-        (:meth:`_fallback`), at half the gain test's level (two tries at α/2 each let a null edit through
-        no more often than one at α).
+        (:meth:`_fallback`), at half the gain test's level. The fallback runs only once the whole bundle's
+        gain test passed at α, so with no real gain anywhere a step still lands at most as often as one test
+        at α allows; where the bundle's gain came only from what the fallback drops, the fallback, a null
+        edit then, passes at most α/2 of the time.
         """
         task, base = setup.task, setup.base
         self.emit("phase", task.name, phase="gate")
