@@ -272,6 +272,16 @@ def restates_feedback(rule: str, failures: Sequence[Observation]) -> bool:
     return plain in clauses or bool(_PAST_OUTCOME.match(plain))
 
 
+def is_placeholder(text: str) -> bool:
+    """True if ``text`` is only a slot of the reply format, copied back (``<a new rule>``): no rule at all.
+
+    Example:
+        >>> is_placeholder("<a new rule>"), is_placeholder(" <better text> "), is_placeholder("Answer <x> only.")
+        (True, True, False)
+    """
+    return bool(re.fullmatch(r"\s*<[^<>]*>\s*", text or ""))
+
+
 _NAME = re.compile(r"\b[A-Z][a-z]{2,}\b")
 
 
@@ -363,6 +373,9 @@ class ReflectionProposer:
                 continue
             text = text if isinstance(text, str) else str(text)
             for j, (verb, item_id, body) in enumerate(parse_reflection(text)[: self.max_edits]):
+                if verb != "DELETE" and is_placeholder(split_when(body)[0]):
+                    log.info("reflection sample %d: dropped %r, a slot of the reply format copied back", s, body)
+                    continue
                 if verb in ("ADD", "UPDATE") and restates_feedback(split_when(body)[0], pc.failures):
                     log.info("reflection sample %d: dropped %r, which only restates the metric's feedback", s, body)
                     continue

@@ -232,6 +232,11 @@ def test_reflection_drops_rules_that_only_restate_the_feedback():
     bare = scripted_lm(lambda system, user: 'ADD: When: a question with "where" in it\nADD: Be brief. WHEN: a word')
     [only] = ReflectionProposer(bare, samples=1).propose(pc)
     assert (only.edits[0].text, only.edits[0].keys) == ("Be brief.", ("a word",))
+    # a slot of the reply format copied back is no rule (babi-10 task-agnostic, stop 34, landed "<a new rule>")
+    slots = scripted_lm(lambda system, user: "ADD: <a new rule> WHEN: <the kind of input it applies to>\n"
+                                             "INSTRUCTION: <a better one-sentence instruction for this task>\n"
+                                             "ADD: Answer yes or no.")
+    assert [p.edits[0].text for p in ReflectionProposer(slots, samples=1).propose(pc)] == ["Answer yes or no."]
 
 
 def test_traced_demos_take_one_answer_at_a_time_and_never_teach_only_the_models_own_guess():
