@@ -305,21 +305,26 @@ class RunResult:
 
     def gate_counts(self) -> dict[str, int]:
         """How often the gate's first decision of a step was ``accepted``, ``rejected`` or ``undecided``
-        (before any growth), and how many ``rounds`` of growing replay samples the run took.
+        (before any growth), how many ``rounds`` of growing replay samples the run took, and how many
+        ``fallbacks`` after a harm rejection the gate judged and how many of them ``landed``.
 
-        Read from the steps' ``extra`` (``gate_outcome``, ``gate_rounds``); a step without them (a peer
-        method, a step with nothing to gate) counts nowhere.
+        Read from the steps' ``extra`` (``gate_outcome``, ``gate_rounds``, ``gate_fallback``); a step
+        without them (a peer method, a step with nothing to gate) counts nowhere.
 
         Example:
-            >>> steps = [StepRecord(1, "a", extra={"gate_outcome": "undecided", "gate_rounds": 1}), StepRecord(2, "b")]
-            >>> RunResult("m", ["a", "b"], [0, 0], steps=steps).gate_counts()
-            {'accepted': 0, 'rejected': 0, 'undecided': 1, 'rounds': 1}
+            >>> steps = [StepRecord(1, "a", extra={"gate_outcome": "undecided", "gate_rounds": 1}), StepRecord(2, "b"),
+            ...          StepRecord(3, "c", accepted=True, extra={"gate_outcome": "rejected", "gate_fallback": ["r"]})]
+            >>> RunResult("m", ["a", "b", "c"], [0, 0, 0], steps=steps).gate_counts()
+            {'accepted': 0, 'rejected': 1, 'undecided': 1, 'rounds': 1, 'fallbacks': 1, 'landed': 1}
         """
-        counts = {"accepted": 0, "rejected": 0, "undecided": 0, "rounds": 0}
+        counts = {"accepted": 0, "rejected": 0, "undecided": 0, "rounds": 0, "fallbacks": 0, "landed": 0}
         for s in self.steps:
             if s.extra.get("gate_outcome") in ("accepted", "rejected", "undecided"):
                 counts[s.extra["gate_outcome"]] += 1
             counts["rounds"] += int(s.extra.get("gate_rounds") or 0)
+            if s.extra.get("gate_fallback"):
+                counts["fallbacks"] += 1
+                counts["landed"] += int(bool(s.accepted))
         return counts
 
     def summary(self) -> dict[str, Any]:

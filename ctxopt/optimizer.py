@@ -485,7 +485,8 @@ class ContinualOptimizer:
                    "charged_reflection_calls": self.ledger.spent_reflection.get(task.name, 0),
                    "items": sum(len(p.items) for _, p in self._context.predictors.items()),
                    "context_hash": self._context.hash, "gate_outcome": gated.gate_outcome,
-                   "gate_rounds": gated.gate_rounds, **self._search_figures, **self._consolidation_figures(passes)},
+                   "gate_rounds": gated.gate_rounds, "gate_fallback": list(gated.fallback),
+                   **self._search_figures, **self._consolidation_figures(passes)},
         )
         self.emit("task_end", task.name, accepted=gated.accepted, reason=gated.reason, record=record.to_dict())
         return StepOutcome(setup.step, task.name, gated.accepted, gated.reason, self._context,
@@ -704,7 +705,7 @@ class ContinualOptimizer:
         task, base = setup.task, setup.base
         self.emit("phase", task.name, phase="gate")
         decision, first, scores, rounds, sizes = self._judge(program, setup, searched.best, self.gate)
-        best, proposals = searched.best, searched.proposals
+        best, proposals, cut = searched.best, searched.proposals, []
         if not decision.accepted and (fallback := self._fallback(setup, searched, decision, scores, offered)):
             ctx, kept, cut = fallback
             self.emit("phase", task.name, phase="gate", fallback=[p.name for p in kept], without=cut)
@@ -719,7 +720,7 @@ class ContinualOptimizer:
             else:
                 decision = replace(decision, reason=f"{decision.reason}; {without}: {second.reason}")
         self.emit("gate", task.name, **decision.to_dict(), first_outcome=first.outcome, rounds=rounds)
-        gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes}
+        gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes, "fallback": tuple(cut)}
         if not decision.accepted:
             return Gated(False, base, decision.reason, proposals, decision, **gate_run,
                          val_after=scores[0].mean_before)

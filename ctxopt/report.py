@@ -238,8 +238,9 @@ def gate_summary(run: RunResult) -> str:
     if not any("gate_outcome" in s.extra for s in run.steps):
         return ""
     c = run.gate_counts()
+    fell = f"; {c['fallbacks']} fallback(s) after harm, {c['landed']} landed" if c["fallbacks"] else ""
     return (f"gate: {c['accepted']} accepted, {c['rejected']} rejected, {c['undecided']} undecided at first "
-            f"({c['rounds']} rounds of growing replay samples)")
+            f"({c['rounds']} rounds of growing replay samples){fell}")
 
 
 def _has(results: Sequence[RunResult], key: str) -> bool:

@@ -147,6 +147,8 @@ class Gated:
     how many times an undecided gate grew replay samples, and ``replay_sizes`` the grown sample sizes
     by task (tasks not named keep the budget's ``gate_replay_per_task``). ``val_after`` is the current
     task's score on its full val with the context the step ends with (None when the gate did not run).
+    ``fallback`` names what the gate's one fallback after a harm rejection changed (empty if none ran);
+    it landed iff the step is accepted with a first outcome other than ``accepted``.
     """
 
     accepted: bool
@@ -159,6 +161,7 @@ class Gated:
     gate_rounds: int = 0
     replay_sizes: dict[str, int] = field(default_factory=dict)
     val_after: float | None = None
+    fallback: tuple[str, ...] = ()  # the gate's fallback after harm: what it swapped ("a → b") or left out
 
     @classmethod
     def rolled_back(cls, base: LearnedContext | None, reason: str, proposals: Sequence[Proposal] = (),

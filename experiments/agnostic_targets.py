@@ -117,7 +117,8 @@ def _print(name: str, t: dict) -> None:
           f"accepted {t['accepted_steps']}/{t['steps']}  final C {t['final_context_tokens']} tokens")
     if t.get("gate_counts"):
         g = t["gate_counts"]
-        print(f"  gate (first decision): {g['accepted']} accepted, {g['rejected']} rejected, {g['undecided']} undecided")
+        print(f"  gate (first decision): {g['accepted']} accepted, {g['rejected']} rejected, {g['undecided']} undecided"
+              + (f"; {g['fallbacks']} fallback(s) after harm, {g['landed']} landed" if g.get("fallbacks") else ""))
     if "static_acc" in t:
         print(f"  static ACC {t['static_acc']:.3f}  (ctxopt {t['over_static']:+.3f})")
         bad = t["damage_before_arrival"]

@@ -113,7 +113,8 @@ def test_gate_counts_in_the_summary_and_the_report_line():
              StepRecord(2, "b", extra={"gate_outcome": "undecided", "gate_rounds": 2}),
              StepRecord(3, "c", extra={"gate_outcome": None, "gate_rounds": 0}), StepRecord(4, "d")]
     run = RunResult("ctxopt", ["a", "b", "c", "d"], [0.0] * 4, steps=steps)
-    assert run.summary()["gate_counts"] == {"accepted": 1, "rejected": 0, "undecided": 1, "rounds": 2}
+    assert run.summary()["gate_counts"] == {"accepted": 1, "rejected": 0, "undecided": 1, "rounds": 2,
+                                               "fallbacks": 0, "landed": 0}
     assert gate_summary(run).startswith("gate: 1 accepted, 0 rejected, 1 undecided")
     assert gate_summary(RunResult("static", ["a"], [0.0], steps=[StepRecord(1, "a")])) == ""
 
@@ -195,7 +196,8 @@ def test_a_borderline_step_grows_the_replay_sample_and_resolves(tmp_path):
     assert twice[:10] == base and whole[:20] == twice and len(set(whole)) == 40
     gate = next(e.data for e in events if e.kind == "gate" and e.task == "double")
     assert gate["outcome"] == "accepted" and gate["first_outcome"] == "undecided" and gate["rounds"] == 2
-    assert result.summary()["gate_counts"] == {"accepted": 1, "rejected": 0, "undecided": 1, "rounds": 2}
+    assert result.summary()["gate_counts"] == {"accepted": 1, "rejected": 0, "undecided": 1, "rounds": 2,
+                                               "fallbacks": 0, "landed": 0}
 
 
 def test_an_undecided_step_that_stays_undecided_is_rejected_and_says_so(tmp_path):
@@ -290,7 +292,9 @@ def test_a_bundle_rejected_for_harm_is_judged_again_without_what_reached_the_bro
     assert "after the whole candidate was rejected" in step.extra["reason"]
     items = [it.text for it in opt._context.predictor("predict").items]
     assert rule + " [1]" in items and HINT not in items
-    assert step.extra["proposals"] == ["keyed"]
+    assert step.extra["proposals"] == ["keyed"] and step.extra["gate_fallback"] == ["hint"]
+    counts = result.summary()["gate_counts"]
+    assert (counts["rejected"], counts["fallbacks"], counts["landed"]) == (1, 1, 1)
 
 
 def test_the_fallback_swaps_a_proposal_that_reached_a_broken_input_for_a_twin_that_does_not():
