@@ -163,9 +163,11 @@ def test_a_revisit_that_kept_its_score_stops_after_observing_even_with_failures_
     assert set(opt.resume_state()["ended"]) == {split_visit(s.task)[0] for s in result.steps if s.accepted}
     assert first.accepted and 0.5 <= result.R[0][0] < 1.0  # learned, with unknowable labels left failing
     assert again.extra["reason"].startswith("revisit of suffix: C scores")
-    # it paid for observing train examples only (no search, no gate), far less than the first visit
+    # it paid for observing train examples only (no search, no gate): at most its train split, and under half
+    # of the first visit (whose search and gate pay each prompt once a run: 36 calls here)
     assert set(again.extra["charged_by_source"]) == {"task:observe"}
-    assert again.extra["charged_task_calls"] <= min(len(stream.tasks[2].train), 0.3 * first.extra["charged_task_calls"])
+    assert again.extra["charged_task_calls"] <= len(stream.tasks[2].train)
+    assert again.extra["charged_task_calls"] < first.extra["charged_task_calls"] / 2
     assert result.R[2][2] == result.R[1][2] >= result.r0[2]  # it starts, and stays, from what was kept
 
 
