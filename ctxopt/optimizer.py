@@ -93,7 +93,7 @@ from ctxopt.retrieval import (
 from ctxopt.rundir import RunDir
 from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
 from ctxopt.selector import ContextSelector, default_selector, retrieves
-from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup
+from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup, unpaid
 from ctxopt.store import Store
 from ctxopt.tasks import Task, TaskStream, example_id, split_visit
 from ctxopt.teacher import TeacherDemoProposer
@@ -688,7 +688,7 @@ class ContinualOptimizer:
 
         While the gate is undecided, the replay samples it names grow (:meth:`_grown`) and it decides
         again, at most :data:`GATE_ROUNDS` times. The examples a round adds are charged under ``gate``
-        for both sides, each prompt once a run (:meth:`_unpaid`; charges never depend on caches). An
+        for both sides, each prompt once a run (:meth:`_gate_check`; charges never depend on caches). An
         undecided gate that stays so, whose named samples are already whole, or whose growth the budget
         refuses, rejects and says why.
 
@@ -739,9 +739,7 @@ class ContinualOptimizer:
         rounds = 0
         while decision.outcome == "undecided":
             grown, _ = self._grown(setup, decision.grow, sizes)
-            cost = setup.n_pred * len(self._unpaid(setup, [
-                (ctx, t, exs) for t, exs in self._gate_sets(task, setup.earlier, {**sizes, **grown})[1:]
-                if t.name in grown for ctx in (base, candidate)]))
+            cost = setup.n_pred * len(self._gate_check(setup, base, candidate, sizes={**sizes, **grown})[1])
             if rounds == GATE_ROUNDS:
                 why = " of growing the replay samples"
             elif not grown:
@@ -799,9 +797,7 @@ class ContinualOptimizer:
             ctx = base.apply_edits([e for p in kept for e in p.edits], step=setup.step, task=setup.task.name)
         except EditError:
             return None
-        sets = self._gate_sets(setup.task, setup.earlier)
-        keys = self._unpaid(setup, [(c, t, exs) for i, (t, exs) in enumerate(sets)
-                                    if i == 0 or setup.differs(base, ctx, t, exs) for c in (base, ctx)])
+        keys = self._gate_check(setup, base, ctx)[1]
         if ctx.hash == base.hash or not self.ledger.can_spend("task", setup.n_pred * len(keys)):
             return None
         return ctx, tuple(kept), cut
@@ -915,14 +911,11 @@ class ContinualOptimizer:
         ``changed_only`` keeps only the tasks whose prompts differ (with ``keep_current`` the current task
         is always kept): on the others both sides score the same, so they are neither run nor charged.
         ``sizes`` are grown replay sample sizes (:meth:`_gate_sets`). Charged under ``source``: the prompts
-        no earlier charge of the run paid for (:meth:`_unpaid`), so a re-check on a grown sample pays for
+        no earlier charge of the run paid for (:meth:`_gate_check`), so a re-check on a grown sample pays for
         the examples it adds, and the current context's replay, scored when it passed its own gate, is free.
         """
-        sets = self._gate_sets(setup.task, setup.earlier, sizes)
-        if changed_only:
-            sets = [(t, exs) for i, (t, exs) in enumerate(sets)
-                    if (i == 0 and keep_current) or setup.differs(before, after, t, exs)]
-        keys = self._unpaid(setup, [(ctx, t, exs) for t, exs in sets for ctx in (before, after)])
+        sets, keys = self._gate_check(setup, before, after, sizes=sizes, changed_only=changed_only,
+                                      keep_current=keep_current)
         self.ledger.charge("task", setup.n_pred * len(keys), source)  # raises: nothing run
         self._paid.update(keys)
         ev, scenario = self._evaluator, self._scenario
@@ -930,12 +923,18 @@ class ContinualOptimizer:
                              self._scores(ev.evaluate(program, after, t, exs, scenario=scenario)))
                 for t, exs in sets]
 
-    def _unpaid(self, setup: StepSetup, runs: Sequence[tuple[LearnedContext, Task, Sequence[dspy.Example]]]
-                ) -> list[str]:
-        """The prompt keys of ``runs`` (context, task, examples) that no charge of this run paid for: what a
-        cold run, whose evaluator caches every prompt it computed, would send to the model."""
-        keys = (k for ctx, t, exs in runs for k in setup.keys(ctx, t, exs))
-        return [k for k in dict.fromkeys(keys) if k not in self._paid]
+    def _gate_check(self, setup: StepSetup, before: LearnedContext, after: LearnedContext, *,
+                    sizes: Mapping[str, int] | None = None, changed_only: bool = True, keep_current: bool = True
+                    ) -> tuple[list[tuple[Task, list[dspy.Example]]], list[str]]:
+        """What one gate check of ``after`` against ``before`` scores (see :meth:`_paired`), and the prompt keys
+        of it that no charge of this run paid for: what a cold run, whose evaluator caches every prompt it
+        computed, would send to the model."""
+        sets = self._gate_sets(setup.task, setup.earlier, sizes)
+        if changed_only:
+            sets = [(t, exs) for i, (t, exs) in enumerate(sets)
+                    if (i == 0 and keep_current) or setup.differs(before, after, t, exs)]
+        keys = (k for t, exs in sets for ctx in (before, after) for k in setup.keys(ctx, t, exs))
+        return sets, unpaid(keys, self._paid)
 
     def _check(self, program: dspy.Module, setup: StepSetup, source: str) -> Callable[..., Decision]:
         """A consolidation lands iff no seen task's val score falls by more than ε (the run's gate as tolerance).

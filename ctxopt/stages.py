@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +170,11 @@ class Gated:
 
 
 PHASES = ("head", "val", "all")  # how far the search has scored (and charged) a context: val's head, val, replay
+
+
+def unpaid(keys: Iterable[str], paid: set[str]) -> list[str]:
+    """The prompt keys among ``keys`` (once each, in order) that no charge of the run paid for yet."""
+    return [k for k in dict.fromkeys(keys) if k not in paid]
 
 
 @dataclass
@@ -315,7 +320,7 @@ class SearchObjective:
         have = self.charged.get(ctx.hash)
         start = PHASES.index(have) + 1 if have is not None else 0
         for keys in self._charges(ctx, PHASES[start:PHASES.index(phase) + 1]):
-            keys = [k for k in dict.fromkeys(keys) if k not in self.paid]
+            keys = unpaid(keys, self.paid)
             if keys and not self.charge(self.setup.n_pred * len(keys), "task"):
                 return False
             self.paid.update(keys)
