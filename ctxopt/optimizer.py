@@ -767,8 +767,7 @@ class ContinualOptimizer:
         proposals: its archival or narrowed twin) that changes none of them, or else left out. Returns that
         context, its proposals and what was replaced or left out ("a → b", "a"); None when nothing reaches
         a broken example, nothing would be left, or the budget cannot pay for the first gate check."""
-        alpha = getattr(self.gate, "alpha", None)
-        if not isinstance(self.gate, PairedTestGate) or decision.p_value is None or decision.p_value >= alpha:
+        if not isinstance(self.gate, PairedTestGate) or decision.p_value is None or decision.p_value >= self.gate.alpha:
             return None
         tasks, base = {t.name: t for t in setup.earlier}, setup.base
         broken = {s.task: [e for e in tasks[s.task].val if s.after.get(example_id(e), 1.0) < s.before.get(example_id(e), 0.0)]
