@@ -145,6 +145,11 @@ class StepOutcome:
     record: StepRecord
 
 
+def _form_of(name: str) -> str:
+    """A proposal's name without the memory form the selector step gave it ("demos1+narrow" → "demos1")."""
+    return name.removesuffix("+narrow").removesuffix("+core")
+
+
 def _as_lm(lm: Any) -> Any:
     return get_lm(lm) if isinstance(lm, str) else lm
 
@@ -764,7 +769,7 @@ class ContinualOptimizer:
         """After a rejection for harm (the task's gain passed the paired gate's sign test), the best candidate
         with each proposal that, applied alone to the current C, changes the prompt of an earlier example the
         candidate broke replaced by the first alternative of its group among ``offered`` (the step's
-        proposals: its archival or narrowed twin) that changes none of them, or else left out. Returns that
+        proposals: its own archival or narrowed form first, then the group's other draws) that changes none of them, or else left out. Returns that
         context, its proposals and what was replaced or left out ("a → b", "a"); None when nothing reaches
         a broken example, nothing would be left, or the budget cannot pay for the first gate check."""
         if not isinstance(self.gate, PairedTestGate) or decision.p_value is None or decision.p_value >= self.gate.alpha:
@@ -787,7 +792,9 @@ class ContinualOptimizer:
             if clear(p):
                 kept.append(p)
                 continue
-            twin = next((q for q in offered if p.group and q.group == p.group and q.name != p.name and clear(q)), None)
+            group = [q for q in offered if p.group and q.group == p.group and q.name != p.name]
+            group.sort(key=lambda q: _form_of(q.name) != _form_of(p.name))  # its own forms before other draws
+            twin = next((q for q in group if clear(q)), None)
             cut.append(f"{p.name} → {twin.name}" if twin else p.name)
             kept += [twin] if twin else []
         if not cut or not kept:

@@ -322,8 +322,9 @@ def test_the_fallback_swaps_a_proposal_that_reached_a_broken_input_for_a_twin_th
     harm = PairedScores(first.name, dict.fromkeys(ids, 1.0), {i: float(k >= 6) for k, i in enumerate(ids)})
     decision = PairedTestGate().decide(scores("double", 10, 0, 8), [harm])
     assert decision.outcome == "rejected" and decision.p_value < 0.25
+    draw = Proposal("hint2+narrow", (AddItem("predict", "Another hint. [1]"),), "scripted", group="memory:hint")
     ctx, kept, cut = opt._fallback(setup, Searched(best, (rule, wide, other)), decision, [scores("double", 10, 0, 8), harm],
-                                   offered=(rule, wide, twin, other))
+                                   offered=(rule, wide, draw, twin, other))  # the hint's own narrowed form first
     assert [p.name for p in kept] == ["rule", "hint+narrow"] and cut == ["hint → hint+narrow", "note"]
     assert [it.text for it in ctx.predictor("predict").items] == [RULES["double"][0] + " [1]", HINT + " [1]"]
     # a rejection for want of gain gets no fallback
