@@ -83,8 +83,10 @@ class RunEvent:
     ``kind`` is one of ``method_start`` (``data["resumed_at"]``), ``method_skip``
     (a finished run), ``measure`` (``data["row"]``), ``learn_start`` and
     ``learn_end`` (around the method's learning only), ``step_end``
-    (``data["record"]``: the step record, ``data["row"]``: the test row) and
-    ``method_end`` (``data["summary"]``).
+    (``data["record"]``: the step record, ``data["row"]``: the test row),
+    ``method_end`` (``data["summary"]``) and ``progress`` (``data["what"]``: one
+    line on what a long stretch is doing, e.g. ``measuring test splits 3/8
+    (antonyms)``, or a ctxopt step's phase or search trial).
     """
 
     kind: str
@@ -95,14 +97,19 @@ class RunEvent:
 
 
 def measure_row(evaluator: Evaluator, program: dspy.Module, stream: TaskStream,
-                context: LearnedContext | None) -> list[float]:
+                context: LearnedContext | None, on_task: Callable[[int, str], None] | None = None) -> list[float]:
     """One row of the accuracy matrix: the test score of ``context`` on every task of ``stream``.
 
     This is the only place learning code reaches test splits, through
-    :meth:`Evaluator.evaluate_test`; every method measures with it.
+    :meth:`Evaluator.evaluate_test`; every method measures with it. ``on_task(done, name)`` is called
+    after each task's test split is scored (progress).
     """
-    return [round(evaluator.evaluate_test(program, context, task, scenario=stream.scenario).mean, 6)
-            for task in stream.tasks]
+    row = []
+    for i, task in enumerate(stream.tasks):
+        row.append(round(evaluator.evaluate_test(program, context, task, scenario=stream.scenario).mean, 6))
+        if on_task is not None:
+            on_task(i + 1, task.name)
+    return row
 
 
 @dataclass(frozen=True)
@@ -275,7 +282,9 @@ class Engine:
                  ) -> tuple[list[float], UsageSnapshot, float]:
         assert self._measurer is not None
         t0, started = usage_of(self.task_lm), time.perf_counter()
-        row = measure_row(self._measurer, self.program, self.stream, context)
+        n = len(self.stream)
+        row = measure_row(self._measurer, self.program, self.stream, context, on_task=lambda done, on: self.emit(
+            "progress", name, step, task, what=f"measuring test splits {done}/{n} ({on})"))
         used, secs = usage_of(self.task_lm) - t0, time.perf_counter() - started
         self.emit("measure", name, step, task, row=row)
         return row, used, secs

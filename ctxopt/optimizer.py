@@ -769,9 +769,10 @@ class ContinualOptimizer:
         """After a rejection for harm (the task's gain passed the paired gate's sign test), the best candidate
         with each proposal that, applied alone to the current C, changes the prompt of an earlier example the
         candidate broke replaced by the first alternative of its group among ``offered`` (the step's
-        proposals: its own archival or narrowed form first, then the group's other draws) that changes none of them, or else left out. Returns that
-        context, its proposals and what was replaced or left out ("a → b", "a"); None when nothing reaches
-        a broken example, nothing would be left, or the budget cannot pay for the first gate check."""
+        proposals: its own archival or narrowed form first, then the group's other draws) that changes none
+        of them, or else left out. Returns that context, its proposals and what was replaced or left out
+        ("a → b", "a"); None when nothing reaches a broken example, nothing would be left, or the budget
+        cannot pay for the first gate check."""
         if not isinstance(self.gate, PairedTestGate) or decision.p_value is None or decision.p_value >= self.gate.alpha:
             return None
         tasks, base = {t.name: t for t in setup.earlier}, setup.base

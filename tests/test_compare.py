@@ -288,3 +288,61 @@ def test_cli_refuses_oracle_on_a_stream_without_human_instructions(tmp_path, mon
     assert "oracle-human" not in default_methods(["qa1_single-supporting-fact"])
     assert "oracle-human" in default_methods(["antonyms"])
     assert main(["compare", "--stream", "toy", "--sizes", "1,2"]) == 2
+
+
+def test_long_stretches_report_progress_the_measurement_and_ctxopt_phases(tmp_path):
+    events = []
+    run_all(tmp_path, ["static", "ctxopt"], callbacks=[events.append])
+    said = [(e.method, e.step, e.data["what"]) for e in events if e.kind == "progress"]
+    n = len(toy_stream())
+    # every test row is measured task by task, R0 included (step 0), for every method
+    for method in ("static", "ctxopt"):
+        for step in range(n + 1):
+            assert [w for m, s, w in said if m == method and s == step and w.startswith("measuring")] == [
+                f"measuring test splits {k}/{n} ({name})" for k, name in enumerate(toy_stream().names, 1)]
+    # ctxopt's steps relay their phases and search trials; static has none
+    learned = [w for m, s, w in said if m == "ctxopt" and s == 1 and not w.startswith("measuring")]
+    assert learned[:2] == ["observe", "propose"] and "search" in learned
+    assert any(w.startswith("search trial 1/") for w in learned)
+    assert not [w for m, _, w in said if m == "static" and not w.startswith("measuring")]
+
+
+def test_compare_prints_a_heartbeat_at_most_once_a_minute_when_its_output_is_a_log():
+    from rich.console import Console
+
+    from ctxopt.cli.compare import _Printer
+    from ctxopt.engine import RunEvent
+
+    now = [0.0]
+    out = io.StringIO()
+    printer = _Printer(Console(file=out, force_terminal=False, width=200), 8, clock=lambda: now[0])
+    say = lambda what: printer(RunEvent("progress", "ctxopt", 3, "antonyms", {"what": what}))  # noqa: E731
+    printer(RunEvent("learn_start", "ctxopt", 3, "antonyms"))
+    for t, what in [(10, "observe"), (30, "search trial 1/8"), (61, "search trial 2/8"), (90, "search trial 3/8"),
+                    (125, "gate")]:
+        now[0] = t
+        say(what)
+    lines = out.getvalue().splitlines()
+    assert lines == ["    … ctxopt 3/8 antonyms: search trial 2/8  [61 s]", "    … ctxopt 3/8 antonyms: gate  [125 s]"]
+    record = {"extra": {"note": "ctxopt: accept"}, "task_calls": 5, "reflection_calls": 1, "wall_s": 130.0}
+    now[0] = 130
+    printer(RunEvent("step_end", "ctxopt", 3, "antonyms", {"record": record, "row": [0.5, 0.25]}))
+    now[0] = 150
+    say("measuring test splits 1/8 (first_word_letter)")  # 20 s after the step's line: nothing new
+    assert len(out.getvalue().splitlines()) == 4 and "3/8 antonyms: ctxopt: accept" in out.getvalue()
+    printer(RunEvent("method_end", "ctxopt", data={"summary": {}}))
+    printer.close()  # idempotent
+
+
+def test_on_a_terminal_compare_shows_a_live_status_line_and_takes_it_down():
+    from rich.console import Console
+
+    from ctxopt.cli.compare import _Printer
+    from ctxopt.engine import RunEvent
+
+    printer = _Printer(Console(file=io.StringIO(), force_terminal=True, width=120), 8)
+    printer(RunEvent("progress", "static", 0, "", {"what": "measuring test splits 1/8 (sentiment)"}))
+    assert printer._status is not None
+    printer(RunEvent("progress", "static", 0, "", {"what": "measuring test splits 2/8 (diff)"}))
+    printer(RunEvent("method_end", "static", data={"summary": {}}))
+    assert printer._status is None

@@ -101,7 +101,29 @@ class CtxoptMethod:
             self.optimizer.restore(self._saved)
 
     def learn(self, program: Any, context: LearnedContext, tasks: Sequence[Any], ctx: LearnContext) -> Outcome:
-        out = self._optimizer(ctx).step(program, tasks[-1], context=context, seen=tasks[:-1], scenario=ctx.scenario)
+        optimizer = self._optimizer(ctx)
+        relay = _progress_relay(ctx.emit, ctx.budget.n_trials)
+        optimizer.callbacks.append(relay)  # the step's phases and trials, as the engine's progress events
+        try:
+            out = optimizer.step(program, tasks[-1], context=context, seen=tasks[:-1], scenario=ctx.scenario)
+        finally:
+            optimizer.callbacks.remove(relay)
         extra = {**out.record.extra, "proposals": list(out.proposals)}
         return Outcome(out.context, note=f"ctxopt: {'accept' if out.accepted else 'roll back'} — {out.reason}",
                        accepted=out.accepted, extra=extra)
+
+
+def _progress_relay(emit: Callable[..., None], n_trials: int) -> Callable[[Any], None]:
+    """The optimizer's ``phase`` and ``trial`` events as the engine's ``progress`` events (a line each)."""
+    def relay(event: Any) -> None:
+        d = event.data
+        if event.kind == "phase":
+            what = d["phase"]
+            if d.get("grow"):
+                what += f": growing the replay samples of {', '.join(d['grow'])}"
+            elif "fallback" in d:
+                what += f": fallback ({', '.join(d.get('without') or ())})"
+            emit("progress", what=what)
+        elif event.kind == "trial":
+            emit("progress", what=f"search trial {d['number'] + 1}/{n_trials}")
+    return relay

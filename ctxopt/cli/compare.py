@@ -10,6 +10,7 @@ from typing import Any
 from ctxopt.cli._args import sizes
 from ctxopt.gate import DEFAULT_GATE, GATES
 
+HEARTBEAT_S = 60.0  # at most one progress line a minute when the output is not a terminal
 ALL_METHODS = "static,append,summarize,labeled-fewshot,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
 
 
@@ -66,11 +67,39 @@ def default_methods(stream_names: Any) -> str:
 
 
 class _Printer:
-    """Turns comparison events into one console line per step."""
+    """Turns comparison events into console lines: one per step, and what a long stretch is doing now (the
+    measurement's task, a ctxopt step's phase or search trial). On a terminal that is a live status line; in a
+    log (output not a terminal) it is printed at most once every ``heartbeat_s`` seconds, so a step that runs
+    for many minutes still shows it is alive."""
 
-    def __init__(self, console: Any, n_tasks: int) -> None:
-        self.console, self.n = console, n_tasks
-        self.started = time.perf_counter()
+    def __init__(self, console: Any, n_tasks: int, heartbeat_s: float = HEARTBEAT_S,
+                 clock: Any = time.perf_counter) -> None:
+        self.console, self.n, self.heartbeat_s, self.clock = console, n_tasks, heartbeat_s, clock
+        self.started = self._said = clock()
+        self._status: Any = None
+
+    def _where(self, event: Any) -> str:
+        return f"{event.method} R0" if not event.step else f"{event.method} {event.step}/{self.n} {event.task}"
+
+    def _show(self, what: str) -> None:
+        from rich.text import Text
+
+        line = f"{what}  [{self.clock() - self.started:.0f} s]"
+        if self.console.is_terminal:
+            if self._status is None:
+                self._status = self.console.status(Text(line))
+                self._status.start()
+            else:
+                self._status.update(Text(line))
+        elif self.clock() - self._said >= self.heartbeat_s:
+            self.console.print(f"    … {line}", markup=False, highlight=False)
+            self._said = self.clock()
+
+    def close(self) -> None:
+        """Take the live status line down (idempotent)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
     def __call__(self, event: Any) -> None:
         kind, d = event.kind, event.data
@@ -79,13 +108,20 @@ class _Printer:
         elif kind == "method_start":
             resumed = f" (resuming after {d['resumed_at']} task(s))" if d.get("resumed_at") else ""
             self.console.print(f"[bold]{event.method}[/]{resumed}")
+        elif kind == "learn_start":
+            self._show(f"{self._where(event)}: learning")
+        elif kind == "progress":
+            self._show(f"{self._where(event)}: {d['what']}")
         elif kind == "step_end":
             rec = d["record"]
             err = " [red]error[/]" if rec["extra"].get("error") else ""
             row = " ".join(f"{x:.2f}" for x in d["row"])
             self.console.print(f"  {event.method} {event.step}/{self.n} {event.task}: {rec['extra']['note']}{err}\n"
                                f"    task-LM {rec['task_calls']} calls, reflection {rec['reflection_calls']}, "
-                               f"{rec['wall_s']:.0f} s; test row {row}  [{time.perf_counter() - self.started:.0f} s]")
+                               f"{rec['wall_s']:.0f} s; test row {row}  [{self.clock() - self.started:.0f} s]")
+            self._said = self.clock()
+        elif kind == "method_end":
+            self.close()
 
 
 def _seeds(text: str) -> list[int]:
@@ -133,8 +169,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                            else ""))
     if args.executor == "local":
         for seed, run_dir, stream, methods in runs:
-            compare_specs(**base, methods=",".join(methods), run_dir=str(run_dir), seed=seed,
-                          callbacks=[_Printer(console, len(stream))])
+            printer = _Printer(console, len(stream))
+            try:
+                compare_specs(**base, methods=",".join(methods), run_dir=str(run_dir), seed=seed, callbacks=[printer])
+            finally:
+                printer.close()
     else:  # one job per method and seed; each writes its own folder and its entry in results.json
         jobs = [Job(f"{m} s{seed}", "ctxopt.compare:compare_specs",
                     {**base, "methods": m, "run_dir": str(run_dir.resolve()), "seed": seed, "report": False},
