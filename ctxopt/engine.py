@@ -86,7 +86,8 @@ class RunEvent:
     (``data["record"]``: the step record, ``data["row"]``: the test row),
     ``method_end`` (``data["summary"]``) and ``progress`` (``data["what"]``: one
     line on what a long stretch is doing, e.g. ``measuring test splits 3/8
-    (antonyms)``, or a ctxopt step's phase or search trial).
+    (antonyms)`` with ``data["done"]`` and ``data["total"]``, or a ctxopt
+    step's phase or search trial).
     """
 
     kind: str
@@ -284,7 +285,7 @@ class Engine:
         t0, started = usage_of(self.task_lm), time.perf_counter()
         n = len(self.stream)
         row = measure_row(self._measurer, self.program, self.stream, context, on_task=lambda done, on: self.emit(
-            "progress", name, step, task, what=f"measuring test splits {done}/{n} ({on})"))
+            "progress", name, step, task, what=f"measuring test splits {done}/{n} ({on})", done=done, total=n))
         used, secs = usage_of(self.task_lm) - t0, time.perf_counter() - started
         self.emit("measure", name, step, task, row=row)
         return row, used, secs

@@ -413,11 +413,14 @@ class ContinualOptimizer:
         return engine.run(CtxoptMethod(optimizer=self), run, evaluator)
 
     def _relay(self, stream: TaskStream) -> Callable[[RunEvent], None]:
-        """The engine's events, as this optimizer's :class:`Event` s (``run_start``, ``measure``, ``run_end``)."""
+        """The engine's events, as this optimizer's :class:`Event` s (``run_start``, ``measure``, ``run_end``;
+        a test row's progress as the ``measure`` phase)."""
         def relay(event: RunEvent) -> None:
             self._step = event.step
             if event.kind == "method_start":
                 self.emit("run_start", stream=stream.name, tasks=list(stream.names), resumed_at=event.data["resumed_at"])
+            elif event.kind == "progress" and "total" in event.data:  # a test row, task by task
+                self.emit("phase", event.task, phase="measure", total=event.data["total"], done=event.data["done"])
             elif event.kind == "measure":
                 self.emit("measure", row=event.data["row"], tasks=list(stream.names))
             elif event.kind == "method_end":

@@ -260,3 +260,15 @@ def test_traced_demos_take_one_answer_at_a_time_and_never_teach_only_the_models_
     [p] = traced([win(0, "2"), win(1, "2"), win(2, "2"), win(3, "2"), win(4, "1"), win(5, "3")])
     shown = sorted(e.demo.outputs["output"] for e in p.edits)
     assert shown == ["1", "2", "2", "3"]  # not the first four wins, all "2"
+
+
+def test_fit_reports_each_test_row_task_by_task_as_the_measure_phase(tmp_path):
+    stream = toy_stream()
+    events = []
+    opt, run = make_opt(tmp_path, callbacks=[events.append])
+    opt.fit(program_for(stream), stream, run_dir=run)
+    measured = [(e.step, e.data["done"], e.data["total"]) for e in events if e.kind == "phase" and e.data["phase"] == "measure"]
+    n = len(stream)
+    assert measured == [(step, k, n) for step in range(n + 1) for k in range(1, n + 1)]  # R0, then each step's row
+    # the step's own phases come once each, not echoed back through the engine
+    assert [e.data["phase"] for e in events if e.kind == "phase" and e.step == 1][:2] == ["observe", "propose"]

@@ -54,7 +54,7 @@ class RunProgress:
         elif kind == "phase":
             total = data.get("total", 1)
             label = f"{event.task or 'all tasks'}: {data['phase']}"
-            self.progress.update(self.phase_bar, description=label, completed=0, total=total)
+            self.progress.update(self.phase_bar, description=label, completed=data.get("done", 0), total=total)
         elif kind == "propose":
             n = len(data["proposals"])
             self.console.print(f"  {event.task}: {n} proposal(s) after dropping {len(data['dropped'])}")
