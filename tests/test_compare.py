@@ -288,6 +288,14 @@ def test_cli_refuses_oracle_on_a_stream_without_human_instructions(tmp_path, mon
     assert "oracle-human" not in default_methods(["qa1_single-supporting-fact"])
     assert "oracle-human" in default_methods(["antonyms"])
     assert main(["compare", "--stream", "toy", "--sizes", "1,2"]) == 2
+    # an unknown or repeated method fails in one line before anything is printed or any folder is made
+    for methods, why in [("static,bogus", "unknown method 'bogus'"), ("static,static", "listed twice: static"),
+                         ("ctxopt-bogus", "unknown stage policy 'bogus'")]:
+        capsys.readouterr()
+        assert main(["compare", "--stream", "toy", "--methods", methods, "--run-dir", str(tmp_path / "new")]) == 2
+        out, err = capsys.readouterr()
+        assert why in err and len(err.strip().splitlines()) == 1 and "comparing" not in out
+        assert not (tmp_path / "new").exists()
 
 
 def test_long_stretches_report_progress_the_measurement_and_ctxopt_phases(tmp_path):

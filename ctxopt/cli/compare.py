@@ -137,6 +137,7 @@ def _seeds(text: str) -> list[int]:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from ctxopt.baselines import get_methods
     from ctxopt.cli._progress import matrix_table
     from ctxopt.compare import compare_specs, write_comparison
     from ctxopt.executor import Job, run_jobs
@@ -157,6 +158,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for seed in seeds:
         stream = load_stream(args.stream, seed=seed, sizes=args.sizes, scenario=args.scenario)
         methods = args.methods or default_methods(stream.names)
+        get_methods(methods)  # an unknown or repeated name fails here, before any folder is made
         if args.run_dir:
             run_dir = Path(args.run_dir) if len(seeds) == 1 else Path(args.run_dir) / f"s{seed}"
         else:
