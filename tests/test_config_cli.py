@@ -88,3 +88,25 @@ def test_run_command_end_to_end_and_rerun_is_cached(tmp_path, monkeypatch, capsy
     model_calls = lms["task"].usage.snapshot().model_calls
     assert main(["run", str(config)]) == 0  # a rerun resumes a finished run: no new model calls
     assert lms["task"].usage.snapshot().model_calls == model_calls
+
+
+def test_run_progress_in_a_log_says_the_phase_at_most_once_a_minute():
+    import io
+
+    from rich.console import Console
+
+    from ctxopt.cli._progress import Heartbeat, RunProgress
+    from ctxopt.optimizer import Event
+    from tests.toy import reflection_lm, task_lm
+
+    now = [0.0]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    with RunProgress(3, task_lm(), reflection_lm(), console) as progress:
+        progress.heartbeat = Heartbeat(console, 60, clock=lambda: now[0])
+        for t, kind, data in [(5, "phase", {"phase": "search"}), (70, "trial", {"number": 0}),
+                              (80, "trial", {"number": 1}), (200, "phase", {"phase": "measure", "done": 2, "total": 3})]:
+            now[0] = t
+            progress.on_event(Event(kind, 2, "plural" if kind != "phase" or t < 200 else "", data))
+    lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("    … ")]
+    assert lines == ["    … plural: search, trial 1  [70 s]", "    … all tasks: measure 2/3  [200 s]"]

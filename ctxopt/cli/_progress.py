@@ -17,6 +17,27 @@ from rich.table import Table
 
 from ctxopt.lm import usage_of
 
+HEARTBEAT_S = 60.0  # at most one progress line a minute when the output is not a terminal
+
+
+class Heartbeat:
+    """What a long stretch is doing, for a log: where the output is not a terminal (so no live display
+    shows), :meth:`say` prints its line at most once every ``every_s`` seconds, and not within ``every_s``
+    of the last line anything printed (:meth:`printed`). On a terminal it prints nothing."""
+
+    def __init__(self, console: Console, every_s: float = HEARTBEAT_S, clock: Any = time.perf_counter) -> None:
+        self.console, self.every_s, self.clock = console, every_s, clock
+        self.started = self._said = clock()
+
+    def say(self, what: str) -> None:
+        if not self.console.is_terminal and self.clock() - self._said >= self.every_s:
+            self.console.print(f"    … {what}  [{self.clock() - self.started:.0f} s]", markup=False, highlight=False)
+            self._said = self.clock()
+
+    def printed(self) -> None:
+        """Another line was just printed: the next heartbeat waits ``every_s`` from now."""
+        self._said = self.clock()
+
 
 class RunProgress:
     """An optimizer callback that draws task, phase, trial and LM-call progress.
@@ -34,6 +55,8 @@ class RunProgress:
         self.tasks_bar = self.progress.add_task("tasks", total=n_tasks, info="")
         self.phase_bar = self.progress.add_task("phase", total=1, info="")
         self.started = time.perf_counter()
+        self.heartbeat = Heartbeat(self.console)
+        self._phase = ""
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -53,17 +76,21 @@ class RunProgress:
             self.console.print(f"resuming after {data['resumed_at']} finished task(s)")
         elif kind == "phase":
             total = data.get("total", 1)
-            label = f"{event.task or 'all tasks'}: {data['phase']}"
+            self._phase = label = f"{event.task or 'all tasks'}: {data['phase']}"
             self.progress.update(self.phase_bar, description=label, completed=data.get("done", 0), total=total)
+            self.heartbeat.say(f"{label} {data['done']}/{total}" if "done" in data else label)
         elif kind == "propose":
             n = len(data["proposals"])
             self.console.print(f"  {event.task}: {n} proposal(s) after dropping {len(data['dropped'])}")
+            self.heartbeat.printed()
         elif kind == "trial":
             self.progress.update(self.phase_bar, advance=1)
+            self.heartbeat.say(f"{self._phase}, trial {data['number'] + 1}")
         elif kind == "task_end":
             mark = "[green]✓ accepted[/]" if data["accepted"] else "[yellow]↺ rolled back[/]"
             self.console.print(f"step {event.step} {event.task}: {mark} — {data['reason']}")
             self.progress.update(self.tasks_bar, advance=1)
+            self.heartbeat.printed()
         elif kind == "measure":
             self.progress.update(self.phase_bar, completed=1, total=1)
         self.progress.update(self.tasks_bar, info=self._calls())

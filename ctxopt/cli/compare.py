@@ -10,7 +10,6 @@ from typing import Any
 from ctxopt.cli._args import sizes
 from ctxopt.gate import DEFAULT_GATE, GATES
 
-HEARTBEAT_S = 60.0  # at most one progress line a minute when the output is not a terminal
 ALL_METHODS = "static,append,summarize,labeled-fewshot,gepa-seq,mipro-seq,gepa-joint,oracle-human,ctxopt"
 
 
@@ -68,32 +67,33 @@ def default_methods(stream_names: Any) -> str:
 
 class _Printer:
     """Turns comparison events into console lines: one per step, and what a long stretch is doing now (the
-    measurement's task, a ctxopt step's phase or search trial). On a terminal that is a live status line; in a
-    log (output not a terminal) it is printed at most once every ``heartbeat_s`` seconds, so a step that runs
-    for many minutes still shows it is alive."""
+    measurement's task, a ctxopt step's phase or search trial): a live status line on a terminal, and in a
+    log (output not a terminal) a :class:`~ctxopt.cli._progress.Heartbeat` line at most once a minute, so
+    a step that runs for many minutes still shows it is alive."""
 
-    def __init__(self, console: Any, n_tasks: int, heartbeat_s: float = HEARTBEAT_S,
+    def __init__(self, console: Any, n_tasks: int, heartbeat_s: float | None = None,
                  clock: Any = time.perf_counter) -> None:
-        self.console, self.n, self.heartbeat_s, self.clock = console, n_tasks, heartbeat_s, clock
-        self.started = self._said = clock()
+        from ctxopt.cli._progress import HEARTBEAT_S, Heartbeat
+
+        self.console, self.n, self.clock = console, n_tasks, clock
+        self.heartbeat = Heartbeat(console, HEARTBEAT_S if heartbeat_s is None else heartbeat_s, clock)
         self._status: Any = None
 
     def _where(self, event: Any) -> str:
         return f"{event.method} R0" if not event.step else f"{event.method} {event.step}/{self.n} {event.task}"
 
     def _show(self, what: str) -> None:
+        if not self.console.is_terminal:
+            self.heartbeat.say(what)
+            return
         from rich.text import Text
 
-        line = f"{what}  [{self.clock() - self.started:.0f} s]"
-        if self.console.is_terminal:
-            if self._status is None:
-                self._status = self.console.status(Text(line))
-                self._status.start()
-            else:
-                self._status.update(Text(line))
-        elif self.clock() - self._said >= self.heartbeat_s:
-            self.console.print(f"    … {line}", markup=False, highlight=False)
-            self._said = self.clock()
+        line = Text(f"{what}  [{self.clock() - self.heartbeat.started:.0f} s]")
+        if self._status is None:
+            self._status = self.console.status(line)
+            self._status.start()
+        else:
+            self._status.update(line)
 
     def close(self) -> None:
         """Take the live status line down (idempotent)."""
@@ -118,8 +118,8 @@ class _Printer:
             row = " ".join(f"{x:.2f}" for x in d["row"])
             self.console.print(f"  {event.method} {event.step}/{self.n} {event.task}: {rec['extra']['note']}{err}\n"
                                f"    task-LM {rec['task_calls']} calls, reflection {rec['reflection_calls']}, "
-                               f"{rec['wall_s']:.0f} s; test row {row}  [{self.clock() - self.started:.0f} s]")
-            self._said = self.clock()
+                               f"{rec['wall_s']:.0f} s; test row {row}  [{self.clock() - self.heartbeat.started:.0f} s]")
+            self.heartbeat.printed()
         elif kind == "method_end":
             self.close()
 
