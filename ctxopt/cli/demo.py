@@ -1,8 +1,8 @@
 """``ctxopt demo``: a short continual-learning run on the embedded local models.
 
 Three Instruction Induction tasks, one after another, with the 0.5B task model
-and the 1.5B reflection model. The first run takes a few minutes on 2 cores;
-a rerun is answered from the caches in seconds.
+and the 1.5B reflection model. The first run takes 6 to 15 minutes on 2 cores
+(it depends on the CPU); a rerun is answered from the caches in seconds.
 """
 
 from __future__ import annotations
