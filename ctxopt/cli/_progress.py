@@ -29,9 +29,13 @@ class Heartbeat:
         self.console, self.every_s, self.clock = console, every_s, clock
         self.started = self._said = clock()
 
+    def elapsed(self) -> str:
+        """Seconds since the display started, as the lines show them (``[61 s]``)."""
+        return f"[{self.clock() - self.started:.0f} s]"
+
     def say(self, what: str) -> None:
         if not self.console.is_terminal and self.clock() - self._said >= self.every_s:
-            self.console.print(f"    … {what}  [{self.clock() - self.started:.0f} s]", markup=False, highlight=False)
+            self.console.print(f"    … {what}  {self.elapsed()}", markup=False, highlight=False)
             self._said = self.clock()
 
     def printed(self) -> None:
@@ -54,7 +58,6 @@ class RunProgress:
         )
         self.tasks_bar = self.progress.add_task("tasks", total=n_tasks, info="")
         self.phase_bar = self.progress.add_task("phase", total=1, info="")
-        self.started = time.perf_counter()
         self.heartbeat = Heartbeat(self.console)
         self._phase = ""
 

@@ -75,7 +75,7 @@ class _Printer:
                  clock: Any = time.perf_counter) -> None:
         from ctxopt.cli._progress import HEARTBEAT_S, Heartbeat
 
-        self.console, self.n, self.clock = console, n_tasks, clock
+        self.console, self.n = console, n_tasks
         self.heartbeat = Heartbeat(console, HEARTBEAT_S if heartbeat_s is None else heartbeat_s, clock)
         self._status: Any = None
 
@@ -88,7 +88,7 @@ class _Printer:
             return
         from rich.text import Text
 
-        line = Text(f"{what}  [{self.clock() - self.heartbeat.started:.0f} s]")
+        line = Text(f"{what}  {self.heartbeat.elapsed()}")
         if self._status is None:
             self._status = self.console.status(line)
             self._status.start()
@@ -118,7 +118,7 @@ class _Printer:
             row = " ".join(f"{x:.2f}" for x in d["row"])
             self.console.print(f"  {event.method} {event.step}/{self.n} {event.task}: {rec['extra']['note']}{err}\n"
                                f"    task-LM {rec['task_calls']} calls, reflection {rec['reflection_calls']}, "
-                               f"{rec['wall_s']:.0f} s; test row {row}  [{self.clock() - self.heartbeat.started:.0f} s]")
+                               f"{rec['wall_s']:.0f} s; test row {row}  {self.heartbeat.elapsed()}")
             self.heartbeat.printed()
         elif kind == "method_end":
             self.close()
