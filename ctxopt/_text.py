@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["shorten"]
+__all__ = ["gist", "plain_rule", "shorten"]
 
 
 def shorten(text: Any, width: int = 70) -> str:
@@ -16,3 +17,48 @@ def shorten(text: Any, width: int = 70) -> str:
     """
     flat = " ".join(("" if text is None else str(text)).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+_AGENT = r"(?:the\s+)?(?:(?:language\s+|small\s+)?model|assistant|ai|llm|system|agent)|you|we"
+_MODAL = r"should|must|needs?\s+to|has\s+to|have\s+to|is\s+to|will"
+_NEGATED = re.compile(rf"^(?:{_AGENT})\s+(?:should|must|will|do(?:es)?)\s*(?:not\b|n't\b)\s*", re.IGNORECASE)
+_FRAMED = re.compile(rf"^(?:(?:{_AGENT})\s+(?:{_MODAL})\s+|(?:please\s+)?(?:(?:make|be)\s+sure|remember)\s+to\s+"
+                     r"|(?:please\s+)?(?:make\s+sure|ensure)\s+(?:that\s+)?you\s+|it\s+is\s+important\s+to\s+"
+                     r"|please\s+)", re.IGNORECASE)
+
+
+def plain_rule(text: str) -> str:
+    """A rule as a direct instruction, without the agent-as-subject framing a reflector tends to add.
+
+    "The model should always X" costs the prompt four tokens, says no more than "Always X", and hides a
+    paraphrase from an embedding comparison (the framing dominates two short rules). Negation is kept;
+    a rule that is only framing is returned as it was.
+
+    Example:
+        >>> plain_rule("The model should always translate the input into Spanish.")
+        'Always translate the input into Spanish.'
+        >>> plain_rule("The model should not repeat the input."), plain_rule("Make sure that you answer in digits.")
+        ('Do not repeat the input.', 'Answer in digits.')
+        >>> plain_rule("The answer must be one word.")  # the answer is not the agent: kept
+        'The answer must be one word.'
+    """
+    stripped = text.strip()
+    negated = _NEGATED.match(stripped)
+    rest = stripped[negated.end():] if negated else stripped[m.end():] if (m := _FRAMED.match(stripped)) else stripped
+    if len(rest.split()) < (1 if negated else 2):
+        return stripped
+    if negated and not re.match(r"(?i)never\b", rest):
+        return "Do not " + rest
+    return rest[0].upper() + rest[1:]
+
+
+def gist(text: str) -> str:
+    """What a rule asks, for comparing two rules: :func:`plain_rule` without a leading "Always" (negation kept).
+
+    Example:
+        >>> gist("The model should always output one word."), gist("Never use digits.")
+        ('Output one word.', 'Never use digits.')
+    """
+    plain = plain_rule(text)
+    rest = re.sub(r"(?i)^always\s+", "", plain)
+    return rest[0].upper() + rest[1:] if len(rest.split()) >= 2 else plain

@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import dspy
 
+from ctxopt._text import plain_rule
 from ctxopt.context import GLOBAL, Demo, LearnedContext, canonical_json
 from ctxopt.edits import (
     AddDemo,
@@ -395,9 +396,10 @@ class ReflectionProposer:
                 rule, when = split_when(body)
                 if not rule:  # only an "applies when", no rule: it taught "When: a question with where" (babi)
                     return None
-                return AddItem(pc.predictor, rule, scope=pc.scope, rationale=why, keys=(when,) if when else ())
+                return AddItem(pc.predictor, plain_rule(rule), scope=pc.scope, rationale=why,
+                               keys=(when,) if when else ())
             if verb == "UPDATE":
-                return UpdateItem(pc.predictor, item_id, body, rationale=why)
+                return UpdateItem(pc.predictor, item_id, plain_rule(body), rationale=why)
             if verb == "DELETE":
                 return DeleteItem(pc.predictor, item_id, rationale=why)
         except EditError:

@@ -8,6 +8,7 @@ import pytest
 
 from ctxopt.budget import get_budget
 from ctxopt.consolidate import Consolidation, Consolidator, lexical_contradiction, run_pass
+from ctxopt.consolidate.redundancy import redundancy
 from ctxopt.context import GLOBAL, LearnedContext, PredictorContext
 from ctxopt.edits import AddItem, DeleteItem, MergeItems
 from ctxopt.gate import Decision, StrictGate, tolerance_gate
@@ -128,6 +129,35 @@ def test_a_refused_lm_call_falls_back_to_keeping_one_text_instead_of_skipping_th
     # Near-duplicates need no LM at all.
     dupes = ctx_with(("Answer with a single word only.", "t1", 1), ("Answer with a single word only!", "t1", 2))
     assert [c.kind for c in Consolidator(lm, similarity="lexical", charge=lambda n: False).propose(dupes)] == ["dedupe"]
+
+
+def test_related_pairs_are_merged_only_when_the_reflection_lm_says_they_are_the_same():
+    # Two rules that say one thing, below the merge threshold but related: with the LM they are asked about
+    # and merged on its SAME; without an LM, or when its call is refused, they are left alone (no blind merge).
+    ctx = ctx_with(("Answer with one word in lowercase.", "t1", 1), ("Reply using a single lowercase word.", "t1", 2))
+    sim = LexicalSimilarity(dedupe=0.99, merge=0.95, related=0.1)
+    assert sim.matrix([it.text for it in ctx.items("predict")])[0][1] < sim.merge
+    prompts = []
+
+    def lm(prompt):
+        prompts.append(prompt)
+        return ["SAME: Answer in one lowercase word."]
+
+    [merge] = Consolidator(lm, similarity=sim, kinds=("merge",)).propose(ctx)
+    assert len(prompts) == 1 and [it.text for it in merge.apply(ctx).items("predict")] == ["Answer in one lowercase word."]
+    assert Consolidator(similarity=sim, kinds=("merge",)).propose(ctx) == []
+    assert Consolidator(lm, similarity=sim, kinds=("merge",), charge=lambda n: False).propose(ctx) == []
+    assert Consolidator(lambda p: ["DIFFERENT"], similarity=sim, kinds=("merge",)).propose(ctx) == []
+
+
+def test_framing_does_not_hide_a_duplicate():
+    # "The model should always X" and "X" ask the same: the pool compares what rules ask, not their framing.
+    ctx = ctx_with(("The model should always answer with one word.", "t1", 1), ("Answer with one word.", "t1", 2))
+    [dedupe] = Consolidator(similarity="lexical").propose(ctx)
+    assert dedupe.kind == "dedupe" and len(dedupe.apply(ctx).items("predict")) == 1
+    assert redundancy(ctx, LexicalSimilarity())["near_duplicates"] == 1
+    # ... while a negation still tells two rules apart
+    assert lexical_contradiction("The model should always answer with one word.", "Never answer with one word.")
 
 
 def test_an_exhausted_allowance_falls_back_too_and_the_pass_needs_at_most_max_lm_calls():

@@ -237,6 +237,11 @@ def test_reflection_drops_rules_that_only_restate_the_feedback():
                                              "INSTRUCTION: <a better one-sentence instruction for this task>\n"
                                              "ADD: Answer yes or no.")
     assert [p.edits[0].text for p in ReflectionProposer(slots, samples=1).propose(pc)] == ["Answer yes or no."]
+    # the agent-as-subject framing a reflector adds is dropped: it costs tokens and hides paraphrases (ii-8, stop 35)
+    framed = scripted_lm(lambda system, user: "ADD: The model should always translate the input into Spanish.\n"
+                                              "ADD: The model should not repeat the input. WHEN: a single word")
+    assert [p.edits[0].text for p in ReflectionProposer(framed, samples=1).propose(pc)] == [
+        "Always translate the input into Spanish.", "Do not repeat the input."]
 
 
 def test_traced_demos_take_one_answer_at_a_time_and_never_teach_only_the_models_own_guess():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ctxopt._text import gist
 from ctxopt.consolidate.contradiction import lexical_contradiction
 from ctxopt.consolidate.pairwise import overlapping
 from ctxopt.context import LearnedContext
@@ -47,7 +48,7 @@ def redundancy(context: LearnedContext, similarity: Similarity) -> dict[str, Any
         items += len(its)
         if len(its) < 2:
             continue
-        sims = similarity.matrix([it.text for it in its])
+        sims = similarity.matrix([gist(it.text) for it in its])  # what each asks, framing aside
         for i in range(len(its)):
             for j in range(i + 1, len(its)):
                 if not overlapping(its[i], its[j]):
