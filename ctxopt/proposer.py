@@ -30,12 +30,12 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import dspy
 
-from ctxopt._text import plain_rule
+from ctxopt._text import gist, plain_rule
 from ctxopt.context import GLOBAL, Demo, LearnedContext, canonical_json
 from ctxopt.edits import (
     AddDemo,
@@ -58,6 +58,7 @@ __all__ = [
     "Proposer",
     "REFLECTION_PROMPT",
     "ReflectionProposer",
+    "alike",
     "dedupe",
     "instruction_edit",
     "parse_reflection",
@@ -564,6 +565,64 @@ def _feedback_hints(feedback: str) -> list[str]:
                 ("expected", "got", "score", "correct")) and not _PAST_OUTCOME.match(normalize(part)):
             hints.append(part[0].upper() + part[1:] + ".")
     return hints
+
+
+# --------------------------------------------------------------------------- alike
+
+
+def alike(proposals: Sequence[Proposal], sim: Any) -> list[Proposal]:
+    """Reflected items that ask the same thing become alternatives of one group.
+
+    Reflection samples often write one lesson twice in other words, and the search, free to switch
+    both on, lands both when the pair scores a flipped answer better on a 10-example minibatch (ii-8,
+    stop 35: "translate the input text into Spanish" as a rule beside "Translate the given text from
+    English to Spanish" as a strategy). Two proposals that each add one item (a rule or a strategy) are
+    alike when the :func:`~ctxopt._text.gist` of their texts scores at least halfway between the
+    similarity's ``related`` and ``merge`` thresholds (0.7 for all-MiniLM-L6-v2, where that pair scores
+    0.77 and complementary rules of one task such as "Separate the letters with spaces." and "Output the
+    letters of the word in order." 0.60). Alike proposals, and the forms of each that share its group
+    (its core or narrowed twin), join one group ``alike:<first name>``: the search chooses at most one.
+    Everything else is returned as it was, in order.
+
+    Example:
+        >>> from ctxopt.edits import AddItem
+        >>> from ctxopt.similarity import LexicalSimilarity
+        >>> rule = lambda name, text: Proposal(name, (AddItem("p", text),), "reflection")
+        >>> out = alike([rule("a", "The model should always answer in one word."), rule("b", "Reverse the word."),
+        ...              rule("c", "Answer in one word!")], LexicalSimilarity())
+        >>> [(p.name, p.group) for p in out]
+        [('a', 'alike:a'), ('b', None), ('c', 'alike:a')]
+    """
+    def item(p: Proposal) -> tuple[str, str] | None:  # (predictor, gist) of a proposal adding one item
+        if p.source == "reflection" and len(p.edits) == 1 and isinstance(e := p.edits[0], AddItem):
+            return e.predictor, gist(e.text)
+        return None
+
+    first: dict[str, tuple[str, str]] = {}  # a group's first item speaks for it
+    for p in proposals:
+        if (it := item(p)) is not None:
+            first.setdefault(p.group or p.name, it)
+    keys = list(first)
+    if len(keys) < 2:
+        return list(proposals)
+    scores = sim.matrix([first[k][1] for k in keys])
+    cut = (sim.related + sim.merge) / 2
+    root = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for i in range(len(keys)):
+        for j in range(i + 1, len(keys)):
+            if scores[i][j] >= cut and first[keys[i]][0] == first[keys[j]][0]:
+                root[max(find(i), find(j))] = min(find(i), find(j))
+    members: dict[int, list[str]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(find(i), []).append(k)
+    joined = {k: f"alike:{ks[0].removeprefix('memory:')}" for ks in members.values() if len(ks) > 1 for k in ks}
+    return [replace(p, group=joined[p.group or p.name]) if (p.group or p.name) in joined else p for p in proposals]
 
 
 # --------------------------------------------------------------------------- dedupe

@@ -244,6 +244,22 @@ def test_reflection_drops_rules_that_only_restate_the_feedback():
         "Always translate the input into Spanish.", "Do not repeat the input."]
 
 
+def test_a_lesson_reflected_twice_in_other_words_is_one_choice_of_the_search(tmp_path):
+    # Reflection writes the suffix rule, and again with the reflector's framing: the two are alternatives of
+    # one group, so the search lands one of them, never both (ii-8 translation, stop 35, landed both).
+    twice = "ADD: The model should always append the letters zz to each input word."
+    events = []
+    stream = toy_stream(names=("suffix",))
+    opt, run = make_opt(tmp_path, callbacks=[events.append],
+                        proposers=[ReflectionProposer(reflection_lm(extra=twice), samples=1)])
+    result = opt.fit(program_for(stream), stream, run_dir=run)
+    [proposed] = [e.data["proposals"] for e in events if e.kind == "propose"]
+    assert [(p["name"], p["group"]) for p in proposed] == [("reflect0.0", "alike:reflect0.0"),
+                                                            ("reflect0.1", "alike:reflect0.0")]
+    assert result.steps[0].accepted and result.steps[0].extra["proposals"] == ["reflect0.0"]
+    assert [it.text for it in Store.open(run / "store").current().items("predict")] == [RULES["suffix"][0]]
+
+
 def test_traced_demos_take_one_answer_at_a_time_and_never_teach_only_the_models_own_guess():
     from ctxopt.context import LearnedContext, PredictorContext
     from ctxopt.proposer import DemoProposer, Observation, ProposalContext
