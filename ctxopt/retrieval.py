@@ -46,7 +46,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ctxopt._text import shorten
+from ctxopt._text import gist, shorten
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext, canonical_json
 from ctxopt.edits import AddDemo, AddItem, DeleteItem, Narrow, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
 from ctxopt.errors import ConfigError
@@ -587,7 +587,7 @@ def unsaid(proposals: Sequence[Proposal], context: LearnedContext, predictor: st
         edits, adds = [], []
         for e in p.edits:
             if isinstance(e, AddItem) and e.predictor == predictor and said:
-                scores = sim.scores(e.text, [text for _, text in said])
+                scores = sim.scores(gist(e.text), [gist(text) for _, text in said])  # framing aside
                 best = max(range(len(said)), key=scores.__getitem__)
                 if scores[best] >= sim.merge:
                     cut.append((p.name, f"restates {said[best][0]}"))
