@@ -142,7 +142,9 @@ def _sentence_model(path: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights are on disk
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a 90 MB local model is noise in a run's log
     return SentenceTransformer(path, device="cpu")
 
 
