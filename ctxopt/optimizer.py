@@ -651,9 +651,9 @@ class ContinualOptimizer:
                 # and chooses how much is retrieved
                 raw += setting_proposals(setup.base, setup.predictor, setup.selector,
                                         threshold=bool(setup.earlier))
-        if (sim := getattr(self.consolidator, "sim", None)) is not None:
-            raw = alike(raw, sim)  # one lesson in other words: the search lands at most one of them
         proposals, dropped = dedupe(setup.base, raw, step=setup.step, task=task.name)
+        if (sim := getattr(self.consolidator, "sim", None)) is not None:
+            proposals = alike(proposals, sim)  # one lesson in other words: the search lands at most one of them
         dropped = [*cut, *dropped]
         self.emit("propose", task.name, proposals=[p.to_dict() for p in proposals], dropped=dropped)
         return Proposed(tuple(proposals), tuple(dropped))

@@ -582,7 +582,8 @@ def alike(proposals: Sequence[Proposal], sim: Any) -> list[Proposal]:
     0.77 and complementary rules of one task such as "Separate the letters with spaces." and "Output the
     letters of the word in order." 0.60). Alike proposals, and the forms of each that share its group
     (its core or narrowed twin), join one group ``alike:<first name>``: the search chooses at most one.
-    Everything else is returned as it was, in order.
+    Everything else is returned as it was, in order. Run it after :func:`dedupe`: a proposal whose only
+    alike partner is its exact duplicate stays an on/off switch, which the search's seeds switch on.
 
     Example:
         >>> from ctxopt.edits import AddItem
