@@ -5,7 +5,8 @@ overlap (both global, or one global, or the same task): a pair is a
 *near-duplicate* when its similarity reaches the backend's ``dedupe``
 threshold, a *paraphrase* when it reaches the lower ``merge`` threshold (the
 same thing in other words; near-duplicates count here too), and a
-*contradiction* when :func:`lexical_contradiction` finds the two disagree.
+*contradiction* when :func:`lexical_contradiction` finds the two disagree
+(such a pair counts as a contradiction only, however alike its words).
 Clean memory has none; the gate lets redundant bundles through as long as
 val does not drop, so this figure is how a run shows it stayed
 refined rather than piled up.
@@ -54,9 +55,11 @@ def redundancy(context: LearnedContext, similarity: Similarity) -> dict[str, Any
                 if not overlapping(its[i], its[j]):
                     continue
                 pairs += 1
+                if lexical_contradiction(its[i].text, its[j].text) is not None:  # alike in words, opposite in sense
+                    contra += 1
+                    continue
                 dups += sims[i][j] >= similarity.dedupe
                 para += sims[i][j] >= similarity.merge
-                contra += lexical_contradiction(its[i].text, its[j].text) is not None
     return {"items": items, "pairs": pairs, "near_duplicates": dups, "paraphrases": para, "contradictions": contra,
             "share": round(dups / pairs, 4) if pairs else 0.0, "similarity": similarity.name,
             "threshold": similarity.dedupe, "merge_threshold": similarity.merge}
