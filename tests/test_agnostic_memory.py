@@ -339,3 +339,6 @@ def test_a_new_rule_that_restates_what_the_task_inputs_already_see_is_cut():
     pinned = LearnedContext({"predict": PredictorContext("Answer.", items=(
         Item(id="r-core", text="Add the two numbers.", pinned=True),))})
     assert unsaid(proposals[1:2], pinned, "predict", [{"input": "cat toy"}], selector)[1] == [("b", "restates r-core")]
+    # the reflector's framing does not make a restatement new
+    framed = [Proposal("d", (AddItem("predict", "The model should always add the two numbers."),), "reflection")]
+    assert unsaid(framed, pinned, "predict", [{"input": "cat toy"}], selector)[1] == [("d", "restates r-core")]
