@@ -11,7 +11,7 @@ setup          :class:`StepSetup`      fixes what the step reads: the task, the 
 observe        :class:`Observed`       scores C on a train minibatch (failures + feedback)
 propose        :class:`Proposed`       asks every proposer for edits; drops duplicates
 search         :class:`Searched`       picks the best combination (:class:`SearchObjective`)
-gate           :class:`Gated`          full val of the task + replay of earlier tasks
+gate           :class:`Gated`          held-out val of the task + replay of earlier tasks
 make room      :class:`Gated`          an accepted C over ``max_context_tokens`` is
                                        consolidated and must pass the same gate again
 commit         (the store version)     accepted: the new C; rolled back: an empty commit
@@ -146,7 +146,8 @@ class Gated:
     ``rejected`` or ``undecided``, before any growth; None when the gate did not run), ``gate_rounds``
     how many times an undecided gate grew replay samples, and ``replay_sizes`` the grown sample sizes
     by task (tasks not named keep the budget's ``gate_replay_per_task``). ``val_after`` is the current
-    task's score on its full val with the context the step ends with (None when the gate did not run).
+    task's score on the gate's val examples (those the search did not score) with the context the step
+    ends with (None when the gate did not run).
     ``fallback`` names what the gate's one fallback after a harm rejection changed (empty if none ran);
     it landed iff the step is accepted with a first outcome other than ``accepted``.
     """

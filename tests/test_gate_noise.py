@@ -232,6 +232,29 @@ def test_the_gate_judges_the_search_on_replay_examples_the_search_did_not_see():
     assert pool <= whole  # ...until the sample is the whole val
 
 
+def test_a_candidate_that_wins_only_on_the_searchs_minibatch_does_not_land(tmp_path):
+    # The candidate fixes exactly the val examples the search scores it on, and no other: the search picks it
+    # (4 of 4 against 0), and the gate, testing the gain on the val examples the search did not score, finds
+    # none. Counting the minibatch, as the gate did at stop 35, it would land: 4 fixed, 0 broken, p = 0.06.
+    stream = make_stream((40, 10))
+    stream = TaskStream(stream.name, stream.scenario, stream.tasks[:1])
+    task = stream.tasks[0]
+    probe = ContinualOptimizer(None, None, budget=get_budget("light", **BUDGET), seed=0)
+    lucky = {e.input for e in probe._search_val(task)}
+    assert len(lucky) == 4 and len(probe._held_out(task)) == 36 and not lucky & {e.input for e in probe._held_out(task)}
+
+    def respond(system: str, user: str) -> str:
+        word = re.findall(r"\[\[ ## input ## \]\]\n(\S+)", user)[-1]
+        return chat_fields(output=RULES["suffix"][1](word) if RULES["suffix"][0] in system and word in lucky else word)
+
+    opt = ContinualOptimizer(scripted_lm(respond, name="scripted/lucky"), None, budget=get_budget("light", **BUDGET),
+                             seed=0, num_threads=2, measure_test=False, proposers=[TheRule()], selector=ScopeSelector(),
+                             consolidate=False)
+    result = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run")
+    [step] = result.steps
+    assert not step.accepted and step.extra["reason"] == "no gain on suffix 0.000 → 0.000 (0 fixed, 0 broken)"
+
+
 def test_a_drop_a_fixed_sample_of_ten_would_miss_is_caught_by_growing_it(tmp_path):
     # 1 broken among the first 10 of the first task's gate order, 6 among the first 20: a true drop of 0.3.
     broken_at = (0, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29)
