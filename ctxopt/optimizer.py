@@ -903,8 +903,8 @@ class ContinualOptimizer:
         """``task``'s val without the search's minibatch, in val's order (all of val if nothing is left).
 
         The search picks the best of many candidates on its minibatch, so the winner's score there is
-        biased upward, and a gain test that counts those examples counts the pick's luck: at stop 35 a
-        demo set that fixed 6 of 30 val answers (p = 0.016) and 0 of 30 on test landed on ii-8's antonyms.
+        biased upward, and a gain test that counts those examples counts the pick's luck (ii-8 at stop 35:
+        first_word_letter's winner scored 0.6 on the minibatch, the best of 14 contexts, and 0.5 on val).
         The gate's test of the current task uses only the examples the search did not score, as its
         replay samples already do for the earlier tasks (:meth:`_search_replay`).
         """
