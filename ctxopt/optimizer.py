@@ -565,8 +565,8 @@ class ContinualOptimizer:
         replay sample (both sides), should the gate be undecided, and, with a context budget, one
         consolidation check over a few task scopes, should the step need to make room.
 
-        The gate's cost holds no example of the search's val minibatch (:meth:`_held_out`), unless the
-        minibatch is all of val: then the search has paid for both sides of it when the gate runs."""
+        The gate's cost holds no example of the search's val minibatch (:meth:`_held_out`), unless val is
+        too small to leave one out: then the search has paid for both sides of it when the gate runs."""
         reserved = self._gate_cost(setup)
         if len(self._held_out(setup.task)) == len(setup.task.val):
             reserved -= 2 * setup.n_pred * len(self._search_val(setup.task))
@@ -900,7 +900,9 @@ class ContinualOptimizer:
         return self._sample(task.val, self.budget.val_minibatch, "val", task.name)
 
     def _held_out(self, task: Task) -> list[dspy.Example]:
-        """``task``'s val without the search's minibatch, in val's order (all of val if nothing is left).
+        """``task``'s val without the search's minibatch, in val's order; all of val when that would leave
+        fewer examples than the minibatch has (a val of 12 beside a minibatch of 10 would leave 2, on which
+        no gain is significant, and the task could never learn).
 
         The search picks the best of many candidates on its minibatch, so the winner's score there is
         biased upward, and a gain test that counts those examples counts the pick's luck (ii-8 at stop 35:
@@ -909,7 +911,8 @@ class ContinualOptimizer:
         replay samples already do for the earlier tasks (:meth:`_search_replay`).
         """
         seen = {example_id(e) for e in self._search_val(task)}
-        return [e for e in task.val if example_id(e) not in seen] or list(task.val)
+        rest = [e for e in task.val if example_id(e) not in seen]
+        return rest if rest and len(rest) >= len(seen) else list(task.val)
 
     def _gate_sets(self, task: Task, earlier: Sequence[Task],
                    sizes: Mapping[str, int] | None = None) -> list[tuple[Task, list[dspy.Example]]]:

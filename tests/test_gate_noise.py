@@ -242,6 +242,8 @@ def test_a_candidate_that_wins_only_on_the_searchs_minibatch_does_not_land(tmp_p
     probe = ContinualOptimizer(None, None, budget=get_budget("light", **BUDGET), seed=0)
     lucky = {e.input for e in probe._search_val(task)}
     assert len(lucky) == 4 and len(probe._held_out(task)) == 36 and not lucky & {e.input for e in probe._held_out(task)}
+    small = make_stream((40, 7)).tasks[1]  # 3 left beside a minibatch of 4: too few to test a gain on, so all of val
+    assert [example_id(e) for e in probe._held_out(small)] == [example_id(e) for e in small.val]
 
     def respond(system: str, user: str) -> str:
         word = re.findall(r"\[\[ ## input ## \]\]\n(\S+)", user)[-1]
