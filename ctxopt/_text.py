@@ -27,12 +27,16 @@ _FRAMED = re.compile(rf"^(?:(?:{_AGENT})\s+(?:{_MODAL})\s+|(?:please\s+)?(?:(?:m
                      r"|please\s+)", re.IGNORECASE)
 
 
+_CONDITION = re.compile(r"^((?:when|if|whenever|for)\b[^,;.]{3,200},\s*)(.+)$", re.IGNORECASE | re.DOTALL)
+
+
 def plain_rule(text: str) -> str:
     """A rule as a direct instruction, without the agent-as-subject framing a reflector tends to add.
 
     "The model should always X" costs the prompt four tokens, says no more than "Always X", and hides a
-    paraphrase from an embedding comparison (the framing dominates two short rules). Negation is kept;
-    a rule that is only framing is returned as it was.
+    paraphrase from an embedding comparison (the framing dominates two short rules). Negation is kept,
+    and so is a leading condition ("When X, the model should Y" becomes "When X, y"); a rule that is only
+    framing is returned as it was.
 
     Example:
         >>> plain_rule("The model should always translate the input into Spanish.")
@@ -41,8 +45,14 @@ def plain_rule(text: str) -> str:
         ('Do not repeat the input.', 'Answer in digits.')
         >>> plain_rule("The answer must be one word.")  # the answer is not the agent: kept
         'The answer must be one word.'
+        >>> plain_rule("When the input is a single word, the model should produce its first letter.")
+        'When the input is a single word, produce its first letter.'
+        >>> plain_rule("If the input is a number, the model should not spell it out.")
+        'If the input is a number, do not spell it out.'
     """
     stripped = text.strip()
+    if (cond := _CONDITION.match(stripped)) and (main := plain_rule(cond.group(2))) != cond.group(2):
+        return cond.group(1) + main[0].lower() + main[1:]
     negated = _NEGATED.match(stripped)
     rest = stripped[negated.end():] if negated else stripped[m.end():] if (m := _FRAMED.match(stripped)) else stripped
     if len(rest.split()) < (1 if negated else 2):
