@@ -5,8 +5,10 @@ earlier task's replay set, the scores of the current context and of the
 candidate on *the same* examples (``{example_id: score}``). It returns a
 :class:`Decision` with its reason and its ``outcome``: ``accepted``,
 ``rejected`` or ``undecided``. The optimizer commits on accept and keeps the
-old context otherwise; on ``undecided`` it first grows the replay samples of
-the tasks the decision names (``Decision.grow``) and asks again.
+old context otherwise; on ``undecided`` it first grows the samples of the
+tasks the decision names (``Decision.grow``: earlier tasks' replay samples,
+and the current task's with train examples no proposer was shown) and asks
+again.
 
 Three gates ship, resolved by name through :func:`get_gate`:
 
@@ -49,6 +51,14 @@ Three gates ship, resolved by name through :func:`get_gate`:
   0.1 + 1.645 × 0.1 = 0.26) and accepted once the sample has 20 and no
   other broken answer (0.05 + 1.645 × 0.05 = 0.13); 1.0 → 0.5 gives
   p = 0.002 (rejected).
+
+  The gain test grows too. A gain with α ≤ p < ``alpha_grow`` = 0.5 is
+  *close* (0/20 → 2/20 with nothing broken: p = 0.25; 5 fixed, 3 broken:
+  p = 0.36): unless a harm test rejects, the decision is ``undecided`` and
+  names the current task first in ``grow``. The optimizer then adds train
+  examples that no proposer of the step was shown and decides again at α/2,
+  so a null edit lands at most α/2 × P(close) more often than under one
+  test at α. 4 fixed and 3 broken (p = 0.5) is not close.
 * ``strict``: the current task's paired mean must rise by at least
   ``min_gain`` and no earlier task may fall by more than ``epsilon``
   (on 10 replay examples, a single flipped answer vetoes).
@@ -301,6 +311,8 @@ class PairedTestGate:
         min_gain: The current task's mean must rise by at least this much.
         alpha_safe: One earlier task's drop is within ``max_drop`` only if its one-sided upper confidence bound
             at this level is (else the decision is undecided and the task's sample grows).
+        alpha_grow: A gain whose sign test gives ``alpha`` ≤ p < ``alpha_grow`` is close: undecided, naming the
+            current task first in ``grow`` (1.0 > p: never; the gain test then rejects at once).
     """
 
     epsilon: float = 0.02
@@ -310,6 +322,7 @@ class PairedTestGate:
     alpha_close: float = 0.15
     min_gain: float = 1e-9
     alpha_safe: float = 0.05
+    alpha_grow: float = 0.5
 
     def decide(self, current: PairedScores, replay: Sequence[PairedScores]) -> Decision:
         deltas = {r.task: round(r.delta, 6) for r in replay}
@@ -319,8 +332,15 @@ class PairedTestGate:
         if gain < self.min_gain:
             return Decision(False, f"no gain on {moved})", gain, deltas, p)
         if p >= self.alpha:
-            return Decision(False, f"gain on {moved}) not significant: sign test p={p:.3f} ≥ α={self.alpha}",
-                            gain, deltas, p)
+            if p >= self.alpha_grow:
+                return Decision(False, f"gain on {moved}) not significant: sign test p={p:.3f} ≥ α={self.alpha}",
+                                gain, deltas, p)
+            outcome, why, grow = self._harm(replay, "earlier task")
+            if outcome == "rejected":
+                return Decision(False, why, gain, deltas, p)
+            return Decision(False, f"undecided: gain on {moved}) close: sign test α={self.alpha} ≤ p={p:.3f} < "
+                                   f"{self.alpha_grow}; grow {current.task}", gain, deltas, p, "undecided",
+                            (current.task, *grow))
         outcome, why, grow = self._harm(replay, "earlier task")
         reason = {"accepted": f"{moved}, sign test p={p:.3f}); {why}", "rejected": why,
                   "undecided": f"undecided: {why}"}[outcome]

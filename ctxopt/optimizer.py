@@ -60,8 +60,9 @@ from ctxopt.consolidate import (
     run_pass,
     tolerance_gate,
 )
-from ctxopt.context import GLOBAL, LearnedContext
+from ctxopt.context import GLOBAL, LearnedContext, canonical_json
 from ctxopt.credit import check_policy, choose_stages
+from ctxopt.edits import AddDemo
 from ctxopt.engine import Engine, RunEvent, measure_row
 from ctxopt.errors import BudgetExceeded, ConfigError, EditError
 from ctxopt.evaluator import Evaluator
@@ -96,7 +97,7 @@ from ctxopt.search import EditSearch, Search, TrialRecord, check_workers
 from ctxopt.selector import ContextSelector, default_selector, retrieves
 from ctxopt.stages import Gated, Observed, Proposed, Searched, SearchObjective, StepSetup, unpaid
 from ctxopt.store import Store
-from ctxopt.tasks import Task, TaskStream, example_id, split_visit
+from ctxopt.tasks import TASK_FIELD, Task, TaskStream, example_id, split_visit
 from ctxopt.teacher import TeacherDemoProposer
 
 __all__ = [
@@ -517,6 +518,7 @@ class ContinualOptimizer:
         proposed = self._propose(program, setup, observed)
         if not proposed.proposals:
             return Gated.rolled_back(setup.base, "no usable proposals")
+        setup = replace(setup, fresh=self._fresh_train(setup, observed, proposed))
         searched = self._search(program, setup, proposed)
         if searched.best.hash == setup.base.hash:
             why = "search found no combination better than the current context"
@@ -527,6 +529,25 @@ class ContinualOptimizer:
         if gated.accepted and over_budget(gated.context, self.budget.max_context_tokens):
             gated = self._make_room(program, setup, gated)
         return gated
+
+    def _fresh_train(self, setup: StepSetup, observed: Observed, proposed: Proposed) -> tuple[dspy.Example, ...]:
+        """The task's train examples that no proposer of the step was shown, in a seeded order: the examples a close
+        gain test grows into (the current task's val is used whole already, :meth:`_held_out`).
+
+        Left out: the observed minibatch (reflection reads its failures, traced demos its successes), and every
+        example one of whose input values is a demo's, in C or in a proposal (a labelled demo set, a teacher's
+        trace: a model shown an example with its answer scores it for free). The format proposer reads only the
+        shape of all train labels. With grounded instructions on, none: their prompt shows a sample of train
+        examples with their labels."""
+        if self.grounded:
+            return ()
+        demos = [d for _, pc in setup.base.predictors.items() for d in pc.demos]
+        demos += [e.demo for p in proposed.proposals for e in p.edits if isinstance(e, AddDemo)]
+        shown = {canonical_json(v) for d in demos for v in d.inputs.values()}
+        seen = {example_id(o.example) for o in observed.observations}
+        rest = [e for e in setup.task.train if example_id(e) not in seen and not any(
+            canonical_json(v) in shown for k, v in e.inputs().items() if k != TASK_FIELD)]
+        return tuple(self._sample(rest, len(rest), "fresh", setup.step, setup.task.name))
 
     def _revisit_p(self, setup: StepSetup, observed: Observed) -> tuple[float, float] | None:
         """For a revisit of a family whose last accepted visit ended at a val score (its bar): the one-sided
@@ -753,18 +774,21 @@ class ContinualOptimizer:
             grown, _ = self._grown(setup, decision.grow, sizes)
             cost = setup.n_pred * len(self._gate_check(setup, base, candidate, sizes={**sizes, **grown})[1])
             if rounds == GATE_ROUNDS:
-                why = " of growing the replay samples"
+                why = " of growing the samples"
             elif not grown:
-                why = f": the replay samples of {', '.join(decision.grow) or 'no task'} are their whole val"
+                why = f": the samples of {', '.join(decision.grow) or 'no task'} cannot grow"
             elif not self.ledger.can_spend("task", cost):
-                why = f": growing the replay samples needs {cost} task-LM calls, {self.ledger.remaining('task')} left"
+                why = f": growing the samples needs {cost} task-LM calls, {self.ledger.remaining('task')} left"
             else:
                 sizes.update(grown)
                 rounds += 1
                 self.emit("phase", task.name, phase="gate", grow=dict(grown), round=rounds)
                 scores = self._paired(program, setup, base, candidate, changed_only=True, keep_current=True,
                                       sizes=sizes)  # charges the examples the grown samples add
-                decision = gate.decide(scores[0], scores[1:])
+                # a second look at the current task's gain: at half the level (see ctxopt.gate)
+                again = replace(gate, alpha=gate.alpha / 2) if task.name in sizes and isinstance(
+                    gate, PairedTestGate) else gate
+                decision = again.decide(scores[0], scores[1:])
                 continue
             decision = replace(decision, accepted=False, outcome="rejected",
                                reason=f"undecided after {rounds} round(s){why} ({decision.reason})")
@@ -817,16 +841,21 @@ class ContinualOptimizer:
         return ctx, tuple(kept), cut
 
     def _grown(self, setup: StepSetup, names: Sequence[str], sizes: dict[str, int]) -> tuple[dict[str, int], int]:
-        """The replay samples of ``names`` doubled, up to each task's whole val: the new sizes of those that
-        grow, and how many examples they add. A grown sample is a longer prefix of the same seeded order,
-        so it holds the smaller one and every score computed on it."""
+        """The samples of ``names`` doubled: an earlier task's replay sample up to its whole val, the current
+        task's held-out val (:meth:`_held_out`) with up to as many of its fresh train examples (``setup.fresh``).
+        Returns the new sizes of those that grow and how many examples they add. A grown sample is a longer
+        prefix of the same order, so it holds the smaller one and every score computed on it."""
         tasks = {t.name: t for t in setup.earlier}
         grown, added = {}, 0
         for name in names:
-            if name not in tasks:
+            if name == setup.task.name:
+                held = len(self._held_out(setup.task))
+                whole, old = held + len(setup.fresh), sizes.get(name, held)
+            elif name in tasks:
+                whole = len(tasks[name].val)
+                old = min(sizes.get(name, self.budget.gate_replay_per_task), whole)
+            else:
                 continue
-            whole = len(tasks[name].val)
-            old = min(sizes.get(name, self.budget.gate_replay_per_task), whole)
             if min(2 * old, whole) > old:
                 grown[name] = min(2 * old, whole)
                 added += grown[name] - old
@@ -914,16 +943,18 @@ class ContinualOptimizer:
         rest = [e for e in task.val if example_id(e) not in seen]
         return rest if rest and len(rest) >= len(seen) else list(task.val)
 
-    def _gate_sets(self, task: Task, earlier: Sequence[Task],
-                   sizes: Mapping[str, int] | None = None) -> list[tuple[Task, list[dspy.Example]]]:
+    def _gate_sets(self, task: Task, earlier: Sequence[Task], sizes: Mapping[str, int] | None = None,
+                   fresh: Sequence[dspy.Example] = ()) -> list[tuple[Task, list[dspy.Example]]]:
         """The gate's examples: ``task``'s val without the search's minibatch (:meth:`_held_out`), the gate
         replay sample of every earlier task.
 
         A replay sample holds ``gate_replay_per_task`` examples, or ``sizes[task]`` once the gate grew it:
-        a longer prefix of the same seeded order.
+        a longer prefix of the same seeded order. Once a close gain test grew the current task's sample to
+        ``sizes[task]``, its held-out val is followed by that many less of ``fresh`` (:meth:`_fresh_train`).
         """
         others, sizes = [t for t in earlier if t.name != task.name], sizes or {}
-        return [(task, self._held_out(task))] + [
+        held = self._held_out(task)
+        return [(task, held + list(fresh[:max(0, sizes.get(task.name, len(held)) - len(held))]))] + [
             (t, self._sample(t.val, sizes.get(t.name, self.budget.gate_replay_per_task), "gate", t.name))
             for t in others]
 
@@ -934,7 +965,7 @@ class ContinualOptimizer:
         so the current context was scored on them when it passed its own gate (they come from the caches).
         Examples a grown sample adds are charged for both sides by :meth:`_gate` as it grows them.
         """
-        current, *replay = self._gate_sets(setup.task, setup.earlier, sizes)
+        current, *replay = self._gate_sets(setup.task, setup.earlier, sizes, setup.fresh)
         return setup.n_pred * (2 * len(current[1]) + sum(len(exs) for _, exs in replay))
 
     def _paired(self, program: dspy.Module, setup: StepSetup, before: LearnedContext, after: LearnedContext, *,
@@ -963,7 +994,7 @@ class ContinualOptimizer:
         """What one gate check of ``after`` against ``before`` scores (see :meth:`_paired`), and the prompt keys
         of it that no charge of this run paid for: what a cold run, whose evaluator caches every prompt it
         computed, would send to the model."""
-        sets = self._gate_sets(setup.task, setup.earlier, sizes)
+        sets = self._gate_sets(setup.task, setup.earlier, sizes, setup.fresh)
         if changed_only:
             sets = [(t, exs) for i, (t, exs) in enumerate(sets)
                     if (i == 0 and keep_current) or setup.differs(before, after, t, exs)]

@@ -63,6 +63,8 @@ class StepSetup:
         scope: Where new items go: the task's name (task-aware) or global.
         predictor: The predictor that produces the task's output.
         n_pred: Predictors per program call (each example costs this many calls).
+        fresh: The task's train examples that no proposer of the step was shown, in a seeded order (set once the
+            step has proposed): where the gate's sample of the current task grows when its gain test is close.
     """
 
     step: int
@@ -74,6 +76,7 @@ class StepSetup:
     predictor: str
     n_pred: int
     selector: ContextSelector = field(default_factory=ScopeSelector)
+    fresh: tuple[dspy.Example, ...] = ()
 
     def label(self, task: Task) -> str | None:
         """The task label the program and the selector get for ``task``'s inputs (None: task-agnostic)."""

@@ -78,9 +78,21 @@ def test_a_borderline_drop_is_undecided_and_names_the_tasks_to_grow():
 def test_the_current_task_needs_a_significant_gain():
     gate = PairedTestGate()
     assert gate.decide(scores("new", 10, 0, 3), []).accepted  # 3 fixed, 0 broken: p = 0.125 < 0.25
-    d = gate.decide(scores("new", 10, 0, 2), [])
-    assert d.outcome == "rejected" and "not significant" in d.reason and d.p_value == 0.25
+    d = gate.decide(scores("new", 10, 0, 2), [])  # p = 0.25: close, so the current task's sample grows
+    assert d.outcome == "undecided" and d.grow == ("new",) and d.p_value == 0.25 and "close" in d.reason
+    d = PairedTestGate(alpha_grow=0.25).decide(scores("new", 10, 0, 2), [])  # with no close zone: rejected at once
+    assert d.outcome == "rejected" and "not significant" in d.reason
+    d = gate.decide(scores("new", 10, 0, 1), [])  # 1 fixed: p = 0.5, not close
+    assert d.outcome == "rejected" and "not significant" in d.reason
     assert gate.decide(scores("new", 10, 5, 5), []).reason.startswith("no gain on new")
+
+
+def test_a_close_gain_grows_with_the_earlier_tasks_to_grow_unless_harm_rejects():
+    gate, close = PairedTestGate(), scores("new", 10, 0, 2)
+    d = gate.decide(close, [scores("old", 10, 10, 9), scores("quiet", 10, 10, 10)])
+    assert d.outcome == "undecided" and d.grow == ("new", "old")
+    d = gate.decide(close, [scores("old", 10, 10, 5)])  # a real regression: no sample growth can save it
+    assert d.outcome == "rejected" and "earlier task old drops 1.000 → 0.500" in d.reason
 
 
 def test_decision_outcome_defaults_and_serializes():
@@ -204,7 +216,7 @@ def test_an_undecided_step_that_stays_undecided_is_rejected_and_says_so(tmp_path
     _, _, result, _ = run(tmp_path, broken_at=(0, 1), val=(20, 10))  # 2/10, then 2/20: still close; 20 is all
     step = result.steps[1]
     assert not step.accepted and step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
-    assert step.extra["reason"].startswith("undecided after 1 round(s): the replay samples of suffix are their whole val")
+    assert step.extra["reason"].startswith("undecided after 1 round(s): the samples of suffix cannot grow")
 
 
 def test_growth_the_budget_refuses_is_a_rejection_that_says_so(tmp_path):
@@ -216,7 +228,7 @@ def test_growth_the_budget_refuses_is_a_rejection_that_says_so(tmp_path):
     first, step = result.steps
     assert first.accepted and not step.accepted and first.extra["charged_task_calls"] == 84
     assert step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
-    assert "undecided after 1 round(s): growing the replay samples needs 20 task-LM calls, 18 left" in step.extra["reason"]
+    assert "undecided after 1 round(s): growing the samples needs 20 task-LM calls, 18 left" in step.extra["reason"]
 
 
 def test_the_gate_judges_the_search_on_replay_examples_the_search_did_not_see():
@@ -355,3 +367,65 @@ def test_the_fallback_swaps_a_proposal_that_reached_a_broken_input_for_a_twin_th
     # a rejection for want of gain gets no fallback
     no_gain = PairedTestGate().decide(scores("double", 10, 5, 5), [harm])
     assert opt._fallback(setup, Searched(best, (rule, wide, other)), no_gain, [harm], offered=(twin,)) is None
+
+
+def close_call(tmp_path, train_fixed: bool):
+    """One task, 30 train and 14 val examples; the rule fixes 2 of the 10 val examples the search did not score
+    (p = 0.25: close) and, with ``train_fixed``, every train example. Returns the optimizer, task, step, events."""
+    metric, fn = get_metric("exact_match", "output"), RULES["suffix"][1]
+    words = [f"{WORDS[i % 30]}{chr(97 + i // 30)}" for i in range(50)]
+    ex = [make_example({"input": w, "output": fn(w)}, ["input"]) for w in words]
+    task = Task.from_splits("suffix", ("input",), "output", metric, ex[:30], ex[30:44], ex[44:])
+    stream = TaskStream("close", "task-agnostic", (task,))
+    probe = ContinualOptimizer(None, None, budget=get_budget("light", **BUDGET), seed=0)
+    fixed = {e.input for e in probe._search_val(task)} | {e.input for e in probe._held_out(task)[:2]}
+    fixed |= {e.input for e in task.train} if train_fixed else set()
+
+    def respond(system: str, user: str) -> str:
+        word = re.findall(r"\[\[ ## input ## \]\]\n(\S+)", user)[-1]
+        return chat_fields(output=fn(word) if RULES["suffix"][0] in system and word in fixed else word)
+
+    opt = ContinualOptimizer(scripted_lm(respond, name="scripted/close"), None, budget=get_budget("light", **BUDGET),
+                             seed=0, num_threads=2, measure_test=False, proposers=[TheRule()], selector=ScopeSelector(),
+                             consolidate=False)
+    events = []
+    opt.callbacks.append(events.append)
+    [step] = opt.fit(program_for(stream), stream, run_dir=tmp_path / "run").steps
+    return opt, task, step, events
+
+
+def test_a_close_gain_grows_into_train_examples_no_proposer_saw_and_lands_if_they_confirm_it(tmp_path):
+    opt, task, step, events = close_call(tmp_path, train_fixed=True)
+    assert step.accepted and step.extra["gate_outcome"] == "undecided" and step.extra["gate_rounds"] == 1
+    assert "12 fixed, 0 broken" in step.extra["reason"]  # 2 of the 10 held-out val, 10 of 10 fresh train
+    assert [e.data["grow"] for e in events if e.kind == "phase" and "grow" in e.data] == [{"suffix": 20}]
+    # charged under "gate": both sides on the 10 held-out val examples, then on the 10 train examples the round adds
+    assert step.extra["charged_by_source"]["task:gate"] == 2 * 10 + 2 * 10
+
+
+def test_a_close_gain_the_fresh_examples_do_not_confirm_is_rejected_at_half_the_level(tmp_path):
+    _, _, step, events = close_call(tmp_path, train_fixed=False)
+    assert not step.accepted and step.extra["gate_rounds"] == 2  # 2/20 (p = 0.25 ≥ α/2), then 2/36: still close
+    assert step.extra["reason"].startswith("undecided after 2 round(s) of growing the samples")
+    assert [e.data["grow"] for e in events if e.kind == "phase" and "grow" in e.data] == [{"suffix": 20},
+                                                                                          {"suffix": 36}]
+
+
+def test_fresh_train_leaves_out_what_the_proposers_were_shown():
+    from ctxopt.context import Demo, LearnedContext, PredictorContext
+    from ctxopt.edits import AddDemo
+    from ctxopt.proposer import Observation
+    from ctxopt.stages import Observed, Proposed, StepSetup
+
+    task = make_stream((40, 10)).tasks[0]  # 6 train examples
+    train = list(task.train)
+    base = LearnedContext({"predict": PredictorContext("Answer.", demos=(Demo(inputs={"input": train[0].input},
+                                                                              outputs={"output": "x"}),))})
+    setup = StepSetup(step=1, task=task, base=base, earlier=(), scenario="task-agnostic", scope="global",
+                      predictor="predict", n_pred=1)
+    observed = Observed(0.0, (Observation(train[1], 0.0, "", {}),))
+    demo = AddDemo("predict", Demo(inputs={"input": train[2].input}, outputs={"output": train[2].output}))
+    fresh = ContinualOptimizer(None, None, seed=0)._fresh_train(setup, observed, Proposed((Proposal("d", (demo,),
+                                                                                                    "demos"),)))
+    assert sorted(e.input for e in fresh) == sorted(e.input for e in train[3:])  # not C's demo, observed, proposed
+    assert ContinualOptimizer(None, None, seed=0, grounded=True)._fresh_train(setup, observed, Proposed(())) == ()

@@ -120,7 +120,7 @@ def _progress_relay(emit: Callable[..., None], n_trials: int) -> Callable[[Any],
         if event.kind == "phase":
             what = d["phase"]
             if d.get("grow"):
-                what += f": growing the replay samples of {', '.join(d['grow'])}"
+                what += f": growing the samples of {', '.join(d['grow'])}"
             elif "fallback" in d:
                 what += f": fallback ({', '.join(d.get('without') or ())})"
             emit("progress", what=what)
