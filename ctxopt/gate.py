@@ -150,7 +150,8 @@ class Decision:
     """The gate's verdict, with the figures behind it (stored in the run and the store).
 
     ``outcome`` is ``accepted``, ``rejected`` or ``undecided`` (default: from ``accepted``); an
-    undecided decision is not accepted and names in ``grow`` the tasks whose replay samples should grow.
+    undecided decision is not accepted and names in ``grow`` the tasks whose samples should grow (earlier
+    tasks' replay samples; the current task's, first, when its gain test was close).
     """
 
     accepted: bool
@@ -312,7 +313,8 @@ class PairedTestGate:
         alpha_safe: One earlier task's drop is within ``max_drop`` only if its one-sided upper confidence bound
             at this level is (else the decision is undecided and the task's sample grows).
         alpha_grow: A gain whose sign test gives ``alpha`` ≤ p < ``alpha_grow`` is close: undecided, naming the
-            current task first in ``grow`` (1.0 > p: never; the gain test then rejects at once).
+            current task first in ``grow`` (``alpha_grow`` = ``alpha``: never close, a gain test that fails
+            rejects at once).
     """
 
     epsilon: float = 0.02

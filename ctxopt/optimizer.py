@@ -531,8 +531,9 @@ class ContinualOptimizer:
         return gated
 
     def _fresh_train(self, setup: StepSetup, observed: Observed, proposed: Proposed) -> tuple[dspy.Example, ...]:
-        """The task's train examples that no proposer of the step was shown, in a seeded order: the examples a close
-        gain test grows into (the current task's val is used whole already, :meth:`_held_out`).
+        """The task's train examples that no proposer of the step was shown, in a seeded order: what a close gain
+        test grows into (the gate's sample of the task already holds all of its val but the search's minibatch,
+        :meth:`_held_out`).
 
         Left out: the observed minibatch (reflection reads its failures, traced demos its successes), and every
         example one of whose input values is a demo's, in C or in a proposal (a labelled demo set, a teacher's
@@ -950,7 +951,8 @@ class ContinualOptimizer:
 
         A replay sample holds ``gate_replay_per_task`` examples, or ``sizes[task]`` once the gate grew it:
         a longer prefix of the same seeded order. Once a close gain test grew the current task's sample to
-        ``sizes[task]``, its held-out val is followed by that many less of ``fresh`` (:meth:`_fresh_train`).
+        ``sizes[task]`` examples, its held-out val is followed by the first of ``fresh`` (:meth:`_fresh_train`)
+        that make up that size.
         """
         others, sizes = [t for t in earlier if t.name != task.name], sizes or {}
         held = self._held_out(task)
