@@ -354,3 +354,18 @@ def test_on_a_terminal_compare_shows_a_live_status_line_and_takes_it_down():
     printer(RunEvent("progress", "static", 0, "", {"what": "measuring test splits 2/8 (diff)"}))
     printer(RunEvent("method_end", "static", data={"summary": {}}))
     assert printer._status is None
+
+
+def test_search_progress_counts_scored_contexts_and_then_parsimony_checks():
+    from ctxopt.baselines.continual import _progress_relay
+    from ctxopt.engine import RunEvent
+
+    said: list[str] = []
+    relay = _progress_relay(lambda kind, what: said.append(what), 2)
+    relay(RunEvent("phase", "ctxopt", 1, "t", {"phase": "search"}))
+    for number in (0, 1, 5):  # the study's numbers skip suggestions answered from contexts already scored
+        relay(RunEvent("trial", "ctxopt", 1, "t", {"number": number}))
+    relay(RunEvent("phase", "ctxopt", 2, "u", {"phase": "search"}))
+    relay(RunEvent("trial", "ctxopt", 2, "u", {"number": 0}))
+    assert said == ["search", "search trial 1/2", "search trial 2/2", "search: parsimony check 1", "search",
+                    "search trial 1/2"]
