@@ -333,17 +333,15 @@ class PairedTestGate:
                  f"({current.fixed} fixed, {current.broken} broken")
         if gain < self.min_gain:
             return Decision(False, f"no gain on {moved})", gain, deltas, p)
-        if p >= self.alpha:
-            if p >= self.alpha_grow:
-                return Decision(False, f"gain on {moved}) not significant: sign test p={p:.3f} ≥ α={self.alpha}",
-                                gain, deltas, p)
-            outcome, why, grow = self._harm(replay, "earlier task")
-            if outcome == "rejected":
-                return Decision(False, why, gain, deltas, p)
+        close = self.alpha <= p < self.alpha_grow
+        if p >= self.alpha and not close:
+            return Decision(False, f"gain on {moved}) not significant: sign test p={p:.3f} ≥ α={self.alpha}",
+                            gain, deltas, p)
+        outcome, why, grow = self._harm(replay, "earlier task")
+        if close and outcome != "rejected":
             return Decision(False, f"undecided: gain on {moved}) close: sign test α={self.alpha} ≤ p={p:.3f} < "
                                    f"{self.alpha_grow}; grow {current.task}", gain, deltas, p, "undecided",
                             (current.task, *grow))
-        outcome, why, grow = self._harm(replay, "earlier task")
         reason = {"accepted": f"{moved}, sign test p={p:.3f}); {why}", "rejected": why,
                   "undecided": f"undecided: {why}"}[outcome]
         return Decision(outcome == "accepted", reason, gain, deltas, p, outcome, grow)
