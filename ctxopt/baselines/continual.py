@@ -119,13 +119,14 @@ def _progress_relay(emit: Callable[..., None], n_trials: int) -> Callable[[Any],
     Trials are counted as they are scored: the study's trial numbers also count suggestions it answered
     from contexts already scored, and the search scores up to ``n_trials`` contexts, then the parsimony
     checks of its best (one per proposal it holds)."""
-    scored = [0]
+    scored = 0
 
     def relay(event: Any) -> None:
+        nonlocal scored
         d = event.data
         if event.kind == "phase":
             if d["phase"] == "search":
-                scored[0] = 0
+                scored = 0
             what = d["phase"]
             if d.get("grow"):
                 what += f": growing the samples of {', '.join(d['grow'])}"
@@ -133,8 +134,7 @@ def _progress_relay(emit: Callable[..., None], n_trials: int) -> Callable[[Any],
                 what += f": fallback ({', '.join(d.get('without') or ())})"
             emit("progress", what=what)
         elif event.kind == "trial":
-            scored[0] += 1
-            k = scored[0]
-            emit("progress", what=f"search trial {k}/{n_trials}" if k <= n_trials else
-                 f"search: parsimony check {k - n_trials}")
+            scored += 1
+            emit("progress", what=f"search trial {scored}/{n_trials}" if scored <= n_trials else
+                 f"search: parsimony check {scored - n_trials}")
     return relay
