@@ -33,13 +33,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctxopt.errors import ConfigError, MissingDependencyError
+from ctxopt.errors import ConfigError, CtxoptError, MissingDependencyError
 
 __all__ = ["EXECUTORS", "Job", "call", "run_jobs"]
 
@@ -136,7 +137,12 @@ def _run_on_ray(jobs: list[Job], *, cpus: int | None, progress: bool) -> list[An
             return ray.get(refs)
         except ray.exceptions.RayTaskError as exc:  # the job's own error, unchanged
             cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, BaseException) else exc) from None
+            if not isinstance(cause, BaseException):
+                raise
+            if not isinstance(cause, CtxoptError):  # a bug, not bad input: keep where it happened in the job
+                where = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the worker's traceback, without colours
+                cause.add_note(f"in the Ray job: {where}".rstrip())
+            raise cause from None
     finally:
         if owns:
             ray.shutdown()

@@ -363,16 +363,23 @@ class EditSearch:
         return any(msg["stopped"] for msg in messages)
 
 
+SQLITE_WAIT_S = 60.0  # seconds a SQLite study waits for a lock held by another process
+
+
 def open_storage(url: str | None) -> optuna.storages.BaseStorage | str | None:
     """The Optuna storage for ``url``: a database server's without a connection pool.
 
     A pooled engine keeps idle connections open until it is garbage-collected, and a forked worker
     inherits its parent's; over many steps and workers that exhausts the server's ``max_connections``.
     Without a pool each storage call opens and closes its own connection (milliseconds, against seconds
-    per scored context). SQLite files and in-memory studies are left as Optuna opens them.
+    per scored context). A SQLite file waits up to a minute for another process's lock (the driver's
+    default is 5 s, too short for a loaded machine where a killed run's successor finds the file
+    busy); in-memory studies are left as Optuna opens them.
     """
-    if url is None or url.startswith("sqlite"):
+    if url is None:
         return url
+    if url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_S}})
     from sqlalchemy.pool import NullPool
 
     return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})

@@ -87,3 +87,9 @@ def test_compare_on_ray_reproduces_in_process_and_survives_a_killed_worker(tmp_p
     out2, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out2
     assert _matrices(ray_run) == _matrices(tmp_path / "local")
+
+
+def test_an_unexpected_error_on_ray_keeps_the_job_traceback():
+    with pytest.raises(ValueError) as info:
+        run_jobs([Job("bad", "json:loads", {"s": "{"})], "ray", cpus=1)
+    assert any("in the Ray job" in note and "json" in note for note in getattr(info.value, "__notes__", []))

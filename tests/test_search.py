@@ -322,3 +322,25 @@ def test_replay_goes_to_the_earlier_inputs_whose_prompt_a_candidate_changes():
     bounded = replace(objective, max_drop=0.25, values={}, charged={}, paid=set())
     assert bounded(base) == 0.5 and bounded(leaky) < bounded(base)
     assert replace(objective, max_drop=0.35, values={}, charged={}, paid=set())(leaky) == pytest.approx(0.4)
+
+
+def test_a_sqlite_study_waits_for_another_process_lock_longer_than_the_driver_default(tmp_path):
+    """A killed run's successor may find the study file busy: it waits (up to a minute), not fails at 5 s."""
+    import sqlite3
+    import threading
+    import time
+
+    import optuna
+
+    from ctxopt.search import open_storage
+
+    url = EditSearch.sqlite_url(tmp_path)
+    optuna.create_study(study_name="busy", storage=open_storage(url))
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write: every other connection must wait
+    threading.Timer(6.0, lambda: holder.execute("COMMIT")).start()
+    start = time.monotonic()
+    study = optuna.load_study(study_name="busy", storage=open_storage(url))
+    study.enqueue_trial({})
+    assert time.monotonic() - start >= 5.5  # it waited past the driver's default 5 s
+    assert len(study.get_trials()) == 1
