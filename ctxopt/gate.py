@@ -91,7 +91,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Protocol
@@ -121,6 +121,12 @@ class PairedScores:
     @property
     def ids(self) -> list[str]:
         return sorted(self.before)
+
+    def only(self, ids: Iterable[str]) -> PairedScores:
+        """These scores on the examples of ``ids`` alone (a grown sample's original part, say)."""
+        keep = set(ids)
+        return PairedScores(self.task, {i: v for i, v in self.before.items() if i in keep},
+                            {i: v for i, v in self.after.items() if i in keep})
 
     @property
     def mean_before(self) -> float:

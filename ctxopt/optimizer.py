@@ -755,12 +755,12 @@ class ContinualOptimizer:
                 decision = replace(decision, reason=f"{decision.reason}; {without}: {second.reason}")
         self.emit("gate", task.name, **decision.to_dict(), first_outcome=first.outcome, rounds=rounds)
         gate_run = {"gate_outcome": first.outcome, "gate_rounds": rounds, "replay_sizes": sizes, "fallback": tuple(cut)}
+        val = scores[0].only(example_id(e) for e in self._held_out(task))  # not the train examples a close gain grew into
         if not decision.accepted:
-            return Gated(False, base, decision.reason, proposals, decision, **gate_run,
-                         val_after=scores[0].mean_before)
+            return Gated(False, base, decision.reason, proposals, decision, **gate_run, val_after=val.mean_before)
         # The gate's paired outcome is the evidence for the items these proposals added or changed.
         best = credit(best, changed_item_ids(base, best), scores)
-        return Gated(True, best, decision.reason, proposals, decision, **gate_run, val_after=scores[0].mean_after)
+        return Gated(True, best, decision.reason, proposals, decision, **gate_run, val_after=val.mean_after)
 
     def _judge(self, program: dspy.Module, setup: StepSetup, candidate: LearnedContext, gate: Gate
                ) -> tuple[Decision, Decision, list[PairedScores], int, dict[str, int]]:

@@ -149,8 +149,8 @@ class Gated:
     ``rejected`` or ``undecided``, before any growth; None when the gate did not run), ``gate_rounds``
     how many times an undecided gate grew replay samples, and ``replay_sizes`` the grown sample sizes
     by task (tasks not named keep the budget's ``gate_replay_per_task``). ``val_after`` is the current
-    task's score on the gate's val examples (those the search did not score) with the context the step
-    ends with (None when the gate did not run).
+    task's score on the gate's val examples (those the search did not score; never the train examples a
+    close gain test grew into) with the context the step ends with (None when the gate did not run).
     ``fallback`` names what the gate's one fallback after a harm rejection changed (empty if none ran);
     it landed iff the step is accepted with a first outcome other than ``accepted``.
     """

@@ -401,6 +401,7 @@ def test_a_close_gain_grows_into_train_examples_no_proposer_saw_and_lands_if_the
     assert [e.data["grow"] for e in events if e.kind == "phase" and "grow" in e.data] == [{"suffix": 20}]
     # charged under "gate": both sides on the 10 held-out val examples, then on the 10 train examples the round adds
     assert step.extra["charged_by_source"]["task:gate"] == 2 * 10 + 2 * 10
+    assert opt._ended["suffix"] == pytest.approx(0.2)  # the bar a revisit must meet: val alone (2 of 10), not 12/20
 
 
 def test_a_close_gain_the_fresh_examples_do_not_confirm_is_rejected_at_half_the_level(tmp_path):
