@@ -14,7 +14,8 @@
   letter_counting, word_sorting, number_format, spell_backward, leg_counting,
   word_sequence_reversal, number_sorting), **task-agnostic** by default: the
   "assistant" case, where requests carry no task label but each says what it
-  wants. ``rg:letter_counting,spell_backward``: any reasoning-gym datasets, in
+  wants; ``assistant:letter_counting,number_format``: any of them, in order,
+  configured and task-agnostic the same way. ``rg:letter_counting,spell_backward``: any reasoning-gym datasets, in
   order, with the package's default configurations. Both need the optional
   extra ``ctxopt[rg]`` (reasoning-gym 0.1.25, Apache-2.0, generated offline from
   seeds; :mod:`ctxopt.rg`).
@@ -130,6 +131,7 @@ _BUILTINS: dict[str, str] = {
     "babi-10": "bAbI QA tasks " + ", ".join(map(str, BABI10)),
     "babi": "bAbI QA, all 20 tasks; babi:1,4,… picks tasks in order",
     "assistant-8": "reasoning-gym, 8 self-describing tasks, task-agnostic: " + ", ".join(ASSISTANT8),
+    "assistant": "assistant:a,b,… picks assistant-8 tasks in order (their configurations, task-agnostic)",
     "rg": "rg:a,b,… picks reasoning-gym datasets in order (needs ctxopt[rg])",
     "tools-8": "tool use with dspy.ReAct (calculator, lookup), task-agnostic: " + ", ".join(TOOL_TASKS),
     "tools": "tools:a,b,… picks tool-use tasks in order",
@@ -142,7 +144,7 @@ def builtin_streams() -> dict[str, str]:
 
     Example:
         >>> sorted(builtin_streams())
-        ['assistant-8', 'babi', 'babi-10', 'ii', 'ii-8', 'rg', 'tools', 'tools-8']
+        ['assistant', 'assistant-8', 'babi', 'babi-10', 'ii', 'ii-8', 'rg', 'tools', 'tools-8']
     """
     return dict(_BUILTINS)
 
@@ -161,7 +163,7 @@ def load_stream(
 
     Args:
         spec: ``ii-8``, ``ii``, ``ii:a,b``, ``babi-10``, ``babi``, ``babi:1,4``,
-            ``assistant-8``, ``rg:a,b``, ``tools-8``, ``tools:a,b``, any of those with a repeat suffix
+            ``assistant-8``, ``assistant:a,b``, ``rg:a,b``, ``tools-8``, ``tools:a,b``, any of those with a repeat suffix
             (``ii-8x2``), or a path to a YAML stream file.
         seed: Seeds the train/val draw (the test subset is fixed).
         sizes: ``(train, val, test)`` examples per task; built-ins default to
@@ -190,7 +192,8 @@ def load_stream(
     if path.suffix.lower() in (".yaml", ".yml") or path_exists(path):
         return _yaml_stream(path, seed=seed, sizes=sizes, scenario=scenario)
     raise ConfigError(
-        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4, rg:a,b, tools:a,b), "
+        f"unknown stream '{text}': use a built-in ({', '.join(_BUILTINS)}, ii:a,b, babi:1,4, assistant:a,b, rg:a,b, "
+        "tools:a,b), "
         "optionally repeated (ii-8x2), or the path of a .yaml stream file"
     )
 
@@ -213,8 +216,9 @@ def _builtin(
     if base in ("babi-10", "babi") or (head == "babi" and rest):
         numbers = BABI10 if base == "babi-10" else tuple(BABI_TASKS) if base == "babi" else _pick_babi(rest)
         return babi_stream(name, numbers * times, seed=seed, sizes=sizes, scenario=scenario or "task-aware")
-    if base == "assistant-8":
-        return rg_stream(name, tuple(ASSISTANT8) * times, seed=seed, sizes=sizes,
+    if base == "assistant-8" or (head == "assistant" and rest):
+        names = tuple(ASSISTANT8) if base == "assistant-8" else _pick(rest, tuple(ASSISTANT8), "assistant")
+        return rg_stream(name, names * times, seed=seed, sizes=sizes,
                          scenario=scenario or "task-agnostic", configs=ASSISTANT8)
     if head == "rg" and rest:
         return rg_stream(name, _names(rest) * times, seed=seed, sizes=sizes, scenario=scenario or "task-aware")

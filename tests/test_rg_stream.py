@@ -84,6 +84,17 @@ def test_assistant_8_is_task_agnostic_and_records_its_configuration():
     assert load_stream("assistant-8", sizes=SMALL, scenario="task-aware").program_inputs == ("task", "question")
 
 
+def test_assistant_subset_is_assistant_8s_tasks_in_the_order_given():
+    s = load_stream("assistant:number_format,letter_counting", sizes=SMALL)
+    whole = load_stream("assistant-8", sizes=SMALL)
+    assert s.names == ("number_format", "letter_counting") and s.scenario == "task-agnostic"
+    for name in s.names:  # the same configurations and splits as in assistant-8
+        assert questions(sealed_test_split(s[name])) == questions(sealed_test_split(whole[name]))
+        assert questions(s[name].train) == questions(whole[name].train)
+    with pytest.raises(ConfigError, match="unknown assistant task 'sudoku'; valid tasks: chain_sum"):
+        load_stream("assistant:sudoku", sizes=SMALL)
+
+
 def test_an_rg_revisit_gets_fresh_questions():
     s = load_stream("rg:letter_counting,chain_sum,letter_counting", sizes=SMALL)
     assert s.names == ("letter_counting", "chain_sum", "letter_counting@2")

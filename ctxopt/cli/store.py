@@ -193,30 +193,33 @@ def _show_for_input(args: argparse.Namespace, store: Any, version: Any, ctx: Any
                          "retrieval": why.to_dict() if why else None, "messages": messages},
                         indent=2, ensure_ascii=False))
         return 0
-    pc = ctx.predictor(name)
     head = f"version {version.rev}  predictor {name}  selector {args.selector}"
-    if why is None:
-        _out(head)
-        _out(f"shown: all {len(pc.scoped_items(args.task))} items and {len(pc.scoped_demos(args.task))} demos in scope")
-    else:
-        k_items, k_demos, min_score = selector.settings(pc)
-        learned = " learned" if pc.retrieval else ""
-        margin, reach = selector.margin_for(pc), selector.reach_for(pc)
-        _out(f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g}"
-             + (f", margin {margin:g}" if margin < 1 else "") + (f", reach {reach:g})" if reach < 1 else ")"))
-        items = {it.id: it for it in pc.items}
-        for item_id in why.pinned:
-            _out(f"  pinned      {item_id} {_clip(items[item_id].text)}")
-        for hit in why.items:
-            _out(f"  item {hit.score:.3f} {hit.id} {_clip(items[hit.id].text)}  (key {_clip(hit.key, 40)})")
-        for hit in why.demos:
-            _out(f"  demo {hit.score:.3f} {hit.id} {_clip(hit.key)}")
-        _out(f"retrieved {len(why.items)} of {len(pc.scoped_items(args.task)) - len(why.pinned)} items, "
-             f"{len(why.demos)} of {len(pc.scoped_demos(args.task))} demos"
-             + (f"; {len(why.kept_off)} kept off by their counter-keys" if why.kept_off else ""))
+    for line in what_is_shown(ctx.predictor(name), args.task, selector, why, head):
+        _out(line)
     _out("")
     _out(format_messages(messages))
     return 0
+
+
+def what_is_shown(pc: Any, task: str | None, selector: Any, why: Any, head: str) -> list[str]:
+    """Lines naming what of predictor context ``pc`` one input is shown: every item and demo in scope
+    (``why`` None), or what ``selector`` retrieved for it (``why``, its explanation), with similarities."""
+    if why is None:
+        return [head, f"shown: all {len(pc.scoped_items(task))} items and {len(pc.scoped_demos(task))} demos in scope"]
+    k_items, k_demos, min_score = selector.settings(pc)
+    learned = " learned" if pc.retrieval else ""
+    margin, reach = selector.margin_for(pc), selector.reach_for(pc)
+    lines = [f"{head} ({selector.sim.name},{learned} k_items {k_items}, k_demos {k_demos}, min_score {min_score:g}"
+             + (f", margin {margin:g}" if margin < 1 else "") + (f", reach {reach:g})" if reach < 1 else ")")]
+    items = {it.id: it for it in pc.items}
+    lines += [f"  pinned      {item_id} {_clip(items[item_id].text)}" for item_id in why.pinned]
+    lines += [f"  item {hit.score:.3f} {hit.id} {_clip(items[hit.id].text)}  (key {_clip(hit.key, 40)})"
+              for hit in why.items]
+    lines += [f"  demo {hit.score:.3f} {hit.id} {_clip(hit.key)}" for hit in why.demos]
+    lines.append(f"retrieved {len(why.items)} of {len(pc.scoped_items(task)) - len(why.pinned)} items, "
+                 f"{len(why.demos)} of {len(pc.scoped_demos(task))} demos"
+                 + (f"; {len(why.kept_off)} kept off by their counter-keys" if why.kept_off else ""))
+    return lines
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
