@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["gist", "plain_rule", "shorten"]
+__all__ = ["condition", "gist", "plain_rule", "shorten"]
 
 
 def shorten(text: Any, width: int = 70) -> str:
@@ -28,6 +28,18 @@ _FRAMED = re.compile(rf"^(?:(?:{_AGENT})\s+(?:{_MODAL})\s+|(?:please\s+)?(?:(?:m
 
 
 _CONDITION = re.compile(r"^((?:when|if|whenever|for)\b[^,;.]{3,200},\s*)(.+)$", re.IGNORECASE | re.DOTALL)
+
+
+def condition(text: str) -> str | None:
+    """The condition a rule opens with ("When X, …", "If X, …", "For X, …"), or None: a rule that says it
+    is not for every input.
+
+    Example:
+        >>> condition("When the input is a list of numbers, sort them."), condition("Answer in one word.")
+        ('When the input is a list of numbers', None)
+    """
+    m = _CONDITION.match(text.strip())
+    return m.group(1).rstrip().rstrip(",").rstrip() if m else None
 
 
 def plain_rule(text: str) -> str:

@@ -46,7 +46,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ctxopt._text import gist, shorten
+from ctxopt._text import condition, gist, shorten
 from ctxopt.context import Demo, Item, LearnedContext, PredictorContext, canonical_json
 from ctxopt.edits import AddDemo, AddItem, DeleteItem, Narrow, RemoveDemo, RewriteInstruction, SetRetrieval, UpdateItem
 from ctxopt.errors import ConfigError
@@ -426,7 +426,10 @@ def core_or_archival(proposals: Sequence[Proposal]) -> list[Proposal]:
     the earlier tasks says it hurts none of them; the optimizer offers this choice only from the
     step that has :data:`CORE_AFTER` earlier tasks to replay. On the first task nothing would
     protect the others: a format rule learned there ("answer with a single character") pinned for
-    every input took the agent over on ii-8 (stop 23).
+    every input took the agent over on ii-8 (stop 23). A rule that opens with its own condition
+    ("When the input is a list of numbers, …", :func:`ctxopt._text.condition`) says it is not for
+    every input, so it stays archival: pinned, every other request would see it and the model would
+    have to judge the condition (the demo at d07e91c pinned exactly that rule).
 
     Example:
         >>> from ctxopt.edits import AddItem
@@ -437,7 +440,8 @@ def core_or_archival(proposals: Sequence[Proposal]) -> list[Proposal]:
     out: list[Proposal] = []
     for p in proposals:
         rules = p.group is None and p.edits and all(
-            isinstance(e, AddItem) and e.kind == "rule" and not e.pinned for e in p.edits)
+            isinstance(e, AddItem) and e.kind == "rule" and not e.pinned and condition(e.text) is None
+            for e in p.edits)
         if not rules:
             out.append(p)
             continue

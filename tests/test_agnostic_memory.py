@@ -151,6 +151,20 @@ def test_the_search_may_place_a_rule_in_core_memory_only_once_replay_can_check_i
     assert cores and all(e.get("pinned") and not e.get("keys") for p in cores for e in p["edits"])
 
 
+def test_a_rule_that_opens_with_its_condition_is_never_offered_for_core_memory():
+    from ctxopt.edits import AddItem
+    from ctxopt.proposer import Proposal
+    from ctxopt.retrieval import core_or_archival
+
+    general = Proposal("g", (AddItem("predict", "Answer with the number only.", keys=("a number",)),), "reflection")
+    when = Proposal("w", (AddItem("predict", "When the input is a list of numbers, sort them in ascending order.",
+                                  keys=("a list of numbers",)),), "reflection")
+    both = Proposal("b", (*general.edits, *when.edits), "reflection")
+    out = core_or_archival([general, when, both])
+    assert [(p.name, p.group) for p in out] == [("g", "memory:g"), ("g+core", "memory:g"), ("w", None), ("b", None)]
+    assert not any(e.pinned for p in out[2:] for e in p.edits)  # archival, retrieved by its keys
+
+
 def test_a_learned_threshold_keeps_memory_from_inputs_unlike_its_keys():
     from ctxopt.edits import SetRetrieval
 
